@@ -1,0 +1,65 @@
+"""A factory of asv benchmark classes, one per technique: `track_ms` (median latency) and, on CUDA,
+`track_peak_mem_mb` (peak memory of one call) over impl x case x mode ("fwd"/"bwd"), measured exactly as
+`llmopt bench` measures (same cases, skips and timed callable). A technique's suite is one line in
+bench/asv/<technique>.py: `Attention = technique_suite("attention", on_cuda=...)`.
+
+Nothing named time_*/track_*/mem_*/peakmem_* may be imported here at module level: asv would take it for a benchmark.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from llmopt import impls as registry
+from llmopt.bench import bench, timing
+from llmopt.reference import get_contract
+
+
+def _device() -> str:
+    """"cuda" when a GPU is visible, asked through NVML (torch.cuda.device_count) so the asv forkserver, which
+    imports the suites before it forks each benchmark, never initializes CUDA."""
+    return "cuda" if torch.cuda.device_count() > 0 else "cpu"
+
+
+def technique_suite(technique: str, on_cuda: Callable[[object], bool] = lambda case: True) -> type:
+    """An asv benchmark class for `technique`. Params: impls that run natively on this machine's device (never
+    interpreted Triton), cases and mode. Cases: on CUDA the contract's bench cases that `on_cuda` keeps (asv runs every
+    combination in its own process, so a few shapes), on CPU the quick cases `llmopt bench` measures there. A
+    combination bench would skip (unavailable library, unsupported feature, no backward, out of memory) raises
+    NotImplementedError in setup, which asv records as skipped."""
+    contract = get_contract(technique)
+    device = _device()
+    impls = registry.discover(technique)
+    names = [name for name, impl in sorted(impls.items()) if impl.runs_on(device) == device]
+    cases = {contract.case_id(case): case for case in bench.bench_cases(contract, device)
+             if bench.case_skip_reason(contract, case, device) is None and (device == "cpu" or on_cuda(case))}
+
+    class Suite:
+        params = (names, list(cases), ["fwd", "bwd"])
+        param_names = ("impl", "case", "mode")
+        rounds = 1  # each track call already repeats and takes the median
+        timeout = 600  # setup may compile (torch.compile, Triton autotuning)
+
+        def setup(self, impl_name: str, case_id: str, mode: str):
+            impl, case = impls[impl_name], cases[case_id]
+            reason = bench.impl_skip_reason(impl, device) or bench.call_skip_reason(contract, impl, case, mode)
+            if reason is None:
+                self.run, reason = bench.attempt(
+                    lambda: bench.timed_call(impl, bench.validated_call(contract, case, device), mode), device)
+            if reason:
+                raise NotImplementedError(reason)
+
+        def track_ms(self, impl_name: str, case_id: str, mode: str) -> float:
+            return timing.time_fn(self.run, device).median_ms
+
+        track_ms.unit = "ms"
+
+    if device == "cuda":
+        def track_peak_mem_mb(self, impl_name: str, case_id: str, mode: str) -> float:
+            return timing.peak_memory_mb(self.run, device)
+
+        track_peak_mem_mb.unit = "MB"
+        Suite.track_peak_mem_mb = track_peak_mem_mb
+    Suite.__name__ = Suite.__qualname__ = "".join(word.title() for word in technique.split("_"))
+    return Suite

@@ -1,0 +1,202 @@
+"""Benchmarks the impls of a contract: for every case and impl, latency (median, p20, p80), TFLOP/s, GB/s, % of the
+roofline measured at the start of the run, peak memory and the correctness margin of what was timed; one row each,
+appended to results/<machine>/<technique>.jsonl. Variants: "fwd" times the impl's call (in its prepared native
+layout when it has `prepare`), "bwd" times torch.autograd.grad through one forward."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from llmopt.bench.machine import describe, measure_peaks
+from llmopt.bench.results import append_rows, results_dir
+from llmopt.bench.timing import peak_memory_mb, time_fn
+from llmopt.reference.contract import Call, PropertyFailed
+
+# The contract property whose margin (error / allowed) is recorded with each row, by mode.
+MARGIN_PROPERTY = {"fwd": "matches_reference", "bwd": "grads_match_reference"}
+MAX_MARGIN_FLOPS = 2e11  # forward FLOPs above which the float64 reference is not run for a margin
+OUT_OF_MEMORY = "does not fit in memory"
+
+
+class Skipped(Exception):
+    """A measurement that cannot be taken here; the message says why."""
+
+
+class BenchRows(list):
+    """The rows of one run (a list of row dicts) and, in `.skipped`, what was not measured and why:
+    {"impl", "case_id", "mode", "reason"}, a None field meaning the note covers all of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.skipped: list[dict] = []
+
+
+def bench_cases(contract, device: str, quick: bool = False) -> list:
+    """The cases to consider: the contract's quick cases when `quick` or on the CPU, else its bench cases."""
+    return contract.quick_cases if quick or device == "cpu" else contract.bench_cases
+
+
+def case_skip_reason(contract, case, device: str) -> str | None:
+    """Why `case` is not benchmarked on `device` (too many FLOPs for the CPU), or None."""
+    if device != "cpu":
+        return None
+    flops = contract.cost(case, "fwd").flops
+    if flops > contract.max_bench_cpu_flops:
+        return f"too large for the CPU: {flops:.3g} FLOPs > {contract.max_bench_cpu_flops:.3g}"
+    return None
+
+
+def impl_skip_reason(impl, device: str) -> str | None:
+    """Why `impl` is not benchmarked on `device` (unavailable, or interpreted Triton), or None."""
+    if impl.runs_on(device) == "interpret":
+        return "interpreted Triton is never benchmarked"
+    return impl.unavailable_reason(device)
+
+
+def call_skip_reason(contract, impl, case, mode: str) -> str | None:
+    """Why `impl` cannot be benchmarked on `case` in `mode` (a feature it does not support, no backward), or None."""
+    if mode == "bwd" and impl.supports.get("backward", True) is False:
+        return "has no backward"
+    return contract.unsupported(case, impl.supports)
+
+
+def _is_float_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+def validated_call(contract, case, device: str) -> Call:
+    """The inputs of `case` on `device`, checked by the contract's validation."""
+    call = contract.make_call(case, device)
+    contract.validate(call)
+    return call
+
+
+def timed_call(impl, call: Call, mode: str) -> Callable[[], object]:
+    """The zero-argument callable that is timed. Everything before it, outside the timing: for "fwd", impl.prepare's
+    layout conversion when the impl has one; for "bwd", the floating tensors of `call.args` made leaves that require
+    grad, one forward, and a random output gradient; the callable then runs torch.autograd.grad with respect to those
+    inputs, the graph retained (it includes the backward of any layout conversion prepare made)."""
+    if mode == "fwd":
+        if impl.prepare is not None:
+            run, _ = impl.prepare(*call.args, **call.kwargs)
+            return run
+        return lambda: impl.fn(*call.args, **call.kwargs)
+    args = tuple(a.detach().requires_grad_() if _is_float_tensor(a) else a for a in call.args)
+    inputs = [a for a in args if _is_float_tensor(a)]
+    out = timed_call(impl, Call(args, call.kwargs), "fwd")()
+    if out.grad_fn is None:
+        raise Skipped("its output carries no autograd graph (forward only)")
+    dout = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, inputs, dout, retain_graph=True)
+
+
+def margin(contract, impl, case, mode: str, device: str) -> float | str | None:
+    """Margin (error / allowed, <= 1 passes) of the contract's MARGIN_PROPERTY[mode] for `impl` on `case` (on the
+    inputs make_call rebuilds, equal to the timed ones); "FAIL: <message>" when it fails; None when the contract has
+    no such property, it does not apply, the case is over MAX_MARGIN_FLOPS or the reference does not fit in memory."""
+    prop = next((p for p in contract.properties if p.name == MARGIN_PROPERTY[mode]), None)
+    if prop is None or not prop.applies(impl, case) or contract.cost(case, "fwd").flops > MAX_MARGIN_FLOPS:
+        return None
+    try:
+        return prop.check(impl, case, device)
+    except PropertyFailed as failure:
+        return f"FAIL: {failure}"
+    except torch.OutOfMemoryError:
+        return None
+
+
+def _timed(impl, call: Call, mode: str, device: str):
+    """(Timing, peak MB) of the timed call; its inputs and graph are freed on return."""
+    run = timed_call(impl, call, mode)
+    return time_fn(run, device), peak_memory_mb(run, device)
+
+
+def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict, peaks: dict) -> dict:
+    """One result row (ARCHITECTURE.md's schema) for `impl` on `case` in `mode`; `call` holds the validated inputs,
+    `info` is machine.describe(device), `peaks` machine.measure_peaks(device)."""
+    timing, memory = _timed(impl, call, mode, device)
+    cost = contract.cost(case, mode)
+    ms = timing.median_ms
+    roofline_ms = max(cost.flops / peaks["matmul_tflops"] / 1e9, cost.bytes / peaks["copy_gbps"] / 1e6)
+    return {
+        "technique": contract.name, "impl": impl.name, "case": dataclasses.asdict(case),
+        "case_id": contract.case_id(case), "mode": mode, "device": device, "gpu": info["gpu"],
+        "dtype": getattr(case, "dtype", None), "latency_ms": ms, "latency_ms_p20": timing.p20_ms,
+        "latency_ms_p80": timing.p80_ms, "tflops": cost.flops / ms / 1e9, "gbps": cost.bytes / ms / 1e6,
+        "roofline_pct": 100 * roofline_ms / ms, "peak_mem_mb": memory,
+        "margin": margin(contract, impl, case, mode, device), "commit": info["commit"], "machine": info["machine"],
+        "versions": info["versions"],
+        "peaks": {"copy_gbps": peaks["copy_gbps"], "matmul_tflops": peaks["matmul_tflops"]},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def attempt(work: Callable, device: str):
+    """(work(), None), or (None, why) when it raised Skipped, NotImplementedError (a library refusing these inputs,
+    e.g. a backward it lacks on this device) or ran out of memory; memory is released after."""
+    try:
+        return work(), None
+    except Skipped as skipped:
+        reason = str(skipped)
+    except NotImplementedError as refusal:
+        reason = f"not implemented: {refusal}"
+    except torch.OutOfMemoryError:
+        reason = OUT_OF_MEMORY
+    if device == "cuda":  # the failed attempt's tensors died with its traceback: hand their blocks back
+        torch.cuda.empty_cache()
+    return None, reason
+
+
+def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, modes=None,
+              progress: Callable[[str], None] | None = None) -> BenchRows:
+    """Benchmark `impls` on the contract's cases (bench_cases) on `device` ("cpu" or "cuda") in each of `modes`
+    (default: the contract's bench_modes),
+    after measuring the machine's peaks once. Rows are appended to results_dir(device, out)/<technique>.jsonl and
+    returned; what was skipped, and why, is in the result's `.skipped`. `progress(line)` hears of each."""
+    say = progress or (lambda line: None)
+    modes = contract.bench_modes if modes is None else modes
+    info, peaks = describe(device), measure_peaks(device)
+    say(f"peaks on {info['machine']}: copy {peaks['copy_gbps']:.1f} GB/s, "
+        f"{peaks['matmul_dtype']} matmul {peaks['matmul_tflops']:.2f} TFLOP/s")
+    path = results_dir(device, out) / f"{contract.name}.jsonl"
+    result = BenchRows()
+
+    def skip(impl, case, mode, reason):
+        note = {"impl": None if impl is None else impl.name,
+                "case_id": None if case is None else contract.case_id(case), "mode": mode, "reason": reason}
+        result.skipped.append(note)
+        say("skip " + " ".join(str(v) for v in note.values() if v is not None))
+
+    usable = []
+    for impl in impls:
+        reason = impl_skip_reason(impl, device)
+        if reason:
+            skip(impl, None, None, reason)
+        else:
+            usable.append(impl.for_mode(impl.runs_on(device)))
+    for case in bench_cases(contract, device, quick):
+        reason = case_skip_reason(contract, case, device)
+        if reason is None:
+            call, reason = attempt(partial(validated_call, contract, case, device), device)
+        if reason:
+            skip(None, case, None, reason)
+            continue
+        for impl in usable:
+            for mode in modes:
+                reason = call_skip_reason(contract, impl, case, mode)
+                if reason is None:
+                    row, reason = attempt(partial(measure, contract, impl, case, call, mode, device, info, peaks),
+                                           device)
+                if reason:
+                    skip(impl, case, mode, reason)
+                    continue
+                append_rows(path, [row])
+                result.append(row)
+                say(f"{impl.name} {row['case_id']} {mode}: {row['latency_ms']:.3f} ms, {row['tflops']:.2f} TFLOP/s, "
+                    f"{row['roofline_pct']:.0f}% of roofline")
+        del call  # free this case's inputs before the next case allocates its own
+    return result

@@ -1,0 +1,195 @@
+"""Renders a results folder into REPORT.md: the verification matrix (technique x impl, the latest status per machine),
+then per technique and machine the latest commit's benchmark table (latency, TFLOP/s, GB/s, % of roofline, peak
+memory, margin), speedups over a baseline impl, and PNG plots under plots/: TFLOP/s against the sequence length when
+the cases have a length field (N or M), else % of roofline per case."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from llmopt.bench.results import read_rows, read_verify_rows
+
+BASELINE_IMPL = {"attention": "sdpa_flash"}  # else the first impl found in the rows
+LENGTH_FIELDS = ("N", "M")  # a case field plotted as the x axis, the first present
+BATCH_FIELDS = ("B", "seed")  # bench cases scale the batch with the length: lines join cases differing only in these
+
+
+def _number(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def _cell(value) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: list[str], body: list[list]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+            + ["| " + " | ".join(_cell(v) for v in row) + " |" for row in body] + [""])
+
+
+def _varying_keys(cases: list[dict]) -> list[str]:
+    return [k for k in cases[0] if len({repr(c.get(k)) for c in cases}) > 1]
+
+
+def _labels(cases: list[dict]) -> list[str]:
+    """A short label per case: only the fields whose values differ among `cases` (all of them when none differ)."""
+    keys = _varying_keys(cases) or list(cases[0])
+    return [",".join(f"{k}={c.get(k)}" for k in keys) or "all" for c in cases]
+
+
+def _latest(rows: list[dict], key) -> list[dict]:
+    """The latest row (by time) of each key(row), in order of first appearance."""
+    latest = {}
+    for row in rows:
+        k = key(row)
+        if k not in latest or row["time"] >= latest[k]["time"]:
+            latest[k] = row
+    return list(latest.values())
+
+
+# ------------------------------------------------------------------------------------------------------ verification
+
+
+def _verify_cell(row: dict) -> str:
+    if row["status"] in ("verified", "failing"):
+        failed = [name for name, p in row["properties"].items() if p["status"] == "fail"]
+        margins = [p["max_margin"] for p in row["properties"].values() if p.get("max_margin") is not None]
+        detail = f"fails {', '.join(failed)}" if failed else f"max margin {max(margins):.2f}" if margins else ""
+        mode = row.get("mode") or row["device"]
+        return f"**{row['status']}** ({mode}{'; ' + detail if detail else ''})"
+    return f"{row['status']}: {row['reason']}"
+
+
+def _verify_section(rows: list[dict]) -> list[str]:
+    lines = ["## Verification", ""]
+    if not rows:
+        return lines + ["No verification outcomes recorded.", ""]
+    latest = {(r["technique"], r["impl"], r["machine"]): r
+              for r in _latest(rows, lambda r: (r["technique"], r["impl"], r["machine"]))}
+    machines = sorted({machine for _, _, machine in latest})
+    body = [[technique, impl] + [_verify_cell(latest[technique, impl, m]) if (technique, impl, m) in latest else "-"
+                                 for m in machines]
+            for technique, impl in sorted({(technique, impl) for technique, impl, _ in latest})]
+    commits = {m: sorted({str(r["commit"]) for (_, _, rm), r in latest.items() if rm == m}) for m in machines}
+    caption = "; ".join(f"{m}: {', '.join(c)}" for m, c in commits.items())
+    table = _table(["technique", "impl"] + machines, body)
+    return lines + table + [f"*Latest outcome per machine; commits: {caption}.*", ""]
+
+
+# ------------------------------------------------------------------------------------------------------ benchmarks
+
+
+def _caption(row: dict) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(row["versions"].items()))
+    return (f"*{row['machine']} ({row['gpu'] or 'CPU'}), commit `{row['commit']}`, {versions}; peaks measured in the "
+            f"run: copy {_number(row['peaks']['copy_gbps'])} GB/s, matmul {_number(row['peaks']['matmul_tflops'])} "
+            f"TFLOP/s.*")
+
+
+def _margin_text(margin) -> str:
+    return "-" if margin is None else margin if isinstance(margin, str) else f"{margin:.2f}"
+
+
+def _bench_table(rows: list[dict], label: dict[str, str]) -> list[str]:
+    body = [[label[r["case_id"]], r["mode"], r["impl"],
+             f"{_number(r['latency_ms'])} ({_number(r['latency_ms_p20'])}-{_number(r['latency_ms_p80'])})",
+             _number(r["tflops"]), _number(r["gbps"]), _number(r["roofline_pct"]),
+             "-" if r["peak_mem_mb"] is None else _number(r["peak_mem_mb"]), _margin_text(r["margin"])]
+            for r in rows]
+    return _table(["case", "mode", "impl", "ms median (p20-p80)", "TFLOP/s", "GB/s", "% roofline", "peak MB",
+                   "margin"], body)
+
+
+def _speedup_table(technique: str, rows: list[dict], label: dict[str, str]) -> tuple[str, list[str]]:
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    baseline = BASELINE_IMPL.get(technique) if BASELINE_IMPL.get(technique) in impls else impls[0]
+    latency = {(r["case_id"], r["mode"], r["impl"]): r["latency_ms"] for r in rows}
+    body = []
+    for case_id, mode in dict.fromkeys((r["case_id"], r["mode"]) for r in rows):
+        base = latency.get((case_id, mode, baseline))
+        speedups = [f"{base / latency[case_id, mode, impl]:.2f}x" if base and (case_id, mode, impl) in latency else "-"
+                    for impl in impls]
+        body.append([label[case_id], mode] + speedups)
+    return baseline, _table(["case", "mode"] + impls, body)
+
+
+def _fixed_fields(case: dict) -> dict:
+    return {k: v for k, v in case.items() if k not in LENGTH_FIELDS + BATCH_FIELDS}
+
+
+def _plot(rows: list[dict], title: str, path: Path) -> None:
+    """TFLOP/s against the first LENGTH_FIELDS field of the cases, one panel per group of cases that differ only in
+    length and batch, one line per impl; without a length field, bars of % roofline per case and impl."""
+    from matplotlib.figure import Figure  # renders PNG with Agg; no pyplot, no global backend
+
+    length = next((f for f in LENGTH_FIELDS if all(f in r["case"] for r in rows)), None)
+    groups = defaultdict(list)
+    for row in rows:
+        groups[repr(_fixed_fields(row["case"])) if length else title].append(row)
+    panels = list(groups.values())
+    titles = _labels([_fixed_fields(p[0]["case"]) for p in panels]) if length and len(panels) > 1 else [title]
+    columns = min(3, len(panels))
+    figure = Figure(figsize=(5.5 * columns, 4 * -(-len(panels) // columns)), layout="constrained")
+    for index, (panel, panel_title) in enumerate(zip(panels, titles, strict=True)):
+        axes = figure.add_subplot(-(-len(panels) // columns), columns, index + 1)
+        impls = list(dict.fromkeys(r["impl"] for r in panel))
+        if length:
+            for impl in impls:
+                points = sorted((r["case"][length], r["tflops"]) for r in panel if r["impl"] == impl)
+                axes.plot([x for x, _ in points], [y for _, y in points], marker="o", label=impl)
+            axes.set(xlabel=length, ylabel="TFLOP/s", title=panel_title)
+            axes.set_xscale("log", base=2)
+        else:
+            cases = list(dict.fromkeys(r["case_id"] for r in panel))
+            pct = {(r["case_id"], r["impl"]): r["roofline_pct"] for r in panel}
+            width = 0.8 / len(impls)
+            for offset, impl in enumerate(impls):
+                axes.bar([i + offset * width for i in range(len(cases))],
+                         [pct.get((case, impl), 0.0) for case in cases], width, label=impl)
+            labels = _labels([next(r["case"] for r in panel if r["case_id"] == case) for case in cases])
+            axes.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], labels, rotation=30, ha="right",
+                            fontsize=7)
+            axes.set(ylabel="% of roofline", title=panel_title)
+        axes.legend(fontsize=7)
+        axes.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def _bench_section(technique: str, machine: str, rows: list[dict], root: Path) -> list[str]:
+    """The latest commit's rows of one technique on one machine: tables and plots."""
+    newest = max(rows, key=lambda r: r["time"])
+    rows = _latest([r for r in rows if r["commit"] == newest["commit"]],
+                   lambda r: (r["impl"], r["case_id"], r["mode"]))
+    cases = {r["case_id"]: r["case"] for r in rows}
+    label = dict(zip(cases, _labels(list(cases.values())), strict=True))
+    varying = _varying_keys(list(cases.values()))
+    shared = ", ".join(f"{k}={v}" for k, v in next(iter(cases.values())).items() if k not in varying)
+    lines = [f"## {technique} on {machine}", "", f"Cases show the fields that differ; all have {shared}.", "",
+             _caption(newest), ""] + _bench_table(rows, label)
+    baseline, speedups = _speedup_table(technique, rows, label)
+    lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
+    lines += speedups
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        path = root / "plots" / f"{technique}-{machine}-{mode}.png"
+        _plot([r for r in rows if r["mode"] == mode], f"{technique} {mode} on {machine}", path)
+        lines += [f"![{technique} {mode} on {machine}](plots/{path.name})", ""]
+    return lines
+
+
+def write_report(root: str | Path) -> Path:
+    """Write root/REPORT.md (and root/plots/*.png) from root/<machine>/*.jsonl; returns the report's path."""
+    root = Path(root)
+    by_section = defaultdict(list)
+    for row in read_rows(root):
+        by_section[row["technique"], row["machine"]].append(row)
+    lines = ["# llmopt report", "", "Generated by `llmopt report` from the rows under this folder; do not edit by "
+             "hand. Latency in ms (median, p20-p80 of the repetitions); TFLOP/s and GB/s from the contract's cost; "
+             "% roofline: the time the measured peaks allow over the latency; margin: the timed output's error over "
+             "what the contract allows (<= 1 passes; - where not computed).", ""]
+    lines += _verify_section(read_verify_rows(root))
+    for (technique, machine), rows in sorted(by_section.items()):
+        lines += _bench_section(technique, machine, rows, root)
+    path = root / "REPORT.md"
+    path.write_text("\n".join(lines))
+    return path

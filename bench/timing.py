@@ -1,0 +1,99 @@
+"""Timing of one zero-argument callable, in milliseconds: CUDA events with an L2 flush before every repetition on the
+GPU (triton.testing.do_bench's method, written here so it runs without triton), time.perf_counter on the CPU;
+each returns the median and the 20th/80th percentiles. Also the peak memory one call allocates on the GPU."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+L2_FLUSH_BYTES = 256 * 10**6  # written before each GPU repetition: larger than any L2 (H100: 50 MB)
+ESTIMATE_CALLS = 5  # GPU calls timed together to size the warm-up and the repetitions
+MIN_REPS = 5  # fewest repetitions, so the percentiles mean something
+
+
+class Timing(NamedTuple):
+    """Milliseconds per call: median and the 20th / 80th percentiles of the repetitions."""
+
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def _summary(times_ms: list[float]) -> Timing:
+    median, p20, p80 = torch.tensor(times_ms, dtype=torch.float64).quantile(
+        torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)).tolist()
+    return Timing(median, p20, p80)
+
+
+def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, reps: int | None) -> tuple[int, int]:
+    """(warm-up calls, timed repetitions) that fill the budgets given one call's estimated time."""
+    estimate_ms = max(estimate_ms, 1e-6)
+    return int(warmup_ms / estimate_ms), reps if reps is not None else max(MIN_REPS, int(rep_ms / estimate_ms))
+
+
+def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:
+    """Time `fn` on the current CUDA device: one untimed call, an estimate over ESTIMATE_CALLS calls, warm-up calls
+    filling `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each after writing an
+    L2_FLUSH_BYTES buffer so no repetition finds its inputs in L2; a CUDA event pair around each call."""
+    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ESTIMATE_CALLS):
+        flush.zero_()
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    warmup, n = _counts(start.elapsed_time(end) / ESTIMATE_CALLS, warmup_ms, rep_ms, reps)
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for start, end in zip(starts, ends, strict=True):
+        flush.zero_()
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return _summary([start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)])
+
+
+def time_cpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:
+    """Time `fn` with time.perf_counter: one untimed call, one timed call as the estimate, warm-up calls filling
+    `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each timed alone."""
+    fn()
+    started = time.perf_counter()
+    fn()
+    warmup, n = _counts((time.perf_counter() - started) * 1e3, warmup_ms, rep_ms, reps)
+    for _ in range(warmup):
+        fn()
+    times_ms = []
+    for _ in range(n):
+        started = time.perf_counter()
+        fn()
+        times_ms.append((time.perf_counter() - started) * 1e3)
+    return _summary(times_ms)
+
+
+def time_fn(fn: Callable, device: str, *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+            reps: int | None = None) -> Timing:
+    """time_gpu on "cuda", time_cpu on "cpu"."""
+    timer = time_gpu if device == "cuda" else time_cpu
+    return timer(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, reps=reps)
+
+
+def peak_memory_mb(fn: Callable, device: str) -> float | None:
+    """MB (1e6 B) of CUDA memory one call of `fn` allocates at its peak beyond what was allocated before it, its
+    output included; None on the CPU, where there is no allocator counter to read."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 1e6

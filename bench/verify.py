@@ -1,0 +1,122 @@
+"""The verification driver: every property of a contract over one impl, on the contract's fixed examples and then
+on cases hypothesis draws (derandomized, no deadline); a failure is shrunk to a minimal case and comes back with
+the property's message and a command that replays exactly that case."""
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from llmopt.reference.contract import Contract, PropertyFailed
+
+DEFAULT_EXAMPLES = {"cpu": 25, "cuda": 40, "interpret": 6}
+
+
+@dataclass
+class PropertyResult:
+    name: str
+    status: str  # "pass" | "fail" | "n/a" (applied to no case)
+    examples: int = 0  # cases the property was checked on
+    max_margin: float | None = None
+    case: object = None  # the minimal failing case
+    message: str = ""
+    replay: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class VerifyResult:
+    technique: str
+    impl: str
+    device: str
+    mode: str
+    properties: list[PropertyResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(p.status != "fail" for p in self.properties)
+
+    @property
+    def status(self) -> str:
+        return "verified" if self.ok else "failing"
+
+
+def _failure_message(error: BaseException) -> str:
+    if isinstance(error, PropertyFailed):
+        return str(error)
+    return f"the impl raised {type(error).__name__}: {error}"
+
+
+def check_property(contract: Contract, prop, impl, device: str, case, result: PropertyResult) -> bool:
+    """Run one property on one case, folding the outcome into `result`; True when it held or did not apply."""
+    if not prop.applies(impl, case):
+        return True
+    try:
+        margin = prop.check(impl, case, device)
+    except Exception as error:  # noqa: BLE001 - an impl that raises fails the property, with its message
+        result.status, result.case, result.message = "fail", case, _failure_message(error)
+        return False
+    result.examples += 1
+    if margin is not None:
+        result.max_margin = margin if result.max_margin is None else max(result.max_margin, margin)
+    return True
+
+
+def _hypothesis_body(contract, prop, impl, device, result, failures):
+    """The function hypothesis drives for one property: records each failure (the last recorded is the minimal
+    case hypothesis replays after shrinking) and raises so hypothesis shrinks."""
+
+    def holds(case):
+        if not check_property(contract, prop, impl, device, case, result):
+            failures.append((result.case, result.message))
+            result.status = "pass"
+            raise PropertyFailed(result.message)
+
+    return holds
+
+
+def verify(contract: Contract, impl, device: str, *, impl_spec: str | None = None, max_examples: int | None = None,
+           seed: int | None = None, replay=None, only: list[str] | None = None, on_property=None) -> VerifyResult:
+    """Hold `impl` to every property of `contract` on `device`. `replay`: check only that case. `only`: property
+    names to run. `on_property(result)` is called as each property finishes (progress)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    mode = impl.runs_on(device)
+    impl = impl.for_mode(mode)
+    outcome = VerifyResult(contract.name, impl.name, device, mode)
+    budget = DEFAULT_EXAMPLES[mode] if max_examples is None else max_examples
+    examples = [case for case in contract.examples(mode) if contract.unsupported(case, impl.supports) is None]
+    strategy = contract.cases(impl, mode)
+    for prop in contract.properties:
+        if only and prop.name not in only:
+            continue
+        result = PropertyResult(prop.name, "pass")
+        started = time.perf_counter()
+        if replay is not None:
+            check_property(contract, prop, impl, device, replay, result)
+        elif all(check_property(contract, prop, impl, device, case, result) for case in examples) and budget > 0:
+            failures = []
+            holds = _hypothesis_body(contract, prop, impl, device, result, failures)
+            test = settings(max_examples=budget, derandomize=seed is None, deadline=None, database=None,
+                            suppress_health_check=list(HealthCheck), report_multiple_bugs=False, print_blob=False,
+                            phases=[Phase.generate, Phase.shrink])(given(strategy)(holds))
+            if seed is not None:
+                test = hypothesis_seed(seed)(test)
+            try:
+                test()
+            except Exception:  # noqa: BLE001 - hypothesis re-raises the minimal failure; we kept it
+                if not failures:
+                    raise
+                result.status, (result.case, result.message) = "fail", failures[-1]
+        if result.status == "pass" and result.examples == 0:
+            result.status = "n/a"
+        if result.status == "fail":
+            spec = impl_spec or impl.name
+            result.replay = (f"llmopt verify {contract.name} --impl {shlex.quote(spec)} --device {device} "
+                             f"--replay {shlex.quote(contract.case_to_json(result.case))}")
+        result.seconds = time.perf_counter() - started
+        outcome.properties.append(result)
+        if on_property:
+            on_property(result)
+    return outcome

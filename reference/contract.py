@@ -1,0 +1,140 @@
+"""The contract model: a technique is a reference, a signature with validation, cases, properties, a cost and
+claims. Every technique module in this package builds one `Contract`; tests and benchmarks drive all of them
+through this interface (see ARCHITECTURE.md)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def dtype_of(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+class PropertyFailed(AssertionError):
+    """A property of a contract does not hold for an impl on a case; the message says what and by how much."""
+
+
+@dataclass(frozen=True)
+class Call:
+    """The positional and keyword arguments of one call with the contract's signature."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Property:
+    """A named law. `check(impl, case, device)` raises PropertyFailed or returns a margin (error / allowed, <= 1
+    passes) or None where a margin means nothing (exact laws). `applies(impl, case)` narrows it (e.g. to impls with
+    a backward); a case it does not apply to is not counted."""
+
+    name: str
+    check: Callable[[Any, Any, str], float | None]
+    applies: Callable[[Any, Any], bool] = lambda impl, case: True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Work of one call: floating-point operations and the fewest bytes it must move through memory."""
+
+    flops: float
+    bytes: float
+
+
+VERDICTS = ("confirmed", "wrong", "not yet checked", "not checkable here")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One quantitative statement of the seed note, and what we found. `ours` is None until checked."""
+
+    id: str
+    statement: str
+    seed_value: str
+    unit: str
+    ours: str | None
+    method: str
+    machine: str
+    verdict: str
+
+    def __post_init__(self):
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"claim {self.id}: verdict {self.verdict!r} is not one of {VERDICTS}")
+        if self.verdict in ("confirmed", "wrong") and self.ours is None:
+            raise ValueError(f"claim {self.id}: a {self.verdict} claim needs our figure")
+
+
+@dataclass
+class Contract:
+    """What a technique IS, for every impl of it.
+
+    reference:      the plainest correct PyTorch function (the signature every impl accepts).
+    validate:       (call) -> None, raising ValueError that names the expected layout; run before every impl call.
+    case_type:      a frozen dataclass of one configuration (JSON round-trips it for --replay).
+    cases:          (impl, mode) -> hypothesis strategy of case_type, drawing only features the impl supports;
+                    mode is how the impl runs: "cpu", "cuda" or "interpret" (Triton's interpreter: tiny cases).
+    make_call:      (case, device) -> Call, the inputs of a case (deterministic in the case's seed).
+    properties:     the laws every impl must satisfy.
+    bench_cases:    realistic sizes for `llmopt bench`; quick_cases: small ones for CPU and --quick.
+    cost:           (case, mode) -> Cost, mode one of bench_modes ("fwd", and "bwd" where there is a backward).
+    bench_modes:    what `llmopt bench` times: "fwd" the call, "bwd" autograd through it.
+    features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
+    claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
+    examples:       (mode) -> fixed cases run before hypothesis explores (the regression grid).
+    """
+
+    name: str
+    reference: Callable
+    validate: Callable[[Call], None]
+    case_type: type
+    cases: Callable[[Any, str], Any]
+    make_call: Callable[[Any, str], Call]
+    properties: list[Property]
+    bench_cases: list
+    quick_cases: list
+    cost: Callable[[Any, str], Cost]
+    features: Callable[[Any], set[str]]
+    feature_names: tuple[str, ...]
+    claims: Callable[[], list[Claim]] = lambda: []
+    examples: Callable[[str], list] = lambda mode: []
+    max_bench_cpu_flops: float = 2e9
+    bench_modes: tuple[str, ...] = ("fwd",)
+
+    def case_to_json(self, case) -> str:
+        return json.dumps(dataclasses.asdict(case), sort_keys=True, separators=(",", ":"))
+
+    def case_from_json(self, text: str):
+        try:
+            fields = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--replay expects a JSON object of {self.case_type.__name__} fields: {error}") from None
+        names = {f.name for f in dataclasses.fields(self.case_type)}
+        if not isinstance(fields, dict) or set(fields) != names:
+            raise ValueError(f"--replay expects a JSON object with exactly the fields {sorted(names)}")
+        return self.case_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+    def case_id(self, case) -> str:
+        return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(case).items() if k != "seed")
+
+    def unsupported(self, case, supports: dict) -> str | None:
+        """Why an impl with these `supports` cannot run this case, or None. Boolean features declared False,
+        dtypes outside supports["dtypes"], and supports["check"](case) -> reason are honoured."""
+        for feature in sorted(self.features(case)):
+            if supports.get(feature, True) is False:
+                return f"does not support {feature}"
+        dtype = getattr(case, "dtype", None)
+        if dtype is not None and "dtypes" in supports and dtype not in supports["dtypes"]:
+            return f"does not support dtype {dtype}"
+        if "check" in supports:
+            return supports["check"](case)
+        return None

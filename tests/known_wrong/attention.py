@@ -1,0 +1,98 @@
+"""Known-wrong attention kernels, each with one classic bug; `llmopt verify attention --impl FILE:FUNC` must reject
+every one on CPU within the default budget. Each is written as a plausible kernel author would, not from the
+reference module."""
+import torch
+
+
+def _scores_mask(N, M, causal, window, offset_fn=lambda i, M, N: i + M - N):
+    i = torch.arange(N).unsqueeze(1)
+    j = torch.arange(M).unsqueeze(0)
+    diagonal = offset_fn(i, M, N)
+    keep = torch.ones(N, M, dtype=torch.bool)
+    if causal:
+        keep &= j <= diagonal
+    if window[0] >= 0:
+        keep &= j >= diagonal - window[0]
+    if window[1] >= 0:
+        keep &= j <= diagonal + window[1]
+    return keep
+
+
+def _naive(q, k, v, keep, scale, head_map=None):
+    Hq, Hkv = q.shape[1], k.shape[1]
+    index = head_map(torch.arange(Hq), Hq, Hkv) if head_map else torch.arange(Hq) // (Hq // Hkv)
+    k, v = k[:, index].float(), v[:, index].float()
+    s = (q.float() @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~keep.to(q.device), float("-inf"))
+    p = torch.softmax(s, -1).nan_to_num(0.0)
+    return (p @ v).to(q.dtype)
+
+
+def wrong_scale(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Divides by D instead of sqrt(D)."""
+    D = q.shape[-1]
+    return _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), 1.0 / D if scale is None else scale)
+
+
+def causal_off_by_one(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Excludes the diagonal key: j < i + M - N."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window, lambda i, M, N: i + M - N - int(causal))
+    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def top_left_causal(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Aligns the causal mask top-left (j <= i), right only when N == M."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window, lambda i, M, N: i)
+    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def wrong_gqa_mapping(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Query head h reads KV head h % Hkv instead of h // (Hq // Hkv)."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale, lambda h, Hq, Hkv: h % Hkv)
+
+
+def _tiled(q, k, v, *, causal, scale, window, rescale_output=True, mask_padding=True, accumulate=torch.float32,
+           block=16):
+    """Online-softmax tiling over key blocks of `block`, K/V zero-padded to a multiple of the block."""
+    B, Hq, N, D = q.shape
+    M = k.shape[2]
+    scale = D ** -0.5 if scale is None else scale
+    group = Hq // k.shape[1]
+    k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    padded = -(-M // block) * block
+    k = torch.nn.functional.pad(k, (0, 0, 0, padded - M)).to(accumulate)
+    v = torch.nn.functional.pad(v, (0, 0, 0, padded - M)).to(accumulate)
+    keep = torch.nn.functional.pad(_scores_mask(N, M, causal, window), (0, padded - M), value=not mask_padding)
+    q = q.to(accumulate)
+    m = torch.full((B, Hq, N, 1), float("-inf"), dtype=accumulate)
+    l = torch.zeros((B, Hq, N, 1), dtype=accumulate)
+    acc = torch.zeros((B, Hq, N, D), dtype=accumulate)
+    for n0 in range(0, padded, block):
+        s = (q @ k[:, :, n0:n0 + block].transpose(-1, -2)) * scale
+        s = s.masked_fill(~keep[:, n0:n0 + block], float("-inf"))
+        m_new = torch.maximum(m, s.amax(-1, keepdim=True))
+        m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        p = torch.exp(s - m_safe)
+        alpha = torch.exp(m - m_safe)
+        l = alpha * l + p.sum(-1, keepdim=True)
+        acc = (alpha * acc if rescale_output else acc) + p @ v[:, :, n0:n0 + block]
+        m = m_new
+    out = torch.where(l > 0, acc / torch.where(l > 0, l, torch.ones_like(l)), torch.zeros_like(acc))
+    return out.to(v.dtype if accumulate != torch.float32 else q.dtype).to(torch.promote_types(out.dtype, out.dtype))
+
+
+def missing_rescale(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Rescales the running sum but not the running output when the running max grows."""
+    return _tiled(q, k, v, causal=causal, scale=scale, window=window, rescale_output=False).to(q.dtype)
+
+
+def padding_leak(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Pads keys to a multiple of the block with zeros and forgets to mask the padding."""
+    return _tiled(q, k, v, causal=causal, scale=scale, window=window, mask_padding=False).to(q.dtype)
+
+
+def half_accumulation(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Keeps the running max, sum and output in the input precision (fp16/bf16) instead of fp32."""
+    accumulate = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
+    return _tiled(q, k, v, causal=causal, scale=scale, window=window, accumulate=accumulate).to(q.dtype)

@@ -1,0 +1,58 @@
+"""asv smoke test: with the repository's asv.conf.json (paths moved to a temp folder, HOME too, so neither results/
+nor ~ is written), asv discovers only the suites of bench/asv and runs one attention impl on one case in both modes;
+a benchmark that raises makes `asv run` exit non-zero, so this test fails. And the suite's CUDA params, built on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmopt.bench.asv._suite import technique_suite
+from llmopt.impls import discover
+from llmopt.reference.attention import CONTRACT
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_asv_runs_the_attention_suite(tmp_path):
+    util = pytest.importorskip("asv.util")
+    if shutil.which("asv") is None:
+        pytest.skip("the asv command is not installed")
+    config = util.load_json(str(REPO / "asv.conf.json"), js_comments=True, api_version=1)
+    config.update(version=1, repo=str(REPO), benchmark_dir=str(REPO / config["benchmark_dir"]),
+                  results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"), env_dir=str(tmp_path / "env"))
+    (tmp_path / "asv.conf.json").write_text(json.dumps(config))
+    env = {**os.environ, "HOME": str(tmp_path)}
+
+    def asv(*args):
+        return subprocess.run(["asv", *args], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    machine = asv("machine", "--yes", "--machine", "ci")
+    assert machine.returncode == 0, machine.stdout + machine.stderr
+    one_case = re.escape(f"('sdpa_math', '{CONTRACT.case_id(CONTRACT.quick_cases[0])}', ")
+    run = asv("run", "-E", f"existing:{sys.executable}", "--quick", "--dry-run", "--machine", "ci", "--show-stderr",
+              "--bench", one_case)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output
+    assert "attention.Attention.track_ms" in output and "failed" not in output
+    discovered = json.loads((tmp_path / "results" / "benchmarks.json").read_text())
+    assert sorted(name for name in discovered if name != "version") == ["attention.Attention.track_ms"]
+
+
+def test_suite_on_cuda_tracks_memory_on_the_chosen_cases(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # params only: nothing runs
+    suite = technique_suite("attention", on_cuda=lambda case: case.N == 4096)
+
+    impls, cases, modes = suite.params
+    assert impls == sorted(name for name, impl in discover("attention").items() if impl.runs_on("cuda") == "cuda")
+    assert cases == [CONTRACT.case_id(case) for case in CONTRACT.bench_cases if case.N == 4096]
+    assert modes == ["fwd", "bwd"]
+    assert (suite.__name__, suite.track_ms.unit, suite.track_peak_mem_mb.unit) == ("Attention", "ms", "MB")

@@ -1,0 +1,107 @@
+"""The benchmarking half on CPU: run_bench's rows follow ARCHITECTURE.md's schema with consistent numbers and honest
+skips, the report renders tables and plots from rows, and best_fraction_of_peak reads only what it should."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from llmopt.bench.bench import run_bench
+from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, gpu_slug
+from llmopt.bench.report import write_report
+from llmopt.bench.results import append_rows, best_fraction_of_peak, read_rows
+from llmopt.impls import Impl, discover
+from llmopt.reference.attention import CONTRACT, AttentionCase, attention
+
+ROW_FIELDS = {"technique", "impl", "case", "case_id", "mode", "device", "gpu", "dtype", "latency_ms", "latency_ms_p20",
+              "latency_ms_p80", "tflops", "gbps", "roofline_pct", "peak_mem_mb", "margin", "commit", "machine",
+              "versions", "peaks", "time"}
+TINY = AttentionCase(B=1, Hq=2, Hkv=1, N=33, M=33, D=16, causal=True)
+
+
+def test_run_bench_rows_follow_the_schema(tmp_path):
+    forward_only = Impl(technique="attention", name="forward_only_naive", fn=attention, kind="user", devices=("cpu",),
+                        supports={"backward": False})
+    cuda_only = Impl(technique="attention", name="cuda_only_naive", fn=attention, kind="user", devices=("cuda",))
+    contract = dataclasses.replace(CONTRACT, quick_cases=[TINY])
+    impls = [discover("attention")["sdpa_math"], forward_only, cuda_only]
+    rows = run_bench(contract, impls, "cpu", out=tmp_path / "local")
+
+    assert [(r["impl"], r["mode"]) for r in rows] == [("sdpa_math", "fwd"), ("sdpa_math", "bwd"),
+                                                      ("forward_only_naive", "fwd")]
+    assert {(s["impl"], s["mode"]) for s in rows.skipped} == {("cuda_only_naive", None), ("forward_only_naive", "bwd")}
+    assert all(s["reason"] for s in rows.skipped)
+    assert json.loads(json.dumps(list(rows))) == read_rows(tmp_path, "attention")
+    for row in rows:
+        assert set(row) == ROW_FIELDS
+        assert set(row["peaks"]) == {"copy_gbps", "matmul_tflops"} and min(row["peaks"].values()) > 0
+        assert (row["technique"], row["device"], row["machine"], row["gpu"]) == ("attention", "cpu", "local", None)
+        assert row["case"] == dataclasses.asdict(TINY) and row["dtype"] == "float32"
+        assert 0 < row["latency_ms_p20"] <= row["latency_ms"] <= row["latency_ms_p80"]
+        cost = CONTRACT.cost(TINY, row["mode"])
+        assert row["tflops"] == pytest.approx(cost.flops / row["latency_ms"] / 1e9)
+        assert row["gbps"] == pytest.approx(cost.bytes / row["latency_ms"] / 1e6)
+        assert 0 < row["roofline_pct"] < 1000  # far beyond 100 would mean wrong units
+        assert row["peak_mem_mb"] is None  # no allocator counter on CPU
+        assert 0 <= row["margin"] <= 1  # matches_reference (fwd), grads_match_reference (bwd)
+        assert {"python", "torch", "triton"} <= set(row["versions"])
+        assert row["time"].endswith("Z")
+
+
+def _row(technique, impl, case, mode, tflops, machine="h100", time="2026-11-25T10:00:00Z", commit="abc"):
+    latency = 1.0 / tflops
+    case_id = ",".join(f"{k}={v}" for k, v in case.items())
+    return {"technique": technique, "impl": impl, "case": case, "case_id": case_id, "mode": mode, "device": "cuda",
+            "gpu": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "latency_ms": latency,
+            "latency_ms_p20": 0.9 * latency, "latency_ms_p80": 1.1 * latency, "tflops": tflops, "gbps": 10.0 * tflops,
+            "roofline_pct": tflops / 8, "peak_mem_mb": 100.0, "margin": 0.5, "commit": commit, "machine": machine,
+            "versions": {"torch": "2.11.0", "triton": "3.6.0"}, "peaks": {"copy_gbps": 3000.0, "matmul_tflops": 700.0},
+            "time": time}
+
+
+def test_report_has_tables_and_plots(tmp_path):
+    rows = [_row("attention", impl, {"B": 16384 // n, "N": n, "causal": causal}, "fwd", tflops * n / 4096)
+            for impl, tflops in (("sdpa_flash", 300), ("mine", 450)) for n in (1024, 4096) for causal in (False, True)]
+    rows.append(_row("attention", "mine", {"B": 4, "N": 4096, "causal": False}, "fwd", 1.0, commit="old",
+                     time="2026-11-24T10:00:00Z"))  # an older commit: not reported
+    append_rows(tmp_path / "h100" / "attention.jsonl", rows)
+    append_rows(tmp_path / "h100" / "lora.jsonl", [_row("lora", impl, {"r": r, "d": 4096}, "fwd", 100.0 * r)
+                                                   for impl in ("peft", "mine") for r in (8, 64)])
+    append_rows(tmp_path / "h100" / "verify.jsonl", [
+        {"technique": "attention", "impl": "mine", "device": "cuda", "machine": "h100", "status": status, "reason": "",
+         "properties": {"matches_reference": {"status": "fail" if status == "failing" else "pass", "examples": 40,
+                                              "max_margin": 0.5}}, "commit": "abc", "time": time}
+        for status, time in (("failing", "2026-11-24T10:00:00Z"), ("verified", "2026-11-25T10:00:00Z"))])
+
+    report = write_report(tmp_path).read_text()
+
+    assert "| attention | mine | **verified** (cuda; max margin 0.50) |" in report
+    assert "## attention on h100" in report and "## lora on h100" in report and "commit `abc`" in report
+    assert "Speedup over sdpa_flash" in report and "| B=4,N=4096,causal=False | fwd | 1.00x | 1.50x |" in report
+    assert "commit `old`" not in report
+    for name in ("attention-h100-fwd.png", "lora-h100-fwd.png"):
+        assert f"(plots/{name})" in report
+        assert (tmp_path / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_best_fraction_of_peak_reads_committed_forward_rows(tmp_path):
+    case = {"B": 8, "N": 2048}
+    append_rows(tmp_path / "h100" / "attention.jsonl", [
+        _row("attention", "sdpa_flash", case, "fwd", 400.0), _row("attention", "sdpa_flash", case, "bwd", 600.0),
+        _row("attention", "other", case, "fwd", 800.0)])
+    append_rows(tmp_path / "local" / "attention.jsonl", [_row("attention", "sdpa_flash", case, "fwd", 900.0, "local")])
+
+    best = best_fraction_of_peak("attention", ("sdpa_flash",), root=tmp_path)
+
+    assert best == {"pct": pytest.approx(100 * 400 / DATASHEET_DENSE_TFLOPS["h100"]), "peak_tflops": 989.4,
+                    "machine": "h100", "impl": "sdpa_flash", "case_id": "B=8,N=2048"}
+    assert best_fraction_of_peak("attention", (), root=tmp_path) is None
+    assert best_fraction_of_peak("lora", ("sdpa_flash",), root=tmp_path) is None
+
+
+@pytest.mark.parametrize("name, slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                        ("NVIDIA A100-SXM4-40GB", "a100"), ("NVIDIA H100 PCIe", "h100-pcie"),
+                                        ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090")])
+def test_gpu_slug(name, slug):
+    assert gpu_slug(name) == slug
