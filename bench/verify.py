@@ -85,7 +85,8 @@ def verify(contract: Contract, impl, device: str, *, impl_spec: str | None = Non
     mode = impl.runs_on(device)
     impl = impl.for_mode(mode)
     outcome = VerifyResult(contract.name, impl.name, device, mode)
-    budget = DEFAULT_EXAMPLES[mode] if max_examples is None else max_examples
+    budget = max_examples if max_examples is not None else impl.examples_budget.get(
+        mode, contract.examples_budget.get(mode, DEFAULT_EXAMPLES[mode]))
     examples = [case for case in contract.examples(mode) if contract.unsupported(case, impl.supports) is None]
     strategy = contract.cases(impl, mode)
     for prop in contract.properties:

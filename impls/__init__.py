@@ -32,6 +32,7 @@ class Impl:
     available: () -> reason or None, for checks beyond importability (GPU generation, a working import).
     prepare:   (*args, **kwargs) -> (run, to_contract), run() computes in the library's native layout and
                to_contract(out) converts back; used by bench so layout changes stay outside the timed region.
+    examples_budget: {mode: hypothesis examples per property} for impls that compile a kernel per shape.
     """
 
     technique: str
@@ -44,6 +45,7 @@ class Impl:
     available: Callable[[], str | None] | None = None
     prepare: Callable | None = None
     source: str = ""
+    examples_budget: dict = field(default_factory=dict)
 
     def unavailable_reason(self, device: str) -> str | None:
         """None when the impl can run on `device` ("cpu" or "cuda") here, else why not."""
@@ -91,7 +93,7 @@ def enable_triton_interpreter_without_cuda() -> None:
 
 def register(technique: str, name: str, *, kind: str, devices: tuple[str, ...], supports: dict | None = None,
              requires: tuple[str, ...] = (), available: Callable[[], str | None] | None = None,
-             prepare: Callable | None = None) -> Callable:
+             prepare: Callable | None = None, examples_budget: dict | None = None) -> Callable:
     """Decorator: register `fn` as impl `name` of `technique`."""
     if kind not in KINDS:
         raise ValueError(f"impl {technique}/{name}: kind {kind!r} is not one of {KINDS}")
@@ -103,7 +105,7 @@ def register(technique: str, name: str, *, kind: str, devices: tuple[str, ...], 
         if name in impls and impls[name].source != fn.__module__:
             raise ValueError(f"impl {technique}/{name} registered twice ({impls[name].source}, {fn.__module__})")
         impls[name] = Impl(technique, name, fn, kind, tuple(devices), dict(supports or {}), tuple(requires),
-                           available, prepare, fn.__module__)
+                           available, prepare, fn.__module__, dict(examples_budget or {}))
         return fn
 
     return decorator

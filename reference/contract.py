@@ -88,6 +88,7 @@ class Contract:
     bench_cases:    realistic sizes for `llmopt bench`; quick_cases: small ones for CPU and --quick.
     cost:           (case, mode) -> Cost, mode one of bench_modes ("fwd", and "bwd" where there is a backward).
     bench_modes:    what `llmopt bench` times: "fwd" the call, "bwd" autograd through it.
+    examples_budget: {mode: examples per property} where a technique's cases are costlier than verify's default.
     features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
     claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
     examples:       (mode) -> fixed cases run before hypothesis explores (the regression grid).
@@ -109,6 +110,7 @@ class Contract:
     examples: Callable[[str], list] = lambda mode: []
     max_bench_cpu_flops: float = 2e9
     bench_modes: tuple[str, ...] = ("fwd",)
+    examples_budget: dict = field(default_factory=dict)  # mode -> hypothesis examples per property, overriding verify's
 
     def case_to_json(self, case) -> str:
         return json.dumps(dataclasses.asdict(case), sort_keys=True, separators=(",", ":"))

@@ -42,7 +42,9 @@ def prepare(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 
 
 # On CPU the compiled FlexAttention has no backward (NotImplementedError).
-@register("attention", "flex", kind="torch", devices=("cpu", "cuda"), prepare=prepare, supports={"backward": ("cuda",)})
+# Every new shape compiles a kernel (seconds on CPU): a smaller hypothesis budget there, beyond the fixed grid.
+@register("attention", "flex", kind="torch", devices=("cpu", "cuda"), prepare=prepare, supports={"backward": ("cuda",)},
+          examples_budget={"cpu": 3})
 def flex(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     run, _ = prepare(q, k, v, causal=causal, scale=scale, window=window)
     return run()

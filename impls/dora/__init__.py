@@ -1,0 +1,1 @@
+"""Impls of the dora contract (reference/dora.py)."""

@@ -1,0 +1,1 @@
+"""Impls of the kv_cache contract (reference/kv_cache.py)."""

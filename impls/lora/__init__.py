@@ -1,0 +1,1 @@
+"""Impls of the lora contract (reference/lora.py)."""

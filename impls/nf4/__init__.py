@@ -1,0 +1,1 @@
+"""Impls of the nf4 contract (reference/nf4.py)."""

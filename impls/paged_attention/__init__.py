@@ -1,0 +1,1 @@
+"""Impls of the paged_attention contract (reference/paged_attention.py)."""

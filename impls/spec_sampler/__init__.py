@@ -1,0 +1,1 @@
+"""Impls of the spec_sampler contract (reference/spec_sampler.py)."""
