@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import pytest
+import torch
 
 from llmopt.bench.cli import main
 from llmopt.bench.verify import verify
@@ -17,9 +18,14 @@ from llmopt.reference import contracts
 HERE = Path(__file__).parent
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def _available():
-    return [(t, name) for t in sorted(contracts()) for name, impl in sorted(discover(t).items())
-            if impl.unavailable_reason("cpu") is None]
+    """(technique, impl, device) for every impl that runs here; CUDA ones carry the gpu mark."""
+    return [pytest.param(t, name, device, marks=[pytest.mark.gpu] if device == "cuda" else [])
+            for device in DEVICES for t in sorted(contracts()) for name, impl in sorted(discover(t).items())
+            if impl.unavailable_reason(device) is None]
 
 
 def _user_functions(folder: str):
@@ -33,10 +39,10 @@ def _user_functions(folder: str):
     return found
 
 
-@pytest.mark.parametrize("technique,name", _available())
-def test_registered_impl_holds_its_contract(technique, name):
+@pytest.mark.parametrize("technique,name,device", _available())
+def test_registered_impl_holds_its_contract(technique, name, device):
     contract = contracts()[technique]
-    outcome = verify(contract, discover(technique)[name], "cpu")
+    outcome = verify(contract, discover(technique)[name], device)
     failures = [f"{p.name}: {p.message}\n  {p.replay}" for p in outcome.properties if p.status == "fail"]
     assert outcome.ok, "\n".join(failures)
     assert any(p.status == "pass" for p in outcome.properties)

@@ -425,6 +425,9 @@ _INTERPRETER_CONFIGS = {
     "backward_dq": TileConfig(32, 16, 4, 1),
 }
 _AUTOTUNE_KEY = ["N_Q", "N_K", "HEAD_DIM", "HAS_LEFT", "HAS_RIGHT"]  # the autotuner adds the tensors' dtypes
+# Below this many query x key pairs a problem runs with the first candidate tile that fits instead of autotuning: the
+# many small shapes of a verification would each autotune (compile every candidate) for a launch of microseconds.
+_AUTOTUNE_MIN_PAIRS = 1 << 20
 _SHARED_MEMORY_BUDGET = 227 * 1024  # bytes: Hopper's per-block maximum
 _DELTA_BLOCK_M = 64
 _PINNED: dict[str, TileConfig] = {}
@@ -484,20 +487,25 @@ def pin_config(kernel: str, tile: TileConfig | None) -> None:
         _PINNED[kernel] = TileConfig(*tile)
 
 
-def _fixed_tile(kernel: str, dtype: torch.dtype) -> TileConfig | None:
-    """The tile `kernel` runs with when it is not autotuned: pinned, else the interpreter's, else float32's."""
+def _fixed_tile(kernel: str, dtype: torch.dtype, pairs: int, block_d: int) -> TileConfig | None:
+    """The tile `kernel` runs with when it is not autotuned: pinned, else the interpreter's, else float32's, else
+    for problems under _AUTOTUNE_MIN_PAIRS query x key pairs the first candidate that fits the head dim."""
     if kernel in _PINNED:
         return _PINNED[kernel]
     if _INTERPRET:
         return _INTERPRETER_CONFIGS[kernel]
     if dtype == torch.float32:
         return _FLOAT32_CONFIG
+    if pairs < _AUTOTUNE_MIN_PAIRS:
+        return next(tile for tile, max_block_d in _AUTOTUNE_CONFIGS[kernel] if block_d <= max_block_d
+                    and _shared_memory_bytes(kernel, tile, block_d, dtype.itemsize) <= _SHARED_MEMORY_BUDGET)
     return None
 
 
-def _launch(kernel: str, dtype: torch.dtype, grid, *args, **constexprs) -> None:
-    """Run `kernel` (inputs of `dtype`) with its fixed tile if it has one, else through the autotuner."""
-    tile = _fixed_tile(kernel, dtype)
+def _launch(kernel: str, dtype: torch.dtype, pairs: int, grid, *args, **constexprs) -> None:
+    """Run `kernel` (inputs of `dtype`, a problem of `pairs` query x key pairs) with its fixed tile if it has one,
+    else through the autotuner."""
+    tile = _fixed_tile(kernel, dtype, pairs, constexprs["BLOCK_D"])
     if tile is None:
         _AUTOTUNED_KERNELS[kernel][grid](*args, **constexprs)
     else:
@@ -539,7 +547,7 @@ def _forward(q, k, v, scale: float, visibility: _Visibility):
     Hkv, M = k.shape[1], k.shape[2]
     out = torch.empty((B, Hq, N, D), dtype=q.dtype, device=q.device)  # (B, Hq, N, D)
     lse = torch.empty((B, Hq, N), dtype=torch.float32, device=q.device)  # (B, Hq, N)
-    _launch("forward", q.dtype, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
+    _launch("forward", q.dtype, N * M, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
             q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             Hq, Hq // Hkv, N, M, scale * _LOG2E, visibility.left, visibility.right,
             **_kernel_constexprs(D, q.dtype, visibility))
@@ -558,11 +566,11 @@ def _backward(grad_out, q, k, v, out, lse, scale: float, visibility: _Visibility
     dq = torch.empty((B, Hq, N, D), dtype=q.dtype, device=q.device)  # (B, Hq, N, D)
     dk = torch.empty((B, Hkv, M, D), dtype=k.dtype, device=k.device)  # (B, Hkv, M, D)
     dv = torch.empty((B, Hkv, M, D), dtype=v.dtype, device=v.device)  # (B, Hkv, M, D)
-    _launch("backward_dkdv", q.dtype, lambda meta: (triton.cdiv(M, meta["BLOCK_N"]), B * Hkv),
+    _launch("backward_dkdv", q.dtype, N * M, lambda meta: (triton.cdiv(M, meta["BLOCK_N"]), B * Hkv),
             q, k, v, grad_out, dk, dv, lse, delta,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
             Hkv, Hq // Hkv, N, M, scale * _LOG2E, scale, visibility.left, visibility.right, **constexprs)
-    _launch("backward_dq", q.dtype, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
+    _launch("backward_dq", q.dtype, N * M, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
             q, k, v, grad_out, dq, lse, delta,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
             Hq, Hq // Hkv, N, M, scale * _LOG2E, scale, visibility.left, visibility.right, **constexprs)

@@ -44,7 +44,7 @@ def prepare(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 # On CPU the compiled FlexAttention has no backward (NotImplementedError).
 # Every new shape compiles a kernel (seconds on CPU): a smaller hypothesis budget there, beyond the fixed grid.
 @register("attention", "flex", kind="torch", devices=("cpu", "cuda"), prepare=prepare, supports={"backward": ("cuda",)},
-          examples_budget={"cpu": 3})
+          examples_budget={"cpu": 3, "cuda": 5})
 def flex(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     run, _ = prepare(q, k, v, causal=causal, scale=scale, window=window)
     return run()
