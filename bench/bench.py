@@ -14,11 +14,13 @@ import torch
 from llmopt.bench.machine import describe, measure_peaks
 from llmopt.bench.results import append_rows, results_dir
 from llmopt.bench.timing import peak_memory_mb, time_fn
+from llmopt.impls import Unsupported
 from llmopt.reference.contract import Call, PropertyFailed
 
 # The contract property whose margin (error / allowed) is recorded with each row, by mode.
 MARGIN_PROPERTY = {"fwd": "matches_reference", "bwd": "grads_match_reference"}
-MAX_MARGIN_FLOPS = 2e11  # forward FLOPs above which the float64 reference is not run for a margin
+# Forward FLOPs above which the float64 reference is not run for a margin (its scores must fit in memory).
+MAX_MARGIN_FLOPS = {"cpu": 2e11, "cuda": 6e11}
 OUT_OF_MEMORY = "does not fit in memory"
 
 
@@ -99,7 +101,7 @@ def margin(contract, impl, case, mode: str, device: str) -> float | str | None:
     inputs make_call rebuilds, equal to the timed ones); "FAIL: <message>" when it fails; None when the contract has
     no such property, it does not apply, the case is over MAX_MARGIN_FLOPS or the reference does not fit in memory."""
     prop = next((p for p in contract.properties if p.name == MARGIN_PROPERTY[mode]), None)
-    if prop is None or not prop.applies(impl, case) or contract.cost(case, "fwd").flops > MAX_MARGIN_FLOPS:
+    if prop is None or not prop.applies(impl, case) or contract.cost(case, "fwd").flops > MAX_MARGIN_FLOPS[device]:
         return None
     try:
         return prop.check(impl, case, device)
@@ -144,6 +146,8 @@ def attempt(work: Callable, device: str):
         reason = str(skipped)
     except NotImplementedError as refusal:
         reason = f"not implemented: {refusal}"
+    except Unsupported as refusal:
+        reason = f"unsupported: {refusal}"
     except torch.OutOfMemoryError:
         reason = OUT_OF_MEMORY
     if device == "cuda":  # the failed attempt's tensors died with its traceback: hand their blocks back

@@ -83,6 +83,7 @@ def cmd_list(args) -> int:
 
 def _print_property(result) -> None:
     margin = "" if result.max_margin is None else f" max margin {result.max_margin:.3g}"
+    margin += f", {result.unsupported} declined by the library" if result.unsupported else ""
     color = {"pass": "green", "fail": "red", "n/a": "yellow"}[result.status]
     console.print(f"  [{color}]{result.status:>4}[/] {result.name}: {result.examples} cases{margin} "
                   f"({result.seconds:.1f} s)")
@@ -99,7 +100,7 @@ def _record_verify(outcome, device: str, out) -> None:
     row = {"technique": outcome.technique, "impl": outcome.impl, "device": device, "mode": outcome.mode,
            "machine": info["machine"], "status": outcome.status, "reason": "",
            "properties": {p.name: {"status": p.status, "examples": p.examples, "max_margin": p.max_margin,
-                                   "message": p.message} for p in outcome.properties},
+                                   "unsupported": p.unsupported, "message": p.message} for p in outcome.properties},
            "commit": info["commit"], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results.append_rows(results.results_dir(device, out) / "verify.jsonl", [row])
 
@@ -112,6 +113,34 @@ def _record_unavailable(technique: str, name: str, reason: str, device: str, out
            "status": "unavailable", "reason": reason, "properties": {}, "commit": info["commit"],
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results.append_rows(results.results_dir(device, out) / "verify.jsonl", [row])
+
+
+def _isolated(impls, command: list[str], extra: list[str]) -> bool | None:
+    """On CUDA with several impls, run `llmopt COMMAND --impl NAME EXTRA` per impl in its own process: a kernel that
+    faults leaves a sticky CUDA error that would fail every impl after it. True when all exited 0; None when not
+    isolating (one impl, or not CUDA)."""
+    import os
+    import subprocess
+
+    if len(impls) < 2 or "--device" not in extra or extra[extra.index("--device") + 1] != "cuda":
+        return None
+    from llmopt.bench.machine import PEAKS_ENV, measure_peaks
+
+    env = dict(os.environ)
+    if command[0] == "bench" and PEAKS_ENV not in env:
+        env[PEAKS_ENV] = json.dumps(measure_peaks("cuda"))
+    codes = []
+    for impl in impls:
+        argv = [sys.executable, "-m", "llmopt.bench.cli", *command, "--impl", impl.name, *extra]
+        codes.append(subprocess.run(argv, env=env).returncode)
+        if codes[-1] not in (0, FAILED):
+            console.print(f"[red]{impl.name}: its process ended with code {codes[-1]} (crash or fault)[/]")
+    return all(code == 0 for code in codes)
+
+
+def _flags(**values) -> list[str]:
+    return [item for key, value in values.items() if value is not None
+            for item in (f"--{key.replace('_', '-')}", str(value))]
 
 
 def verify_technique(technique: str, names, device: str, *, max_examples=None, seed=None, replay=None,
@@ -128,6 +157,11 @@ def verify_technique(technique: str, names, device: str, *, max_examples=None, s
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}", markup=True)
         if record:
             _record_unavailable(technique, name, reason, device, record_to)
+    extra = _flags(device=device, max_examples=max_examples, seed=seed, replay=replay,
+                   out=record_to if record else None) + [a for p in only or [] for a in ("--property", p)]
+    isolated = _isolated(impls, ["verify", technique], extra)
+    if isolated is not None:
+        return isolated
     ok = True
     for impl in impls:
         console.print(f"[bold]{technique}[/] / [bold]{impl.name}[/] on {device} ({impl.runs_on(device)})")
@@ -156,6 +190,13 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, pro
     impls, unavailable = _selected_impls(technique, names, device)
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    isolated = _isolated(impls, ["bench", technique], _flags(device=device, out=out) + (["--quick"] if quick else []))
+    if isolated is not None:  # the children wrote their rows: this run's are those since `started`
+        from llmopt.bench import results
+
+        folder = results.results_dir(device, out)
+        return [r for r in results.read_rows(folder.parent, technique, folder.name) if r["time"] >= started]
     rows = run_bench(contract, impls, device, quick=quick, out=out, progress=progress)
     _print_rows(technique, rows)
     for note in rows.skipped:

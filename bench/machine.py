@@ -5,6 +5,8 @@ imported, only their installed versions read."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import os
 import platform
 import re
 import subprocess
@@ -113,10 +115,15 @@ def _matmul_tflops(n: int, dtype: torch.dtype, device: str) -> float:
     return 2 * n**3 / time_fn(lambda: a @ b, device).median_ms / 1e9
 
 
+PEAKS_ENV = "LLMOPT_PEAKS"  # JSON of measure_peaks' result, shared by the processes of one run
+
+
 def measure_peaks(device: str) -> dict:
     """Measured peaks of `device`: "copy_gbps" (device-to-device copy), "matmul_tflops" and "matmul_dtype" (square
     matmul). GPU: 2 GiB copy, bf16 n = 8192; CPU: 256 MiB copy, float32 n = 2048. Medians over repetitions timed as
     benchmarks are (llmopt.bench.timing)."""
+    if os.environ.get(PEAKS_ENV):  # measured once by the parent of isolated per-impl runs
+        return json.loads(os.environ[PEAKS_ENV])
     n, dtype = (8192, torch.bfloat16) if device == "cuda" else (2048, torch.float32)
     return {"copy_gbps": _copy_gbps(2**31 if device == "cuda" else 2**28, device),
             "matmul_tflops": _matmul_tflops(n, dtype, device), "matmul_dtype": str(dtype).removeprefix("torch.")}

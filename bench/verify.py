@@ -7,6 +7,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from llmopt.impls import Unsupported
 from llmopt.reference.contract import Contract, PropertyFailed
 
 DEFAULT_EXAMPLES = {"cpu": 25, "cuda": 40, "interpret": 6}
@@ -17,6 +18,7 @@ class PropertyResult:
     name: str
     status: str  # "pass" | "fail" | "n/a" (applied to no case)
     examples: int = 0  # cases the property was checked on
+    unsupported: int = 0  # cases the impl's library declined (llmopt.impls.Unsupported)
     max_margin: float | None = None
     case: object = None  # the minimal failing case
     message: str = ""
@@ -34,7 +36,8 @@ class VerifyResult:
 
     @property
     def ok(self) -> bool:
-        return all(p.status != "fail" for p in self.properties)
+        """No property failed and at least one held on some case (an impl that declines everything proves nothing)."""
+        return all(p.status != "fail" for p in self.properties) and any(p.status == "pass" for p in self.properties)
 
     @property
     def status(self) -> str:
@@ -53,6 +56,9 @@ def check_property(contract: Contract, prop, impl, device: str, case, result: Pr
         return True
     try:
         margin = prop.check(impl, case, device)
+    except Unsupported:
+        result.unsupported += 1
+        return True
     except Exception as error:  # noqa: BLE001 - an impl that raises fails the property, with its message
         result.status, result.case, result.message = "fail", case, _failure_message(error)
         return False

@@ -17,6 +17,11 @@ DEVICES = ("cpu", "cuda", "interpret")  # interpret: CPU tensors through Triton'
 KINDS = ("reference", "torch", "library", "triton", "user")
 
 
+class Unsupported(Exception):
+    """Raised by an impl when its library declares, at call time, that it cannot take these inputs (e.g. torch's
+    SDPA backend checks). The harness counts the case as unsupported for that impl: neither a pass nor a fail."""
+
+
 class ImplError(LookupError):
     """An impl was asked for that does not exist or cannot run here; the message lists the valid ones."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 
 _NOT_CONTRACTS = {"contract", "tolerance"}
@@ -21,7 +22,13 @@ def contracts() -> dict:
 
 
 def get_contract(technique: str):
-    """The contract of `technique`; ValueError listing the known techniques otherwise."""
+    """The contract of `technique` (from the module of that name when there is one); ValueError listing the known
+    techniques otherwise."""
+    if importlib.util.find_spec(f"{__name__}.{technique}") is not None:
+        module = importlib.import_module(f"{__name__}.{technique}")
+        for contract in getattr(module, "CONTRACTS", [getattr(module, "CONTRACT", None)]):
+            if contract is not None and contract.name == technique:
+                return contract
     found = contracts()
     if technique not in found:
         raise ValueError(f"unknown technique {technique!r}; known: {', '.join(sorted(found))}")

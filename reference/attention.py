@@ -65,7 +65,7 @@ def attention_tiled(q, k, v, *, causal=False, scale=None, window=(-1, -1), block
         qb = q[:, :, m0:m0 + block_m]  # (B, Hq, bm, D)
         rows = qb.shape[2]
         m = torch.full((B, Hq, rows, 1), float("-inf"), dtype=q.dtype, device=q.device)
-        l = torch.zeros((B, Hq, rows, 1), dtype=q.dtype, device=q.device)
+        row_sum = torch.zeros((B, Hq, rows, 1), dtype=q.dtype, device=q.device)
         acc = torch.zeros((B, Hq, rows, D), dtype=q.dtype, device=q.device)
         for n0 in range(0, M, block_n):
             s = (qb @ k[:, :, n0:n0 + block_n].transpose(-1, -2)) * scale  # (B, Hq, bm, bn)
@@ -75,10 +75,11 @@ def attention_tiled(q, k, v, *, causal=False, scale=None, window=(-1, -1), block
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no key seen yet
             p = torch.exp(s - m_safe)  # (B, Hq, bm, bn)
             rescale = torch.exp(m - m_safe)
-            l = rescale * l + p.sum(dim=-1, keepdim=True)
+            row_sum = rescale * row_sum + p.sum(dim=-1, keepdim=True)
             acc = rescale * acc + p @ v[:, :, n0:n0 + block_n]
             m = m_new
-        out[:, :, m0:m0 + block_m] = torch.where(l > 0, acc / torch.where(l > 0, l, torch.ones_like(l)), 0.0)
+        seen = row_sum > 0
+        out[:, :, m0:m0 + block_m] = torch.where(seen, acc / torch.where(seen, row_sum, torch.ones_like(row_sum)), 0.0)
     return out
 
 

@@ -3,7 +3,7 @@ causal and windows as a mask_mod over a block mask, GQA through enable_gqa. One 
 verify on CPU: every new shape compiles)."""
 from __future__ import annotations
 
-from llmopt.impls import register
+from llmopt.impls import Unsupported, register
 
 _COMPILED = {}
 
@@ -38,7 +38,16 @@ def prepare(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     block_mask = create_block_mask(_mask_mod(N, M, causal, tuple(window)), None, None, N, M, device=q.device)
     gqa = q.shape[1] != k.shape[1]
     compiled = _COMPILED[q.device.type]
-    return (lambda: compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)), (lambda out: out)
+
+    def run():
+        try:
+            return compiled(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=gqa)
+        except Exception as error:  # inductor declining to lower a shape is the library's "unsupported"
+            if "NoValidChoicesError" in str(error):
+                raise Unsupported(f"inductor has no FlexAttention kernel for this shape: {str(error)[:200]}") from error
+            raise
+
+    return run, (lambda out: out)
 
 
 # On CPU the compiled FlexAttention has no backward (NotImplementedError).

@@ -3,9 +3,31 @@ flash kernel, memory-efficient, cuDNN), pinned with sdpa_kernel so a backend tha
 instead of falling back. Bottom-right causal for N != M uses causal_lower_right; windows an explicit mask."""
 from __future__ import annotations
 
-from llmopt.impls import register
+from llmopt.impls import Unsupported, register
 
 HALF = ("float16", "bfloat16")
+_CAN_USE = {"FLASH_ATTENTION": "can_use_flash_attention", "EFFICIENT_ATTENTION": "can_use_efficient_attention",
+            "CUDNN_ATTENTION": "can_use_cudnn_attention"}
+
+
+def _check_backend_accepts(backend_name, q, k, v, kwargs):
+    """Raise Unsupported, with torch's own reasons, when the pinned CUDA backend declines these inputs (torch would
+    otherwise raise "No available kernel" with no reason)."""
+    import warnings
+
+    import torch
+    from torch.backends import cuda
+
+    if q.device.type != "cuda" or backend_name not in _CAN_USE:
+        return
+    mask = kwargs.get("attn_mask")
+    params = cuda.SDPAParams(q, k, v, mask if isinstance(mask, torch.Tensor) else None, 0.0,
+                             kwargs.get("is_causal", False), kwargs["enable_gqa"])
+    with warnings.catch_warnings(record=True) as reasons:
+        warnings.simplefilter("always")
+        accepted = getattr(cuda, _CAN_USE[backend_name])(params, True)
+    if not accepted:
+        raise Unsupported("; ".join(str(w.message).split(" (Triggered")[0] for w in reasons) or backend_name)
 
 
 def _plan(backend_name, q, k, v, causal, scale, window):
@@ -40,6 +62,7 @@ def _sdpa(backend_name):
         from torch.nn.attention import sdpa_kernel
 
         backend, kwargs = _plan(backend_name, q, k, v, causal, scale, window)
+        _check_backend_accepts(backend_name, q, k, v, kwargs)
 
         def run():
             with sdpa_kernel(backend):
