@@ -15,7 +15,7 @@ from llmopt.bench.machine import describe, measure_peaks
 from llmopt.bench.results import append_rows, results_dir
 from llmopt.bench.timing import peak_memory_mb, time_fn
 from llmopt.impls import Unsupported
-from llmopt.reference.contract import Call, PropertyFailed
+from llmopt.reference.contract import Call, Outcome, PropertyFailed
 
 # The contract property whose margin (error / allowed) is recorded with each row, by mode.
 MARGIN_PROPERTY = {"fwd": "matches_reference", "bwd": "grads_match_reference"}
@@ -77,18 +77,20 @@ def validated_call(contract, case, device: str) -> Call:
     return call
 
 
-def timed_call(impl, call: Call, mode: str) -> Callable[[], object]:
+def timed_call(impl, call: Call, mode: str, frozen: tuple[int, ...] = ()) -> Callable[[], object]:
     """The zero-argument callable that is timed. Everything before it, outside the timing: for "fwd", impl.prepare's
     layout conversion when the impl has one; for "bwd", the floating tensors of `call.args` made leaves that require
-    grad, one forward, and a random output gradient; the callable then runs torch.autograd.grad with respect to those
-    inputs, the graph retained (it includes the backward of any layout conversion prepare made)."""
+    grad (except the positions in `frozen`, the contract's frozen_args), one forward, and a random output gradient; the
+    callable then runs torch.autograd.grad with respect to those inputs, the graph retained (it includes the backward
+    of any layout conversion prepare made)."""
     if mode == "fwd":
         if impl.prepare is not None:
             run, _ = impl.prepare(*call.args, **call.kwargs)
             return run
         return lambda: impl.fn(*call.args, **call.kwargs)
-    args = tuple(a.detach().requires_grad_() if _is_float_tensor(a) else a for a in call.args)
-    inputs = [a for a in args if _is_float_tensor(a)]
+    args = tuple(a.detach().requires_grad_() if _is_float_tensor(a) and i not in frozen else a
+                 for i, a in enumerate(call.args))
+    inputs = [a for i, a in enumerate(args) if _is_float_tensor(a) and i not in frozen]
     out = timed_call(impl, Call(args, call.kwargs), "fwd")()
     if out.grad_fn is None:
         raise Skipped("its output carries no autograd graph (forward only)")
@@ -104,23 +106,24 @@ def margin(contract, impl, case, mode: str, device: str) -> float | str | None:
     if prop is None or not prop.applies(impl, case) or contract.cost(case, "fwd").flops > MAX_MARGIN_FLOPS[device]:
         return None
     try:
-        return prop.check(impl, case, device)
+        checked = prop.check(impl, case, device)
+        return checked.margin if isinstance(checked, Outcome) else checked
     except PropertyFailed as failure:
         return f"FAIL: {failure}"
     except torch.OutOfMemoryError:
         return None
 
 
-def _timed(impl, call: Call, mode: str, device: str):
+def _timed(impl, call: Call, mode: str, device: str, frozen: tuple[int, ...] = ()):
     """(Timing, peak MB) of the timed call; its inputs and graph are freed on return."""
-    run = timed_call(impl, call, mode)
+    run = timed_call(impl, call, mode, frozen)
     return time_fn(run, device), peak_memory_mb(run, device)
 
 
 def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict, peaks: dict) -> dict:
     """One result row (ARCHITECTURE.md's schema) for `impl` on `case` in `mode`; `call` holds the validated inputs,
     `info` is machine.describe(device), `peaks` machine.measure_peaks(device)."""
-    timing, memory = _timed(impl, call, mode, device)
+    timing, memory = _timed(impl, call, mode, device, contract.frozen_args)
     cost = contract.cost(case, mode)
     ms = timing.median_ms
     roofline_ms = max(cost.flops / peaks["matmul_tflops"] / 1e9, cost.bytes / peaks["copy_gbps"] / 1e6)

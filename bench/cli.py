@@ -84,6 +84,7 @@ def cmd_list(args) -> int:
 def _print_property(result) -> None:
     margin = "" if result.max_margin is None else f" max margin {result.max_margin:.3g}"
     margin += f", {result.unsupported} declined by the library" if result.unsupported else ""
+    margin += "".join(f"; {key}: {value}" for key, value in result.counts.items())
     color = {"pass": "green", "fail": "red", "n/a": "yellow"}[result.status]
     console.print(f"  [{color}]{result.status:>4}[/] {result.name}: {result.examples} cases{margin} "
                   f"({result.seconds:.1f} s)")
@@ -100,7 +101,8 @@ def _record_verify(outcome, device: str, out) -> None:
     row = {"technique": outcome.technique, "impl": outcome.impl, "device": device, "mode": outcome.mode,
            "machine": info["machine"], "status": outcome.status, "reason": "",
            "properties": {p.name: {"status": p.status, "examples": p.examples, "max_margin": p.max_margin,
-                                   "unsupported": p.unsupported, "message": p.message} for p in outcome.properties},
+                                   "unsupported": p.unsupported, "counts": p.counts, "message": p.message}
+                          for p in outcome.properties},
            "commit": info["commit"], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     results.append_rows(results.results_dir(device, out) / "verify.jsonl", [row])
 

@@ -6,13 +6,21 @@
 #   bench/gpu_session.sh OUT stage DIR...        copy wheel folders (made by wheelhouse.sh) into the staging folder
 #   bench/gpu_session.sh OUT install             join split wheels, pip install them offline, install llmopt
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
-#   bench/gpu_session.sh OUT verify TECHNIQUE... llmopt verify --device cuda, outcomes recorded
-#   bench/gpu_session.sh OUT bench TECHNIQUE...  llmopt bench (every available impl side by side, one run)
+#   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
+#   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
 #   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name
 #   bench/gpu_session.sh OUT run SCRIPT ARGS...  any python module or script, output logged
-# Steps chain in one call: `... OUT install \; verify attention \; bench attention`.
+# Steps chain in one call: `... OUT install \; verify attention \; bench attention`. The whole call stops after
+# LLMOPT_BUDGET seconds (default 570, under a 10-minute command limit) and OUT/session.tgz is packed after every step,
+# so a step cut short loses only itself.
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUT STEP [ARGS] [\; STEP ARGS]...}; shift
+out=${1:?usage: gpu_session.sh OUT STEP [ARGS] [\; STEP ARGS]...}
+if [ -z "${LLMOPT_INNER:-}" ]; then
+  LLMOPT_INNER=1 timeout -k 10 "${LLMOPT_BUDGET:-570}" bash "$0" "$@"; code=$?
+  [ $code -eq 124 ] && echo "=== stopped at the time budget (LLMOPT_BUDGET)"
+  exit $code
+fi
+shift
 repo=$(cd "$(dirname "$0")/.." && pwd)
 keep=/tmp/llmopt-session            # survives between calls while the host stays warm
 stage=$keep/stage
@@ -46,12 +54,9 @@ step() {
     test)
       ensure_llmopt
       python3 -m pytest -q -x --junitxml="$keep/logs/junit.xml" "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
-    verify)
+    verify|bench)
       ensure_llmopt
-      for t in "$@"; do llmopt verify "$t" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1; done ;;
-    bench)
-      ensure_llmopt
-      for t in "$@"; do llmopt bench "$t" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1; done ;;
+      llmopt "$name" "$@" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1 ;;
     asv)
       ensure_llmopt
       local name; name=$(machine)
@@ -66,9 +71,10 @@ step() {
   esac
 }
 
+pack() { tar czf "$out/session.tgz" -C "$keep" results logs; }
 args=()
 for a in "$@" ";"; do
-  if [ "$a" = ";" ]; then [ ${#args[@]} -gt 0 ] && step "${args[@]}"; args=(); else args+=("$a"); fi
+  if [ "$a" = ";" ]; then [ ${#args[@]} -gt 0 ] && { step "${args[@]}"; pack; }; args=(); else args+=("$a"); fi
 done
-tar czf "$out/session.tgz" -C "$keep" results logs
+pack
 exit $status

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from llmopt.impls import Unsupported
-from llmopt.reference.contract import Contract, PropertyFailed
+from llmopt.reference.contract import Contract, Outcome, PropertyFailed
 
 DEFAULT_EXAMPLES = {"cpu": 25, "cuda": 40, "interpret": 6}
 
@@ -24,6 +24,7 @@ class PropertyResult:
     message: str = ""
     replay: str = ""
     seconds: float = 0.0
+    counts: dict = field(default_factory=dict)  # summed Outcome counts over the cases checked
 
 
 @dataclass
@@ -63,6 +64,10 @@ def check_property(contract: Contract, prop, impl, device: str, case, result: Pr
         result.status, result.case, result.message = "fail", case, _failure_message(error)
         return False
     result.examples += 1
+    if isinstance(margin, Outcome):
+        for key, value in margin.counts.items():
+            result.counts[key] = result.counts.get(key, 0) + value
+        margin = margin.margin
     if margin is not None:
         result.max_margin = margin if result.max_margin is None else max(result.max_margin, margin)
     return True

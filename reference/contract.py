@@ -34,13 +34,22 @@ class Call:
 @dataclass(frozen=True)
 class Property:
     """A named law. `check(impl, case, device)` raises PropertyFailed or returns a margin (error / allowed, <= 1
-    passes) or None where a margin means nothing (exact laws). `applies(impl, case)` narrows it (e.g. to impls with
-    a backward); a case it does not apply to is not counted."""
+    passes), None where a margin means nothing (exact laws), or an Outcome (a margin and counts to report).
+    `applies(impl, case)` narrows it (e.g. to impls with a backward); a case it does not apply to is not counted."""
 
     name: str
     check: Callable[[Any, Any, str], float | None]
     applies: Callable[[Any, Any], bool] = lambda impl, case: True
     doc: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a property found on one case when a margin alone does not say it: the margin (or None) and counts that the
+    verify report sums over cases, e.g. {"exempt codes that differ": 3, "codes compared": 4096}."""
+
+    margin: float | None = None
+    counts: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class Contract:
     bench_cases:    realistic sizes for `llmopt bench`; quick_cases: small ones for CPU and --quick.
     cost:           (case, mode) -> Cost, mode one of bench_modes ("fwd", and "bwd" where there is a backward).
     bench_modes:    what `llmopt bench` times: "fwd" the call, "bwd" autograd through it.
+    frozen_args:    positions of tensor arguments that are never differentiated (a frozen base weight): "bwd" leaves
+                    them without requires_grad.
     examples_budget: {mode: examples per property} where a technique's cases are costlier than verify's default.
     features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
     claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
@@ -110,6 +121,7 @@ class Contract:
     examples: Callable[[str], list] = lambda mode: []
     max_bench_cpu_flops: float = 2e9
     bench_modes: tuple[str, ...] = ("fwd",)
+    frozen_args: tuple[int, ...] = ()
     examples_budget: dict = field(default_factory=dict)  # mode -> hypothesis examples per property, overriding verify's
 
     def case_to_json(self, case) -> str:

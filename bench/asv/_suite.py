@@ -46,7 +46,8 @@ def technique_suite(technique: str, on_cuda: Callable[[object], bool] = lambda c
             reason = bench.impl_skip_reason(impl, device) or bench.call_skip_reason(contract, impl, case, mode)
             if reason is None:
                 self.run, reason = bench.attempt(
-                    lambda: bench.timed_call(impl, bench.validated_call(contract, case, device), mode), device)
+                    lambda: bench.timed_call(impl, bench.validated_call(contract, case, device), mode,
+                                             contract.frozen_args), device)
             if reason:
                 raise NotImplementedError(reason)
 

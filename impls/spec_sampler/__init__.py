@@ -1,1 +1,2 @@
-"""Impls of the spec_sampler contract (reference/spec_sampler.py)."""
+"""Impls of the spec_sampler contract (reference/spec_decoding.py): the batched rejection sampler of speculative
+decoding."""

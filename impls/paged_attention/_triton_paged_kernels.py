@@ -1,0 +1,267 @@
+"""Paged decode attention in Triton: one query token per sequence over a paged KV cache (num_blocks, block_size, Hkv,
+D) addressed through a block table (Kwon et al. 2023, "PagedAttention"). GQA-aware: one program serves the query heads
+that share a KV head, so each K/V tile is read once for all of them (a tensor-core dot, the group padded to 16 rows).
+Split-KV (FlashDecoding, Dao et al. 2023) for long contexts and small batches: programs over chunks of the sequence
+write partial outputs and log-sum-exps that a second kernel merges. float16/bfloat16/float32, any head dim <= 256,
+any power-of-two block size."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_LOG2E = 1.4426950408889634
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_HEAD_DIM = 256
+_MIN_GROUP_ROWS = 16  # tl.dot needs at least 16 rows: the query heads of a group are padded to this
+
+
+@triton.jit
+def _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride_kn, stride_ks, stride_kd,
+                  stride_vn, stride_vs, stride_vd, offs_d, start, end, qk_scale,
+                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over the tokens [start, end) in tiles of BLOCK_N: acc [GROUP_ROWS, BLOCK_D] (unnormalised
+    output), l_i (running sum) and m_i (running max, log2 domain) [GROUP_ROWS]. Token t lives in slot t % PAGE_SIZE of
+    block table_row[t // PAGE_SIZE]. MASKED tiles (the last, partial one) bound every load by `end`, so nothing past
+    it is read: neither table entries nor cache slots."""
+    for tile_start in range(start, end, BLOCK_N):
+        offs_n = tile_start + tl.arange(0, BLOCK_N)
+        if MASKED:
+            valid = offs_n < end
+            pages = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tn, mask=valid, other=0)
+        else:
+            pages = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tn)
+        pages = pages.to(tl.int64)
+        slots = offs_n % PAGE_SIZE
+        k_ptrs = k_base + pages[:, None] * stride_kn + slots[:, None] * stride_ks + offs_d[None, :] * stride_kd
+        v_ptrs = v_base + pages[:, None] * stride_vn + slots[:, None] * stride_vs + offs_d[None, :] * stride_vd
+        if MASKED:
+            rows = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+            k = tl.load(k_ptrs, mask=rows, other=0.0)  # [BLOCK_N, BLOCK_D]
+        elif HEAD_DIM == BLOCK_D:
+            k = tl.load(k_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [GROUP_ROWS, BLOCK_N]
+        if MASKED:
+            scores = tl.where(valid[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, 1))
+        p = tl.math.exp2(scores - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=rows, other=0.0)  # [BLOCK_N, BLOCK_D]
+        elif HEAD_DIM == BLOCK_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _paged_decode_kernel(
+    Q, K, V, BlockTable, SeqLens, Out, PartialOut, PartialLse,
+    stride_qb, stride_qh, stride_qd,
+    stride_kn, stride_ks, stride_kh, stride_kd,
+    stride_vn, stride_vs, stride_vh, stride_vd,
+    stride_tb, stride_tn, stride_sl,
+    stride_ob, stride_oh, stride_od,
+    num_kv_heads, num_splits, tokens_per_split, qk_scale,
+    GROUP: tl.constexpr, GROUP_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """One program: the GROUP query heads of one (sequence, KV head) over tokens [split x tokens_per_split, ...) of
+    that sequence. Without SPLIT it writes Out (B, Hq, D) in Out's dtype; with it, PartialOut (B, Hq, splits, D) fp32
+    normalised over its chunk and PartialLse (B, Hq, splits) fp32 base-2 log-sum-exp, -inf for an empty chunk."""
+    batch_kv_head = tl.program_id(0)
+    split = tl.program_id(1)
+    batch = batch_kv_head // num_kv_heads
+    kv_head = batch_kv_head % num_kv_heads
+    seq_len = tl.load(SeqLens + batch * stride_sl)
+    start = split * tokens_per_split
+    end = tl.minimum(start + tokens_per_split, seq_len)
+    full_end = tl.maximum(start + (end - start) // BLOCK_N * BLOCK_N, start)
+
+    offs_g = tl.arange(0, GROUP_ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kv_head * GROUP + offs_g  # [GROUP_ROWS]: the query heads reading this KV head, then padding rows
+    head_rows = (offs_g < GROUP)[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + batch.to(tl.int64) * stride_qb + heads[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                mask=head_rows, other=0.0)  # [GROUP_ROWS, BLOCK_D]
+    m_i = tl.full([GROUP_ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([GROUP_ROWS], tl.float32)
+    acc = tl.zeros([GROUP_ROWS, BLOCK_D], tl.float32)
+
+    table_row = BlockTable + batch.to(tl.int64) * stride_tb
+    k_base = K + kv_head.to(tl.int64) * stride_kh
+    v_base = V + kv_head.to(tl.int64) * stride_vh
+    acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride_kn, stride_ks,
+                                  stride_kd, stride_vn, stride_vs, stride_vd, offs_d, start, full_end, qk_scale,
+                                  HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_N, False, DOT_PRECISION)
+    acc, l_i, m_i = _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride_kn, stride_ks,
+                                  stride_kd, stride_vn, stride_vs, stride_vd, offs_d, full_end, end, qk_scale,
+                                  HEAD_DIM, BLOCK_D, PAGE_SIZE, BLOCK_N, True, DOT_PRECISION)
+
+    seen = l_i > 0  # false only for an empty chunk (split > 0 past the sequence's end) and padding rows never stored
+    out = acc / tl.where(seen, l_i, 1.0)[:, None]
+    if SPLIT:
+        row = (batch * num_kv_heads * GROUP + heads).to(tl.int64) * num_splits + split  # [GROUP_ROWS]
+        tl.store(PartialOut + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=head_rows)
+        tl.store(PartialLse + row, tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf")),
+                 mask=offs_g < GROUP)
+    else:
+        tl.store(Out + batch.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
+                 out.to(Out.dtype.element_ty), mask=head_rows)
+
+
+@triton.jit
+def _merge_splits_kernel(PartialOut, PartialLse, Out, stride_ob, stride_oh, stride_od, num_heads, num_splits,
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_ROWS: tl.constexpr):
+    """One program per (sequence, query head): out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), in fp32, over
+    the chunks' normalised partial outputs o_s; empty chunks (lse -inf) weigh 0 and the first chunk is never empty."""
+    batch_head = tl.program_id(0)
+    offs_s = tl.arange(0, SPLITS_ROWS)
+    offs_d = tl.arange(0, BLOCK_D)
+    base = batch_head.to(tl.int64) * num_splits
+    lse = tl.load(PartialLse + base + offs_s, mask=offs_s < num_splits, other=float("-inf"))  # [SPLITS_ROWS]
+    lse_max = tl.max(lse, 0)
+    denominator = tl.sum(tl.math.exp2(lse - lse_max), 0)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for split in range(num_splits):
+        weight = tl.math.exp2(tl.load(PartialLse + base + split) - lse_max)
+        acc += weight * tl.load(PartialOut + (base + split) * HEAD_DIM + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
+    batch = batch_head // num_heads
+    head = batch_head % num_heads
+    tl.store(Out + batch.to(tl.int64) * stride_ob + head * stride_oh + offs_d * stride_od,
+             (acc / denominator).to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# ----------------------------------------------------------------------------------------------- launch configs
+
+
+class TileConfig(NamedTuple):
+    """block_n tokens per tile, warps and software-pipeline stages of the decode kernel."""
+
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper (sm_90), 16-bit caches, head dim <= 128: 64-token tiles (16 KB of K and 16 KB of V per stage at D = 128),
+# 4 warps, 3 stages: ~100 KB of shared memory, two programs per SM, ~200 KB of K/V loads in flight per SM. Larger
+# head dims halve the tile; float32 (CUDA-core dots) uses small tiles, as the attention kernels do.
+_CONFIGS = {"half": TileConfig(64, 4, 3), "half_wide": TileConfig(32, 4, 3), "float32": TileConfig(32, 4, 2)}
+_INTERPRETER_CONFIG = TileConfig(16, 4, 1)
+# Split-KV: enough programs for this many waves of the SMs, chunks of at least this many tokens (a multiple of every
+# tile), at most this many chunks. The interpreter pretends to have 2 SMs so that small cases split too.
+_WAVES = 2
+_MIN_TOKENS_PER_SPLIT = 256
+_MAX_SPLITS = 128
+_INTERPRETER_SMS, _INTERPRETER_MIN_TOKENS_PER_SPLIT = 2, 16
+_PINNED: dict[str, object] = {}
+
+
+def pin(tile: TileConfig | None = None, num_splits: int | None = None) -> None:
+    """Launch with `tile` and/or `num_splits` for every call instead of the defaults (None restores a default)."""
+    for key, value in (("tile", tile), ("num_splits", num_splits)):
+        if value is None:
+            _PINNED.pop(key, None)
+        else:
+            _PINNED[key] = TileConfig(*value) if key == "tile" else int(value)
+
+
+def _tile(dtype: torch.dtype, head_dim: int) -> TileConfig:
+    if "tile" in _PINNED:
+        return _PINNED["tile"]
+    if _INTERPRET:
+        return _INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return _CONFIGS["float32"]
+    return _CONFIGS["half" if head_dim <= 128 else "half_wide"]
+
+
+def _num_sms(device: torch.device) -> int:
+    if _INTERPRET:
+        return _INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def split_plan(batch_kv_programs: int, longest: int, device: torch.device) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): one chunk when batch x KV heads programs already fill _WAVES waves of the SMs,
+    else enough chunks to, each at least _MIN_TOKENS_PER_SPLIT tokens (a multiple of it) and at most _MAX_SPLITS."""
+    quantum = _INTERPRETER_MIN_TOKENS_PER_SPLIT if _INTERPRET else _MIN_TOKENS_PER_SPLIT
+    if "num_splits" in _PINNED:
+        wanted = _PINNED["num_splits"]
+    else:
+        wanted = min(triton.cdiv(_WAVES * _num_sms(device), batch_kv_programs), triton.cdiv(longest, quantum),
+                     _MAX_SPLITS)
+    if wanted <= 1:
+        return 1, longest
+    tokens_per_split = triton.cdiv(triton.cdiv(longest, wanted), quantum) * quantum
+    return triton.cdiv(longest, tokens_per_split), tokens_per_split
+
+
+# ---------------------------------------------------------------------------------------------------- host side
+
+
+def _check_inputs(q, k_cache, v_cache, block_table, seq_lens) -> None:
+    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"q, k_cache, v_cache must share one of {_DTYPES}; got {q.dtype}, {k_cache.dtype}, "
+                         f"{v_cache.dtype}")
+    block_size, D = k_cache.shape[1], q.shape[-1]
+    if block_size & (block_size - 1):
+        raise ValueError(f"block_size must be a power of two, got {block_size}")
+    if not 1 <= D <= _MAX_HEAD_DIM:
+        raise ValueError(f"head dim {D} is not in [1, {_MAX_HEAD_DIM}]")
+    if block_table.dtype != torch.int32 or seq_lens.dtype != torch.int32:
+        raise ValueError("block_table and seq_lens must be int32")
+
+
+def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Everything that does not depend on the data, done once: the split plan (reads max(seq_lens) from the device),
+    the partial-result buffers and the launch grid. Returns run() -> out (B, Hq, D) in q's dtype, which launches the
+    decode kernel and, when split, the merge kernel. Shapes as in paged_decode."""
+    _check_inputs(q, k_cache, v_cache, block_table, seq_lens)
+    B, Hq, D = q.shape
+    block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
+    group = Hq // Hkv
+    scale = D**-0.5 if scale is None else float(scale)
+    tile = _tile(q.dtype, D)
+    num_splits, tokens_per_split = split_plan(B * Hkv, int(seq_lens.max()), q.device)
+    partial_out = torch.empty((B, Hq, num_splits, D) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
+    partial_lse = torch.empty((B, Hq, num_splits) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
+    block_d = max(16, triton.next_power_of_2(D))
+    constexprs = {"GROUP": group, "GROUP_ROWS": max(_MIN_GROUP_ROWS, triton.next_power_of_2(group)), "HEAD_DIM": D,
+                  "BLOCK_D": block_d, "PAGE_SIZE": block_size, "BLOCK_N": tile.block_n, "SPLIT": num_splits > 1,
+                  "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}  # tf32 is ignored for 16-bit
+
+    def run():
+        out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, Hq, D)
+        _paged_decode_kernel[(B * Hkv, num_splits)](
+            q, k_cache, v_cache, block_table, seq_lens, out, partial_out, partial_lse,
+            *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_table.stride(), seq_lens.stride(0),
+            *out.stride(), Hkv, num_splits, tokens_per_split, scale * _LOG2E,
+            **constexprs, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        if num_splits > 1:
+            _merge_splits_kernel[(B * Hq,)](
+                partial_out, partial_lse, out, *out.stride(), Hq, num_splits,
+                HEAD_DIM=D, BLOCK_D=block_d, SPLITS_ROWS=max(2, triton.next_power_of_2(num_splits)), num_warps=4)
+        return out
+
+    return run
+
+
+def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Decode attention over a paged KV cache. q (B, Hq, D); k_cache, v_cache (num_blocks, block_size, Hkv, D), any
+    strides, block_size a power of two; block_table (B, max_blocks) int32; seq_lens (B,) int32, each >= 1. Returns
+    (B, Hq, D) in q's dtype (float16, bfloat16 or float32; float32 dots in IEEE fp32). Query head h reads KV head
+    h // (Hq // Hkv); only the first ceil(L / block_size) table entries of a row and the first L slots are read.
+    Deterministic: the split merge sums in chunk order, no atomics."""
+    return plan(q, k_cache, v_cache, block_table, seq_lens, scale=scale)()

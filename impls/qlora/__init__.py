@@ -1,0 +1,1 @@
+"""Impls of the qlora contract (reference/qlora.py)."""

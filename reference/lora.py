@@ -1,0 +1,514 @@
+"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"; seed section 3.1): a frozen weight W and a
+trainable low-rank update, y = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ with scaling = α/r. Variants: the merged deployment W + scaling·B·A
+(and unmerge), rank 0 (no adapter). The contract `lora`, the adapter-contract machinery dora and qlora share (float64
+stick, gradients of the trainable tensors only, merge equivalence), and the seed's claims on LLaMA-7B: trainable
+parameters counted by peft on the meta device, fine-tuning memory of full, LoRA and QLoRA training."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from llmopt.reference import tolerance
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
+
+# --------------------------------------------------------------------------------------------------- the reference
+
+
+def lora_linear(x, W, A, B, *, scaling):
+    """x (..., in), W (out, in) frozen, A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ, in x's dtype.
+    r = 0 is no adapter: x·Wᵀ."""
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def merge_lora(W, A, B, *, scaling):
+    """W + scaling·B·A (out, in): the weight of the merged deployment, computed in W's dtype."""
+    return W + scaling * (B @ A)
+
+
+def unmerge_lora(W_merged, A, B, *, scaling):
+    """W_merged - scaling·B·A: the base weight back, within the rounding of W_merged."""
+    return W_merged - scaling * (B @ A)
+
+
+# --------------------------------------------------------------------------------------------------- the signature
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensors(named: dict, layout: str) -> torch.Tensor:
+    """Each value a floating tensor of one dtype on one device (ValueError naming `layout` otherwise); returns the first."""
+    first = next(iter(named.values()))
+    for name, t in named.items():
+        if not isinstance(t, torch.Tensor) or t.dtype not in DTYPES:
+            raise ValueError(f"{name} must be a float16/bfloat16/float32/float64 tensor: expected {layout}; got "
+                             f"{getattr(t, 'dtype', type(t))}")
+        if t.dtype != first.dtype or t.device != first.device:
+            raise ValueError(f"{', '.join(named)} must share one dtype and device; {name} is {t.dtype} on {t.device}, "
+                             f"{next(iter(named))} {first.dtype} on {first.device}")
+    return first
+
+
+def check_scaling(call: Call, what: str) -> None:
+    if set(call.kwargs) != {"scaling"}:
+        raise ValueError(f"{what} takes exactly one keyword, scaling (alpha / r); got {sorted(call.kwargs)}")
+    scaling = call.kwargs["scaling"]
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
+        raise ValueError(f"scaling must be a finite number (alpha / r), got {scaling!r}")
+
+
+def check_frozen(name: str, t: torch.Tensor) -> None:
+    if t.requires_grad:
+        raise ValueError(f"{name} is the frozen base weight: expected requires_grad=False (only the adapter trains)")
+
+
+def check_low_rank(x, A, B, n_out: int, n_in: int, layout: str) -> None:
+    if x.dim() < 1 or x.shape[-1] != n_in or x.numel() == 0:
+        raise ValueError(f"x must be non-empty (..., in) with in = {n_in}: expected {layout}; got x {tuple(x.shape)}")
+    if A.dim() != 2 or B.dim() != 2 or A.shape[1] != n_in or B.shape != (n_out, A.shape[0]):
+        raise ValueError(f"expected {layout}; got A {tuple(A.shape)}, B {tuple(B.shape)} for a ({n_out}, {n_in}) "
+                         f"weight")
+
+
+def check_lora_call(call: Call) -> None:
+    """ValueError naming the layout unless the call is lora(x, W, A, B, *, scaling) with x (..., in), W (out, in)
+    frozen, A (r, in), B (out, r), r >= 0, one floating dtype and device, scaling a finite number."""
+    layout = "x (..., in), W (out, in) with requires_grad=False, A (r, in), B (out, r)"
+    if len(call.args) != 4:
+        raise ValueError(f"lora takes (x, W, A, B, *, scaling), got {len(call.args)} positional arguments")
+    check_scaling(call, "lora")
+    x, W, A, B = call.args
+    check_tensors({"x": x, "W": W, "A": A, "B": B}, layout)
+    if W.dim() != 2 or 0 in W.shape:
+        raise ValueError(f"W must be a non-empty (out, in) matrix: expected {layout}; got {tuple(W.shape)}")
+    check_frozen("W", W)
+    check_low_rank(x, A, B, W.shape[0], W.shape[1], layout)
+
+
+# --------------------------------------------------------------------------------------------------- the cases
+
+LAYOUTS = ("contiguous", "strided")  # strided: x a view every other column of a wider buffer, W stored transposed
+
+
+@dataclass(frozen=True)
+class LoraCase:
+    """x (*batch, n_in) N(0, 1); W N(0, 1/n_in); A N(0, 1/n_in); B N(0, b_scale^2 / r) (a trained adapter, b_scale 1:
+    as strong as the base); rank 0 means no adapter."""
+
+    batch: tuple
+    n_in: int
+    n_out: int
+    rank: int
+    scaling: float = 2.0
+    dtype: str = "float32"
+    x_requires_grad: bool = False
+    layout: str = "contiguous"
+    b_scale: float = 1.0
+    seed: int = 0
+
+
+def lora_features(case) -> set[str]:
+    return {"strided"} if case.layout != "contiguous" else set()
+
+
+def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
+
+
+def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """x in `dtype` on `device`, contiguous or (layout "strided") every other column of a NaN-filled wider buffer."""
+    if layout == "contiguous":
+        return x.to(device=device, dtype=dtype)
+    wide = torch.full((*x.shape[:-1], 2 * x.shape[-1]), float("nan"), dtype=dtype, device=device)
+    wide[..., ::2] = x.to(device=device, dtype=dtype)
+    return wide[..., ::2]
+
+
+def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """w in `dtype` on `device`, row-major or (layout "strided") stored transposed."""
+    if layout == "contiguous":
+        return w.to(device=device, dtype=dtype)
+    return w.mT.contiguous().to(device=device, dtype=dtype).mT
+
+
+def lora_make_call(case: LoraCase, device: str) -> Call:
+    gen = torch.Generator().manual_seed(case.seed)
+    dtype = dtype_of(case.dtype)
+    x = place_x(random_tensor(gen, *case.batch, case.n_in), case.layout, dtype, device)
+    W = place_weight(random_tensor(gen, case.n_out, case.n_in, std=case.n_in**-0.5), case.layout, dtype, device)
+    A = random_tensor(gen, case.rank, case.n_in, std=case.n_in**-0.5).to(device=device, dtype=dtype)
+    B = random_tensor(gen, case.n_out, case.rank, std=case.b_scale / max(case.rank, 1) ** 0.5).to(device=device,
+                                                                                                   dtype=dtype)
+    return Call((x, W, A, B), {"scaling": case.scaling})
+
+
+def lora_cases(impl, mode: str):
+    from hypothesis import strategies as st
+
+    supports = impl.supports
+    small = mode == "interpret"
+    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
+    sizes = [1, 3, 16, 33, 64] + ([] if small else [100, 128])
+    build = st.builds(
+        LoraCase,
+        batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33)])),
+        n_in=st.sampled_from(sizes), n_out=st.sampled_from(sizes), rank=st.sampled_from([0, 1, 2, 8, 16, 17]),
+        scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0]), dtype=st.sampled_from(dtypes), x_requires_grad=st.booleans(),
+        layout=st.sampled_from(LAYOUTS if supports.get("strided", True) is not False else ("contiguous",)),
+        b_scale=st.sampled_from([1.0, 1.0, 0.01]), seed=st.integers(0, 2**16))
+    return build.filter(lambda case: LORA_CONTRACT.unsupported(case, supports) is None)
+
+
+LORA_EXAMPLES = [
+    LoraCase((3,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, seed=1),
+    LoraCase((2, 5), 64, 16, 16, 0.5, "float16", layout="strided", seed=2),
+    LoraCase((16,), 16, 64, 1, 2.0, "bfloat16", x_requires_grad=True, seed=3),
+    LoraCase((1,), 7, 5, 0, 1.0, "float32", seed=4),
+    LoraCase((4,), 100, 31, 17, 1.0, "float16", x_requires_grad=True, b_scale=0.01, seed=5),
+]
+
+
+def lora_examples(mode: str) -> list[LoraCase]:
+    return [c for c in LORA_EXAMPLES if not (mode == "interpret" and (c.dtype == "bfloat16" or c.n_in > 64))]
+
+
+# --------------------------------------------------------------------------------------------------- adapter machinery
+
+
+def _is_float_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What the adapter contracts (lora, dora, qlora) share: the reference, inputs and validation of the contract; the
+    argument positions that train (x, position 0, also trains when the case says x_requires_grad); the frozen base."""
+
+    reference: Callable
+    make_call: Callable
+    validate: Callable
+    trainable: tuple[int, ...]
+    names: tuple[str, ...]
+
+    def run_reference(self, case, device: str, precision: torch.dtype, grads: bool):
+        """(out, grads of the trained positions or None) of the reference on the case cast to `precision`."""
+        call = self.make_call(case, device)
+        trained = self.trained(case)
+        args = tuple(a.detach().to(precision).requires_grad_(grads and i in trained) if _is_float_tensor(a) else a
+                     for i, a in enumerate(call.args))
+        out = self.reference(*args, **call.kwargs)
+        if not grads:
+            return out.detach(), None
+        dout = self.dout(case, out.shape, device).to(out.dtype)
+        return out.detach(), torch.autograd.grad(out, [args[i] for i in trained], dout)
+
+    def trained(self, case) -> tuple[int, ...]:
+        return ((0,) if case.x_requires_grad else ()) + self.trainable
+
+    @staticmethod
+    def dout(case, shape, device: str) -> torch.Tensor:
+        """The output gradient of a case: N(0, 1) of the output's shape, deterministic in the seed."""
+        gen = torch.Generator().manual_seed(case.seed + 7919)
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(device)
+
+
+class _Oracle:
+    """The float64 stick and the eager low-precision reference of a case (with gradients when asked), cached."""
+
+    def __init__(self, size: int = 16):
+        self.size, self.store = size, {}
+
+    def __call__(self, spec: AdapterSpec, case, device: str, grads: bool):
+        key = (spec.reference, case, device, grads)
+        if key not in self.store:
+            if len(self.store) >= self.size:
+                self.store.pop(next(iter(self.store)))
+            stick = spec.run_reference(case, device, torch.float64, grads)
+            eager = spec.run_reference(case, device, dtype_of(case.dtype), grads)
+            self.store[key] = (stick, eager)
+        return self.store[key]
+
+
+ORACLE = _Oracle()
+
+
+def _eager32(spec: AdapterSpec, case, device: str, grads: bool, index: int | None = None):
+    def run():
+        out, found = spec.run_reference(case, device, torch.float32, grads)
+        return out if index is None else found[index]
+
+    return run
+
+
+def _impl_call(spec: AdapterSpec, impl, case, device: str, trained: tuple[int, ...] = ()):
+    call = spec.make_call(case, device)
+    call = Call(tuple(a.requires_grad_(True) if i in trained else a for i, a in enumerate(call.args)), call.kwargs)
+    spec.validate(call)
+    return call, impl.fn(*call.args, **call.kwargs)
+
+
+def matches_reference(spec: AdapterSpec):
+    def check(impl, case, device):
+        _, out = _impl_call(spec, impl, case, device)
+        (stick, _), (eager, _) = ORACLE(spec, case, device, False)
+        return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype),
+                                        eager_float32=_eager32(spec, case, device, False))
+
+    return check
+
+
+def has_backward(impl, case) -> bool:
+    return impl.supports.get("backward", True) is not False and case.dtype != "float64"
+
+
+def grads_match_reference(spec: AdapterSpec):
+    """Only the trained tensors (the adapter, and x when it requires grad) receive gradients, within 2x the eager
+    low-precision error of float64 autograd; the frozen base gets none, its requires_grad stays False."""
+
+    def check(impl, case, device):
+        trained = spec.trained(case)
+        call, out = _impl_call(spec, impl, case, device, trained)
+        if out.grad_fn is None:
+            if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
+                return None
+            raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
+        out.backward(spec.dout(case, out.shape, device).to(out.dtype))
+        for i, a in enumerate(call.args):
+            frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
+            for t in frozen if i not in trained else ():
+                if t.requires_grad or t.grad is not None:
+                    raise PropertyFailed(f"{spec.names[i]} is not trained but has requires_grad={t.requires_grad}, "
+                                         f"grad {'set' if t.grad is not None else 'None'} after backward")
+        (_, stick), (_, eager) = ORACLE(spec, case, device, True)
+        margins = []
+        for index, position in enumerate(trained):
+            grad = call.args[position].grad
+            if grad is None:
+                raise PropertyFailed(f"d{spec.names[position]} is None: the output does not reach it")
+            margins.append(tolerance.noise_relative(
+                f"d{spec.names[position]}", grad, stick[index], eager[index], dtype_of(case.dtype),
+                eager_float32=_eager32(spec, case, device, True, index)))
+        return max(margins)
+
+    return check
+
+
+def deterministic(spec: AdapterSpec):
+    def check(impl, case, device):
+        _, first = _impl_call(spec, impl, case, device)
+        _, second = _impl_call(spec, impl, case, device)
+        tolerance.exact("second call vs first call", second, first)
+
+    return check
+
+
+def no_input_mutation(spec: AdapterSpec):
+    def check(impl, case, device):
+        call = spec.make_call(case, device)
+        spec.validate(call)
+        tensors = [(f"{spec.names[i]}{'.' + k if k else ''}", t) for i, a in enumerate(call.args)
+                   for k, t in ({"": a} if isinstance(a, torch.Tensor) else a.tensors()).items()]
+        saved = [(name, (t._base if t._base is not None else t).clone()) for name, t in tensors]
+        impl.fn(*call.args, **call.kwargs)
+        for (name, before), (_, t) in zip(saved, tensors):
+            tolerance.exact(f"{name} (and the buffer it views) after the call", t._base if t._base is not None else t,
+                            before)
+
+    return check
+
+
+def allowance(out: torch.Tensor, stick: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype) -> float:
+    """What noise_relative allows `out` against `stick`: k x the eager error + the rounding floor."""
+    stick64 = stick.double()
+    return (tolerance.K_NOISE * float((eager.double() - stick64).abs().max())
+            + tolerance.FLOOR_ULPS[dtype] * torch.finfo(dtype).eps * float(stick64.abs().max()))
+
+
+def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output: Callable):
+    """The adapter's output and the merged deployment's output agree within what each may err:
+    |adapter - merged| <= allowed(adapter vs float64) + |float64 adapter - float64 merged| (the rounding of the merged
+    weight to the dtype, computed exactly) + allowed(merged vs float64). `merged_weight(call64)` is the merged weight in
+    float64; `merged_output(impl, call, weight)` runs the merged deployment in the case's dtype."""
+
+    def check(impl, case, device):
+        dtype = dtype_of(case.dtype)
+        call, out = _impl_call(spec, impl, case, device)
+        (stick, _), (eager, _) = ORACLE(spec, case, device, False)
+        call64 = Call(tuple(a.double() if _is_float_tensor(a) else a for a in call.args), call.kwargs)
+        weight = merged_weight(call64).to(dtype)  # (out, in), rounded once
+        x = call.args[0]
+        merged = merged_output(impl, call, weight)
+        merged_stick = x.double() @ weight.double().mT
+        merged_eager = x @ weight.mT
+        bound = (allowance(out, stick, eager, dtype) + float((stick - merged_stick).abs().max())
+                 + allowance(merged, merged_stick, merged_eager, dtype))
+        gap = float((out.double() - merged.double()).abs().max())
+        if gap > bound:
+            raise PropertyFailed(f"adapter vs merged deployment: max difference {gap:.3e} exceeds {bound:.3e} (each "
+                                 f"one's noise allowance + the merged weight's rounding)")
+        return gap / bound if bound > 0 else 0.0
+
+    return check
+
+
+# --------------------------------------------------------------------------------------------------- lora properties
+
+LORA_SPEC = AdapterSpec(lora_linear, lora_make_call, check_lora_call, trainable=(2, 3), names=("x", "W", "A", "B"))
+
+
+def zero_update_is_the_base(spec: AdapterSpec, weight_of: Callable):
+    """With B = 0 the impl's output equals, bit for bit, its own output with no adapter (rank 0: A (0, in), B (out, 0)),
+    the model at LoRA's initialization being exactly the base model; and that base output is within noise of the
+    float64 x·Wᵀ (`weight_of(call)`: W, or the dequantized NF4 weight)."""
+
+    def check(impl, case, device):
+        call = spec.make_call(case, device)
+        x, base, A, B = call.args
+        zero_b = Call((x, base, A, torch.zeros_like(B)), call.kwargs)
+        rank0 = Call((x, base, A[:0], B[:, :0]), call.kwargs)
+        spec.validate(zero_b)
+        spec.validate(rank0)
+        with_zero_b, without = impl.fn(*zero_b.args, **zero_b.kwargs), impl.fn(*rank0.args, **rank0.kwargs)
+        tolerance.exact("output with B = 0 vs output with no adapter", with_zero_b, without)
+        weight = weight_of(call)
+        stick = x.double() @ weight(torch.float64).mT
+        return tolerance.noise_relative("output with no adapter", without, stick, x @ weight(x.dtype).mT,
+                                        dtype_of(case.dtype))
+
+    return check
+
+
+def _lora_merged_output(impl, call: Call, weight: torch.Tensor):
+    """The impl's own base path on the merged weight: (x, W', A, B = 0)."""
+    x, _, A, B = call.args
+    return impl.fn(x, weight, A, torch.zeros_like(B), **call.kwargs)
+
+
+LORA_PROPERTIES = [
+    Property("matches_reference", matches_reference(LORA_SPEC),
+             doc="y within 2x the eager low-precision error of the float64 reference"),
+    Property("grads_match_reference", grads_match_reference(LORA_SPEC), applies=has_backward,
+             doc="only A, B (and x when it requires grad) get gradients, within 2x the eager error; W.grad stays None"),
+    Property("zero_update_is_the_base", zero_update_is_the_base(LORA_SPEC, lambda call: call.args[1].to),
+             doc="B = 0 gives bitwise the impl's no-adapter (rank 0) output, itself within noise of x·Wᵀ"),
+    Property("merge_equivalence", merge_equivalence(
+        LORA_SPEC, lambda c: merge_lora(*c.args[1:], **c.kwargs), _lora_merged_output),
+        doc="adapter output vs the impl's base path on W + scaling·B·A, within both noises and the merge rounding"),
+    Property("deterministic", deterministic(LORA_SPEC), doc="two calls are bitwise equal"),
+    Property("no_input_mutation", no_input_mutation(LORA_SPEC), doc="x, W, A, B and the buffers they view unchanged"),
+]
+
+
+def lora_cost(case: LoraCase, mode: str = "fwd") -> Cost:
+    """Forward 2 M (out in + r (in + out)) FLOPs; reads x, W, A, B, writes y. Backward (dx, dA, dB): twice that;
+    reads x, W, A, B, dy, writes dx, dA, dB."""
+    M = math.prod(case.batch)
+    size = dtype_of(case.dtype).itemsize
+    flops = 2.0 * M * (case.n_out * case.n_in + case.rank * (case.n_in + case.n_out))
+    weights = case.n_out * case.n_in + case.rank * (case.n_in + case.n_out)
+    activations = M * (case.n_in + case.n_out)
+    if mode == "fwd":
+        return Cost(flops, size * (weights + activations))
+    return Cost(2 * flops, size * (weights + case.rank * (case.n_in + case.n_out) + 2 * activations))
+
+
+LORA_BENCH_CASES = [LoraCase((tokens,), 4096, n_out, 16, 2.0, "bfloat16", x_requires_grad=True)
+                    for n_out in (4096, 11008) for tokens in (1, 16, 512, 8192)]
+LORA_QUICK_CASES = [LoraCase((tokens,), 512, 512, 16, 2.0, "float32", x_requires_grad=True) for tokens in (1, 256)]
+
+
+# --------------------------------------------------------------------------------------------------- claims
+
+LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SEED_PERCENT = {8: "~0.2%", 16: "0.42% (29.4M)", 32: "~0.8%", 64: "~1.6%"}
+GB = 1e9
+
+
+def llama7b_on_meta():
+    """LlamaForCausalLM with LLaMA-7B's configuration, built on the meta device (shapes, no memory)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        return LlamaForCausalLM(LlamaConfig(**LLAMA_7B))
+
+
+def lora_trainable(model, rank: int) -> tuple[int, int]:
+    """(trainable, total) parameters of `model` with LoRA of rank r on the seven projections, counted by peft."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(PROJECTIONS)))
+    counts = peft_model.get_nb_trainable_parameters()
+    peft_model.unload()  # takes the LoRA layers out again: the model is reused for the next rank
+    return counts
+
+
+def nf4_bytes_per_parameter() -> float:
+    """Bytes per parameter of NF4 with double quantization, from the stored tensors of one real-shaped layer (4096 x
+    11008, LLaMA-7B's up projection) quantized by the reference (bitsandbytes' layout)."""
+    from llmopt.reference.nf4 import nf4_quantize, random_weight
+
+    w = random_weight(11008, 4096, "normal", 0.02, 0).to(torch.bfloat16)
+    return nf4_quantize(w, double_quant=True).stored_bytes() / w.numel()
+
+
+def finetuning_memory(model, trainable: int) -> dict[str, dict[str, float]]:
+    """Bytes (GB) of weights, gradients and Adam state for full fine-tuning (bf16 weights and gradients, fp32 master
+    copy, two fp32 moments: 16 B/param), LoRA (bf16 frozen base; the adapter in bf16 with bf16 gradients, fp32 master
+    and moments) and QLoRA (the seven projections in NF4 + double quantization, embeddings, head and norms in bf16)."""
+    total = sum(p.numel() for p in model.parameters())
+    projections = sum(p.numel() for name, p in model.named_parameters() if any(f".{n}." in name for n in PROJECTIONS))
+    adapter = {"weights": 2 * trainable, "gradients": 2 * trainable, "optimizer": 12 * trainable}
+    nf4_base = nf4_bytes_per_parameter() * projections + 2 * (total - projections)
+    return {
+        "full": {"weights": 2 * total, "gradients": 2 * total, "optimizer": 12 * total},
+        "lora": {"weights": 2 * total + adapter["weights"], "gradients": adapter["gradients"],
+                 "optimizer": adapter["optimizer"]},
+        "qlora": {"weights": nf4_base + adapter["weights"], "gradients": adapter["gradients"],
+                  "optimizer": adapter["optimizer"]},
+    }
+
+
+def lora_claims() -> list[Claim]:
+    """The seed's LoRA table (3.1) and QLoRA memory table (3.2), recounted on LLaMA-7B."""
+    model = llama7b_on_meta()
+    counts = {rank: lora_trainable(model, rank) for rank in (8, 16, 32, 64)}
+    ledger = []
+    for rank, (trainable, total) in counts.items():
+        percent = 100 * trainable / total
+        seed_low, seed_high = {8: (0.15, 0.25), 16: (0.40, 0.44), 32: (0.75, 0.85), 64: (1.55, 1.65)}[rank]
+        ledger.append(Claim(
+            f"lora.trainable.r{rank}", f"LoRA r={rank} on q,k,v,o,gate,up,down of LLaMA-7B trains this share of "
+            "parameters", SEED_PERCENT[rank], "% of parameters",
+            f"{percent:.3f}% ({trainable / 1e6:.2f}M of {total / 1e9:.3f}B)",
+            "peft get_peft_model(LoraConfig(r, target_modules=7 projections)).get_nb_trainable_parameters() on "
+            "LlamaForCausalLM(LlamaConfig(hidden 4096, intermediate 11008, 32 layers, vocab 32000)) on the meta "
+            "device; the seed counts 2·4096·r for every projection, but gate/up/down are 4096x11008: r·(4096 + 11008)",
+            "cpu", "confirmed" if seed_low <= percent <= seed_high else "wrong"))
+    memory = finetuning_memory(model, counts[16][0])
+    seed_totals = {"full": ("~100 GB (14 GB weights + ~84 GB optimizer)", 100), "lora": ("~14.2 GB", 14.2),
+                   "qlora": ("~3.7 GB", 3.7)}
+    for method, parts in memory.items():
+        total_gb = sum(parts.values()) / GB
+        seed_value, seed_gb = seed_totals[method]
+        ledger.append(Claim(
+            f"lora.memory.{method}", f"GPU memory of {method} fine-tuning of LLaMA-7B without activations", seed_value,
+            "GB", f"{total_gb:.2f} GB (" + ", ".join(f"{k} {v / GB:.2f}" for k, v in parts.items()) + ")",
+            "bytes per parameter x parameters of LLaMA-7B on the meta device: full = bf16 weights + bf16 gradients + "
+            "fp32 master + 2 fp32 Adam moments (16 B); LoRA r=16 adapter likewise (16 B), base frozen in bf16; QLoRA "
+            "base = 7 projections in NF4 with double quantization (bytes of a quantized 11008x4096 layer, scaled by "
+            "shape) + embeddings, head, norms in bf16", "cpu",
+            "confirmed" if abs(total_gb - seed_gb) <= 0.05 * seed_gb else "wrong"))
+    return ledger
+
+
+LORA_CONTRACT = Contract(
+    name="lora", reference=lora_linear, validate=check_lora_call, case_type=LoraCase, cases=lora_cases,
+    make_call=lora_make_call, properties=LORA_PROPERTIES, bench_cases=LORA_BENCH_CASES, quick_cases=LORA_QUICK_CASES,
+    cost=lora_cost, features=lora_features, feature_names=("strided", "backward"), claims=lora_claims,
+    examples=lora_examples, bench_modes=("fwd", "bwd"), frozen_args=(1,), examples_budget={"cpu": 10, "interpret": 3})
+CONTRACT = LORA_CONTRACT
