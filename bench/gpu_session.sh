@@ -18,6 +18,7 @@ out=${1:?usage: gpu_session.sh OUT STEP [ARGS] [\; STEP ARGS]...}
 if [ -z "${LLMOPT_INNER:-}" ]; then
   LLMOPT_INNER=1 timeout -k 10 "${LLMOPT_BUDGET:-570}" bash "$0" "$@"; code=$?
   [ $code -eq 124 ] && echo "=== stopped at the time budget (LLMOPT_BUDGET)"
+  tar czf "$out/session.tgz" -C /tmp/llmopt-session results logs
   exit $code
 fi
 shift
