@@ -57,6 +57,10 @@ def check_property(contract: Contract, prop, impl, device: str, case, result: Pr
         return True
     try:
         margin = prop.check(impl, case, device)
+        if device == "cuda":  # an asynchronous fault is charged to the case that caused it, not the next one
+            import torch
+
+            torch.cuda.synchronize()
     except Unsupported:
         result.unsupported += 1
         return True

@@ -4,6 +4,7 @@ and sliding windows. The contract every attention impl is held to."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -172,12 +173,13 @@ FEATURES = ("causal", "causal_n_ne_m", "window", "gqa", "scale", "strided", "emp
 
 
 def make_call(case: AttentionCase, device: str) -> Call:
-    """Inputs of a case: standard normal q, k, v (q times value_scale) in the case's dtype and layout."""
-    gen = torch.Generator().manual_seed(case.seed)
+    """Inputs of a case: standard normal q, k, v (q times value_scale) in the case's dtype and layout, drawn on
+    `device` from the case's seed (the same case gives the same inputs on one device)."""
+    gen = torch.Generator(device=device).manual_seed(case.seed)
     dtype = dtype_of(case.dtype)
 
     def tensor(H, L, stretch=1.0):
-        data = torch.randn(case.B, H, L, case.D, generator=gen, dtype=torch.float64) * stretch
+        data = torch.randn(case.B, H, L, case.D, generator=gen, dtype=torch.float64, device=device) * stretch
         if case.layout == "contiguous":
             return data.to(device=device, dtype=dtype)
         if case.layout == "bnhd":  # (B, L, H, D) memory seen as (B, H, L, D)
@@ -285,8 +287,8 @@ def _reference_run(case: AttentionCase, device: str, precision: str, want_grads:
 
 
 def _dout(case: AttentionCase, device: str) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(case.seed + 7919)
-    return torch.randn(case.B, case.Hq, case.N, case.D, generator=gen, dtype=torch.float64).to(device)
+    gen = torch.Generator(device=device).manual_seed(case.seed + 7919)
+    return torch.randn(case.B, case.Hq, case.N, case.D, generator=gen, dtype=torch.float64, device=device)
 
 
 ORACLE = _Oracle()
@@ -304,6 +306,7 @@ def _eager32(case, device):
     return lambda: _reference_run(dataclasses.replace(case, dtype="float32"), device, "float32", False)[0]
 
 
+@functools.lru_cache(maxsize=32)
 def score_conditioning(case: AttentionCase, device: str) -> float:
     """max(1, max |scale q.k|) over visible pairs: softmax turns an absolute error e in a score into a relative error
     e in its probability, and a score s is stored with an error of eps |s|, so the rounding floor scales with it."""
@@ -349,6 +352,7 @@ def grads_match_reference(impl, case, device):
     return max(margins)
 
 
+@functools.lru_cache(maxsize=32)
 def _gradient_term_scales(case: AttentionCase, device: str) -> tuple[float, float, float]:
     """The largest magnitude of the terms each of dq, dk, dv sums (float64), for the rounding floor: with
     dS = P * (dO V^T - delta), dq = scale dS K and dk = scale dS^T Q cancel (exactly 0 where a row sees one key)
