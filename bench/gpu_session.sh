@@ -27,6 +27,7 @@ keep=/tmp/llmopt-session            # survives between calls while the host stay
 stage=$keep/stage
 mkdir -p "$out" "$keep/results" "$keep/logs" "$stage"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+git config --global --add safe.directory "*" 2>/dev/null  # the carried checkout belongs to another user
 cd "$repo"
 status=0
 

@@ -85,7 +85,7 @@ def git_commit() -> str | None:
     """HEAD of the repository, "-dirty" appended when tracked files outside results/ differ from it (recorded rows
     themselves do not dirty the tree); None outside git or before the first commit."""
     def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
 
     try:
         head = git("rev-parse", "--verify", "HEAD").strip()
