@@ -1,8 +1,6 @@
-"""KV cache for autoregressive decoding (seed 2.1) and GQA/MQA (seed 2.3): a LLaMA-style decoder (RMSNorm, RoPE,
-grouped-query attention, SwiGLU MLP) run as a full causal recompute and as prefill + token-by-token decode through a
-KV cache that grows in chunks; the KV memory formula; GQA <-> MHA conversions, the mean-pool one of Ainslie et al. 2023
-("GQA: Training Generalized Multi-Query Transformer Models from Multi-Head Checkpoints"). The contract: decoding with
-the cache gives the logits of the full recompute."""
+"""KV cache (seed 2.1) and GQA/MQA (seed 2.3): a LLaMA-style decoder decoded token by token through a chunk-growing
+KV cache against its full causal recompute; the KV memory formula; MHA <-> GQA conversions, mean-pooling as in
+Ainslie et al. 2023, "GQA". The contract: cached decode gives the logits of the full recompute."""
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +75,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """cos, sin (T, head_dim) of rotate-half RoPE at integer positions (T,): angle of pair i is
-    position * theta^(-2i / head_dim); computed in float64 for float64, else float32 (as every kernel does), then cast."""
+    position * theta^(-2i / head_dim); computed in float64 for float64, else in float32 (as every kernel does), then
+    cast to dtype."""
     work = torch.promote_types(dtype, torch.float32)
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=work, device=positions.device) / head_dim)
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # (T, head_dim / 2)
@@ -105,7 +104,8 @@ class KVCache:
         self.lengths = [0] * config.n_layers
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Append k, v (B, Hkv, n, head_dim) to `layer`; returns its valid keys and values (B, Hkv, length, head_dim)."""
+        """Append k, v (B, Hkv, n, head_dim) to `layer`; returns its valid keys and values
+        (B, Hkv, length, head_dim)."""
         start, end = self.lengths[layer], self.lengths[layer] + k.shape[2]
         if end > self.keys[layer].shape[2]:
             capacity = -(-end // self.chunk) * self.chunk
@@ -124,9 +124,10 @@ class KVCache:
         return sum(t.untyped_storage().nbytes() for t in self.keys + self.values)
 
 
-def _forward(weights: dict, config: DecoderConfig, tokens: torch.Tensor, start: int, cache: KVCache | None):
-    """Logits (B, n, vocab) of tokens (B, n) at positions start .. start + n - 1. With a cache, the keys and values
-    of positions < start come from it and those of these tokens are appended; without one, start must be 0."""
+def forward_tokens(weights: dict, config: DecoderConfig, tokens: torch.Tensor, start: int, cache=None):
+    """Logits (B, n, vocab) of tokens (B, n) at positions start .. start + n - 1. With a cache (anything with
+    KVCache's extend), the keys and values of positions < start come from it and those of these tokens are appended;
+    without one, start must be 0."""
     c = config
     B, n = tokens.shape
     x = weights["model.embed_tokens.weight"][tokens]  # (B, n, dim)
@@ -153,7 +154,7 @@ def _forward(weights: dict, config: DecoderConfig, tokens: torch.Tensor, start: 
 def decoder_logits(weights: dict, config: DecoderConfig, tokens: torch.Tensor, *, prompt_len: int | None = None):
     """The full causal recompute: logits (B, T, vocab) of tokens (B, T) int64, every position from scratch.
     prompt_len is accepted (and ignored) so that this has the contract's signature."""
-    return _forward(weights, config, tokens, 0, None)
+    return forward_tokens(weights, config, tokens, 0, None)
 
 
 def decode_with_cache(weights: dict, config: DecoderConfig, tokens: torch.Tensor, *, prompt_len: int):
@@ -161,9 +162,9 @@ def decode_with_cache(weights: dict, config: DecoderConfig, tokens: torch.Tensor
     step reading the keys and values of earlier positions from a KVCache. Returns (logits (B, T, vocab), cache)."""
     weights_dtype = weights["lm_head.weight"].dtype
     cache = KVCache(config, tokens.shape[0], weights_dtype, tokens.device)
-    steps = [_forward(weights, config, tokens[:, :prompt_len], 0, cache)]
+    steps = [forward_tokens(weights, config, tokens[:, :prompt_len], 0, cache)]
     for t in range(prompt_len, tokens.shape[1]):
-        steps.append(_forward(weights, config, tokens[:, t:t + 1], t, cache))
+        steps.append(forward_tokens(weights, config, tokens[:, t:t + 1], t, cache))
     return torch.cat(steps, dim=1), cache
 
 
@@ -188,7 +189,8 @@ def _map_kv_projections(weights: dict, config: DecoderConfig, n_kv_heads: int, r
 
 def repeat_kv_heads(weights: dict, config: DecoderConfig) -> tuple[dict, DecoderConfig]:
     """The MHA decoder (n_kv_heads = n_heads) equal to a GQA one: KV head j repeated for its group of query heads,
-    so query head h reads a copy of KV head h // (n_heads // n_kv_heads). Same logits, n_heads / n_kv_heads x the cache."""
+    so query head h reads a copy of KV head h // (n_heads // n_kv_heads). Same logits, n_heads / n_kv_heads x the
+    cache."""
     group = config.n_heads // config.n_kv_heads
     return _map_kv_projections(weights, config, config.n_heads, lambda heads: heads.repeat_interleave(group, dim=0))
 
@@ -347,8 +349,8 @@ def matches_reference(impl, case, device):
 
 PROPERTIES = [
     Property("matches_reference", matches_reference,
-             doc="prefill + cached token-by-token decode gives the logits of the full causal recompute (noise-relative, "
-                 "float64 stick)"),
+             doc="prefill + cached token-by-token decode gives the logits of the full causal recompute "
+                 "(noise-relative, float64 stick)"),
 ]
 
 
@@ -368,7 +370,8 @@ def cost(case: DecodeCase, mode: str = "fwd") -> Cost:
     forwards = 1 + case.T - case.prompt_len
     cache_reads = sum(kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, t, case.B, size)
                       for t in range(case.prompt_len, case.T))
-    writes = kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, case.T, case.B, size) + case.B * case.T * c.vocab_size * size
+    writes = (kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, case.T, case.B, size)
+              + case.B * case.T * c.vocab_size * size)
     return Cost(float(flops), float(forwards * weight_bytes + cache_reads + writes))
 
 
@@ -381,10 +384,13 @@ QUICK_CASES = [DecodeCase(1, 16, 48, 256, 128, 2, 8, 2, 16, 256, cache_chunk=16)
 # --------------------------------------------------------------------------------------------------- claims
 
 GB, GIB = 1e9, 2**30
-# LLaMA-3 70B: 80 layers, 8 KV heads of 128, fp16 (seed 2.1); the seed's table of its KV cache in "GB".
+# LLaMA-3 70B: 80 layers, 8 KV heads of 128, fp16 (seed 2.1); the seed's table of its KV cache (value, unit).
 LLAMA3_70B = {"n_layers": 80, "n_kv_heads": 8, "head_dim": 128, "bytes_per_element": 2}
-SEED_LLAMA3_70B_TABLE = {(4096, 1): 2.56, (4096, 32): 81.9, (32768, 1): 20.5, (32768, 32): 655.0,
-                         (131072, 1): 81.9, (131072, 32): 2560.0}
+SEED_LLAMA3_70B_TABLE = {(4096, 1): (2.56, "GB"), (4096, 32): (81.9, "GB"), (32768, 1): (20.5, "GB"),
+                         (32768, 32): (655.0, "GB"), (131072, 1): (81.9, "GB"), (131072, 32): (2.56, "TB")}
+UNITS = {"GB": GB, "TB": 1e12}
+BINARY_UNITS = {"GB": GIB, "TB": 2**40}
+MIXED_UNITS = {"GB": 2**20 * 1000, "TB": 2**30 * 1000}  # binary mega/giga times a decimal thousand
 
 
 def hf_dynamic_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, seq_len: int, batch: int,
@@ -408,18 +414,21 @@ def _table_claims() -> list[Claim]:
     except ImportError:
         measured = {}
     ledger = []
-    for (seq_len, batch), seed_gb in SEED_LLAMA3_70B_TABLE.items():
+    for (seq_len, batch), (seed_value, unit) in SEED_LLAMA3_70B_TABLE.items():
         formula = kv_cache_bytes(**LLAMA3_70B, seq_len=seq_len, batch=batch)
         agrees = measured.get((seq_len, batch)) == formula
-        ours = (f"{formula / GB:.4g} GB = {formula / GIB:.4g} GiB ({formula} bytes); seed / ours = "
-                f"{seed_gb * GB / formula:.3f} in GB, {seed_gb * GIB / formula:.3f} read as GiB")
+        ours = (f"{formula / GB:.4g} GB = {formula / GIB:.4g} GiB ({formula} bytes): the seed's figure is "
+                f"{seed_value * UNITS[unit] / formula:.2f}x ours in decimal units and "
+                f"{seed_value * BINARY_UNITS[unit] / formula:.2f}x read as binary ones; it equals 2 x ours over "
+                f"2^{20 if unit == 'GB' else 30} x 1000 bytes per {unit} ({2 * formula / MIXED_UNITS[unit]:.4g}): "
+                "K and V counted twice and a mixed binary/decimal unit")
         ledger.append(Claim(
             f"kv_cache.llama3_70b.seq{seq_len}.batch{batch}",
             f"LLaMA-3 70B KV cache (80 layers, 8 KV heads x 128, fp16) at seq_len {seq_len}, batch {batch}",
-            f"{seed_gb:g} GB", "GB", ours,
-            "2 x 80 x 8 x 128 x seq x batch x 2 bytes" + (", equal to the bytes HF DynamicCache holds after that prefill "
-                                                          "(meta device)" if agrees else ""),
-            "cpu", "wrong" if abs(seed_gb * GB - formula) > 0.01 * formula else "confirmed"))
+            f"{seed_value:g} {unit}", unit, ours,
+            "2 x 80 x 8 x 128 x seq x batch x 2 bytes"
+            + (", equal to the bytes HF DynamicCache holds after that prefill (meta device)" if agrees else ""),
+            "cpu", "wrong" if abs(seed_value * UNITS[unit] - formula) > 0.01 * formula else "confirmed"))
     return ledger
 
 

@@ -1,10 +1,8 @@
-"""PagedAttention (seed 2.2; Kwon et al. 2023, "Efficient Memory Management for Large Language Model Serving with
-PagedAttention"): a block manager (fixed-size blocks, a block table per sequence, allocate on append, free, fork with
-copy-on-write, sharing of full prefix blocks), decode attention over a paged KV cache (one query token per sequence,
-GQA/MQA), and the memory-waste simulation of contiguous max-length preallocation against paged allocation."""
+"""PagedAttention (seed 2.2; Kwon et al. 2023, "Efficient Memory Management for LLM Serving with PagedAttention"):
+a block manager (append, free, fork with copy-on-write, shared prefix blocks), decode attention over a paged KV cache
+(GQA/MQA) as a contract, and the memory waste of contiguous max-length preallocation against paged allocation."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -182,8 +180,8 @@ def check_paged_call(call: Call) -> None:
         raise ValueError(f"paged_attention takes (q, k_cache, v_cache, block_table, seq_lens, *, scale): {layout}; "
                          f"got {len(call.args)} positional arguments and keywords {sorted(call.kwargs)}")
     q, k_cache, v_cache, block_table, seq_lens = call.args
-    for name, t, dims in (("q", q, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4), ("block_table", block_table, 2),
-                          ("seq_lens", seq_lens, 1)):
+    for name, t, dims in (("q", q, 3), ("k_cache", k_cache, 4), ("v_cache", v_cache, 4),
+                          ("block_table", block_table, 2), ("seq_lens", seq_lens, 1)):
         if not isinstance(t, torch.Tensor) or t.dim() != dims or 0 in t.shape:
             raise ValueError(f"{name} must be a non-empty {dims}-D tensor: expected {layout}; "
                              f"got {getattr(t, 'shape', type(t))}")
@@ -269,46 +267,46 @@ def _generator(case: PagedCase, device: str, offset: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(case.seed * 7919 + offset)
 
 
-def logical_inputs(case: PagedCase, device: str):
-    """q (B, Hq, D) and every sequence's logical K and V [(L_b, Hkv, D)], standard normal in the case's dtype (q times
-    value_scale), generated on `device`; the first shared_prefix tokens are the same for every sequence."""
-    dtype = dtype_of(case.dtype)
-
-    def normal(*shape, offset):
-        return torch.randn(shape, generator=_generator(case, device, offset), device=device, dtype=dtype)
-
-    q = normal(case.B, case.Hq, case.D, offset=0) * case.value_scale
-    prefix = [normal(case.shared_prefix, case.Hkv, case.D, offset=1 + i) for i in range(2)]
-    sequences = []
-    for b, length in enumerate(case.seq_lens):
-        own = [normal(length - case.shared_prefix, case.Hkv, case.D, offset=3 + 2 * b + i) for i in range(2)]
-        sequences.append(tuple(torch.cat([shared, mine]) for shared, mine in zip(prefix, own)))
-    return q, sequences
+def logical_query(case: PagedCase, device: str) -> torch.Tensor:
+    """q (B, Hq, D): standard normal x value_scale in the case's dtype, generated on `device`."""
+    return torch.randn(case.B, case.Hq, case.D, generator=_generator(case, device, 0), device=device,
+                       dtype=dtype_of(case.dtype)) * case.value_scale
 
 
-def paged_layout(case: PagedCase, sequences, device: str, *, share: bool):
-    """k_cache, v_cache, block_table, seq_lens holding `sequences` [(K, V)], written through a BlockManager whose free
-    list is a random permutation: forked from one parent at shared_prefix when `share`, else every sequence in its own
-    blocks. Slots no sequence uses hold finite garbage (normal x 4); table entries past a sequence's last block name
-    unreferenced blocks."""
+def logical_sequence(case: PagedCase, b: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence b's K and V (L_b, Hkv, D), standard normal in the case's dtype, generated on `device` one sequence at a
+    time (bench-sized caches never exist twice); the first shared_prefix tokens are the same for every sequence."""
+    def normal(length, offset):
+        return torch.randn(length, case.Hkv, case.D, generator=_generator(case, device, offset), device=device,
+                           dtype=dtype_of(case.dtype))
+
+    own = case.seq_lens[b] - case.shared_prefix
+    return tuple(torch.cat([normal(case.shared_prefix, 1 + i), normal(own, 3 + 2 * b + i)]) for i in range(2))
+
+
+def paged_layout(case: PagedCase, device: str):
+    """k_cache, v_cache, block_table, seq_lens holding the case's logical sequences, written through a BlockManager
+    whose free list is a random permutation: every sequence forked from one parent after shared_prefix tokens, or in
+    its own blocks when shared_prefix is 0. Slots no sequence uses hold finite garbage (normal x 4); table entries past
+    a sequence's last block name unreferenced blocks."""
     bs, lengths = case.block_size, case.seq_lens
     num_blocks = -(-case.shared_prefix // bs) + sum(-(-L // bs) for L in lengths) + SPARE_BLOCKS
     order = torch.randperm(num_blocks, generator=_generator(case, "cpu", 1_000_003))
     manager = BlockManager(num_blocks, bs, order.tolist())
     garbage = [torch.randn(num_blocks, bs, case.Hkv, case.D, generator=_generator(case, device, 1_000_004 + i),
-                           device=device, dtype=dtype_of(case.dtype)) * 4 for i in range(2)]
+                           device=device, dtype=dtype_of(case.dtype)).mul_(4) for i in range(2)]
     cache = PagedKVCache(manager, *garbage)
-    if share and case.shared_prefix:
+    if case.shared_prefix:
         manager.add("parent")
-        cache.append("parent", *(t[:case.shared_prefix] for t in sequences[0]))
-        for b, (k, v) in enumerate(sequences):
+        cache.append("parent", *(t[:case.shared_prefix] for t in logical_sequence(case, 0, device)))
+        for b in range(case.B):
             manager.fork("parent", b)
-            cache.append(b, k[case.shared_prefix:], v[case.shared_prefix:])
+            cache.append(b, *(t[case.shared_prefix:] for t in logical_sequence(case, b, device)))
         manager.free("parent")
     else:
-        for b, (k, v) in enumerate(sequences):
+        for b in range(case.B):
             manager.add(b)
-            cache.append(b, k, v)
+            cache.append(b, *logical_sequence(case, b, device))
     width = max(len(manager.tables[b]) for b in range(case.B)) + TABLE_SLACK
     unreferenced = torch.tensor(list(manager.free_blocks), dtype=torch.int32)
     filler = unreferenced[torch.randint(len(unreferenced), (case.B, width), generator=_generator(case, "cpu", 5))]
@@ -319,9 +317,8 @@ def paged_layout(case: PagedCase, sequences, device: str, *, share: bool):
 
 
 def make_call(case: PagedCase, device: str) -> Call:
-    """The case's logical inputs laid out in blocks as paged_layout does (shared prefix blocks when shared_prefix)."""
-    q, sequences = logical_inputs(case, device)
-    return Call((q, *paged_layout(case, sequences, device, share=True)), {"scale": case.scale})
+    """The case's query and its logical sequences laid out in blocks as paged_layout does."""
+    return Call((logical_query(case, device), *paged_layout(case, device)), {"scale": case.scale})
 
 
 def cases(impl, mode: str):
@@ -332,9 +329,9 @@ def cases(impl, mode: str):
     supports = impl.supports
     on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
     small = mode == "interpret"
-    block_sizes = {"interpret": [4, 8, 16], "cpu": [1, 3, 4, 8, 16, 32], "cuda": [16, 32, 64, 128, 256]}[mode]
+    block_sizes = {"interpret": [4, 8, 16], "cpu": [1, 3, 4, 8, 16, 32], "cuda": [8, 16, 32, 64, 128, 256]}[mode]
     head_dims = {"interpret": [16, 32], "cpu": [8, 16, 40, 64, 128], "cuda": [64, 128, 256]}[mode]
-    most_blocks = {"interpret": 5, "cpu": 20, "cuda": 300}[mode]
+    most_tokens = {"interpret": 80, "cpu": 640, "cuda": 8192}[mode]
     dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16", "float64"))
               if not (small and d == "bfloat16")]
 
@@ -343,7 +340,7 @@ def cases(impl, mode: str):
         bs = draw(st.sampled_from(block_sizes))
 
         def length():
-            blocks = draw(st.integers(0, most_blocks))
+            blocks = draw(st.integers(0, max(1, most_tokens // bs)))
             return max(1, blocks * bs + draw(st.sampled_from([0, 0, 1, -1, bs // 2])))
 
         Hkv = draw(st.sampled_from([1, 2]))
@@ -387,17 +384,22 @@ def examples(mode: str) -> list[PagedCase]:
 # --------------------------------------------------------------------------------------------------- the properties
 
 
-def contiguous_reference(q, sequences, scale, dtype: torch.dtype) -> torch.Tensor:
-    """Attention of q (B, Hq, D) over each sequence's contiguous K, V [(L, Hkv, D)], computed in `dtype`."""
-    outputs = []
-    for b, (k, v) in enumerate(sequences):
-        k, v = (t.to(dtype).transpose(0, 1)[None] for t in (k, v))  # (1, Hkv, L, D)
-        outputs.append(attention(q[b, :, None][None].to(dtype), k, v, scale=scale)[0, :, 0])
-    return torch.stack(outputs)
+def contiguous_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale, dtype: torch.dtype) -> torch.Tensor:
+    """Attention of one sequence's query q (Hq, D) over its contiguous k, v (L, Hkv, D), computed in `dtype`."""
+    k, v = (t.to(dtype).transpose(0, 1)[None] for t in (k, v))  # (1, Hkv, L, D)
+    return attention(q[None, :, None].to(dtype), k, v, scale=scale)[0, :, 0]  # (Hq, D)
+
+
+def contiguous_reference(case: PagedCase, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """out (B, Hq, D) of the case's logical sequences, each attended contiguously, in `dtype`."""
+    q = logical_query(case, device)
+    return torch.stack([contiguous_attention(q[b], *logical_sequence(case, b, device), case.scale, dtype)
+                        for b in range(case.B)])
 
 
 class _Oracle:
-    """(float64 stick, eager in the case's dtype, conditioning) of a case, from its contiguous logical inputs; cached."""
+    """(float64 stick, eager in the case's dtype, conditioning) of a case, from its contiguous logical sequences; the
+    conditioning is max(1, max |scale q.k|) (as the attention contract's score_conditioning). Cached."""
 
     def __init__(self, size: int = 16):
         self.size, self.store = size, {}
@@ -407,13 +409,16 @@ class _Oracle:
         if key not in self.store:
             if len(self.store) >= self.size:
                 self.store.pop(next(iter(self.store)))
-            q, sequences = logical_inputs(case, device)
-            stick = contiguous_reference(q, sequences, case.scale, torch.float64)
-            eager = contiguous_reference(q, sequences, case.scale, dtype_of(case.dtype))
+            q = logical_query(case, device)
             scale = case.scale if case.scale is not None else case.D**-0.5
-            largest_score = max(float((q[b, :, None].double() @ k.double().permute(1, 2, 0).repeat_interleave(
-                case.Hq // case.Hkv, 0)).abs().max()) for b, (k, _) in enumerate(sequences))  # (Hq, 1, L) scores
-            self.store[key] = (stick, eager, max(1.0, abs(scale) * largest_score))
+            stick, eager, largest = [], [], 0.0
+            for b in range(case.B):
+                k, v = logical_sequence(case, b, device)
+                stick.append(contiguous_attention(q[b], k, v, case.scale, torch.float64))
+                eager.append(contiguous_attention(q[b], k, v, case.scale, dtype_of(case.dtype)))
+                scores = q[b, :, None].double() @ k.double().permute(1, 2, 0).repeat_interleave(case.Hq // case.Hkv, 0)
+                largest = max(largest, float(scores.abs().max()))  # (Hq, 1, L) scores
+            self.store[key] = (torch.stack(stick), torch.stack(eager), max(1.0, abs(scale) * largest))
         return self.store[key]
 
 
@@ -431,8 +436,7 @@ def matches_reference(impl, case, device):
     dtype = dtype_of(case.dtype)
 
     def eager32():
-        q, sequences = logical_inputs(case, device)
-        return contiguous_reference(q, sequences, case.scale, torch.float32)
+        return contiguous_reference(case, device, torch.float32)
 
     # softmax turns an absolute error e in a score into a relative error e in its probability: the floor scales with
     # the largest |scale q.k| (as the attention contract's score_conditioning)
@@ -507,7 +511,7 @@ def fork_children_exact(impl, case, device):
     block_size = call.args[1].shape[1]
     referenced = torch.cat([block_table[b, : -(-L // block_size)] for b, L in enumerate(seq_lens.tolist())])
     if referenced.unique().numel() == referenced.numel():
-        return None  # no block ended up shared (every child copied the prefix's only, partial block on write)
+        return  # no block ended up shared (every child copied the prefix's only, partial block on write)
     tolerance.exact("out of forked children sharing prefix blocks vs the same sequences in private blocks",
                     _call(impl, call), _call(impl, unshared_layout(call)))
 
@@ -546,7 +550,8 @@ PROPERTIES = [
              doc="moving the physical blocks (renaming them in the table) leaves out bitwise unchanged"),
     Property("unused_slots_never_read", unused_slots_never_read,
              doc="NaN in the slots past seq_len and in unreferenced blocks leaves out bitwise unchanged"),
-    Property("fork_children_exact", fork_children_exact, applies=lambda impl, case: case.shared_prefix > 0 and case.B > 1,
+    Property("fork_children_exact", fork_children_exact,
+             applies=lambda impl, case: case.shared_prefix > 0 and case.B > 1,
              doc="forked children sharing prefix blocks (partial ones copied on write) give bitwise the out of the "
                  "same sequences in private blocks"),
     Property("gqa_head_mapping", gqa_head_mapping, doc="query head h reads KV head h // (Hq // Hkv)"),

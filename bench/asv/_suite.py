@@ -1,5 +1,6 @@
 """A factory of asv benchmark classes, one per technique: `track_ms` (median latency) and, on CUDA,
-`track_peak_mem_mb` (peak memory of one call) over impl x case x mode ("fwd"/"bwd"), measured exactly as
+`track_peak_mem_mb` (peak memory of one call) over impl x case x mode (the contract's bench_modes: "fwd", and "bwd"
+where there is a backward), measured exactly as
 `llmopt bench` measures (same cases, skips and timed callable). A technique's suite is one line in
 bench/asv/<technique>.py: `Attention = technique_suite("attention", on_cuda=...)`.
 
@@ -7,6 +8,7 @@ Nothing named time_*/track_*/mem_*/peakmem_* may be imported here at module leve
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -14,6 +16,9 @@ import torch
 from llmopt import impls as registry
 from llmopt.bench import bench, timing
 from llmopt.reference import get_contract
+
+
+IMPLS_ENV = "LLMOPT_ASV_IMPLS"  # comma-separated impl names to track (default: every impl that runs here)
 
 
 def _device() -> str:
@@ -31,12 +36,14 @@ def technique_suite(technique: str, on_cuda: Callable[[object], bool] = lambda c
     contract = get_contract(technique)
     device = _device()
     impls = registry.discover(technique)
-    names = [name for name, impl in sorted(impls.items()) if impl.runs_on(device) == device]
+    chosen = os.environ.get(IMPLS_ENV, "").split(",") if os.environ.get(IMPLS_ENV) else None
+    names = [name for name, impl in sorted(impls.items())
+             if impl.runs_on(device) == device and (chosen is None or name in chosen)]
     cases = {contract.case_id(case): case for case in bench.bench_cases(contract, device)
              if bench.case_skip_reason(contract, case, device) is None and (device == "cpu" or on_cuda(case))}
 
     class Suite:
-        params = (names, list(cases), ["fwd", "bwd"])
+        params = (names, list(cases), list(contract.bench_modes))
         param_names = ("impl", "case", "mode")
         rounds = 1  # each track call already repeats and takes the median
         timeout = 600  # setup may compile (torch.compile, Triton autotuning)

@@ -1,9 +1,6 @@
-"""Paged decode attention in Triton: one query token per sequence over a paged KV cache (num_blocks, block_size, Hkv,
-D) addressed through a block table (Kwon et al. 2023, "PagedAttention"). GQA-aware: one program serves the query heads
-that share a KV head, so each K/V tile is read once for all of them (a tensor-core dot, the group padded to 16 rows).
-Split-KV (FlashDecoding, Dao et al. 2023) for long contexts and small batches: programs over chunks of the sequence
-write partial outputs and log-sum-exps that a second kernel merges. float16/bfloat16/float32, any head dim <= 256,
-any power-of-two block size."""
+"""Paged decode attention in Triton (PagedAttention, Kwon et al. 2023): one query per sequence over (num_blocks,
+block_size, Hkv, D) blocks; GQA-aware (one program per KV head serves its query heads); split-KV with a merge kernel
+(FlashDecoding, Dao et al. 2023) for long contexts and small batches. fp16/bf16/fp32, D <= 256, power-of-two blocks."""
 from __future__ import annotations
 
 import os
@@ -154,18 +151,33 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
-# Hopper (sm_90), 16-bit caches, head dim <= 128: 64-token tiles (16 KB of K and 16 KB of V per stage at D = 128),
-# 4 warps, 3 stages: ~100 KB of shared memory, two programs per SM, ~200 KB of K/V loads in flight per SM. Larger
-# head dims halve the tile; float32 (CUDA-core dots) uses small tiles, as the attention kernels do.
-_CONFIGS = {"half": TileConfig(64, 4, 3), "half_wide": TileConfig(32, 4, 3), "float32": TileConfig(32, 4, 2)}
+# Compiled for sm_90 with Triton 3.6 (bf16, D = 128, block 16): the K/V loads are cp.async, single-buffered (the
+# table load ahead of them takes a pipeline stage), so the bytes in flight per SM come from occupancy x tile size:
+# 64 x 4 warps: 128 registers, 39 KB shared, 4 programs per SM, 128 KB in flight; 128 x 8 warps: 117 registers,
+# 74 KB, 2 programs, 128 KB; 256 x 8 warps: 144 KB, 1 program. No register spills beyond 12 bytes in any of them.
+# Calls reading at least _AUTOTUNE_MIN_BYTES of K/V autotune among these; smaller ones (latency-bound, and every case
+# of a verification) run the first. float32 dots run on CUDA cores and hold operand rows in registers: 16-token
+# tiles, spill-free up to D = 256. Head dims above 128 halve the 16-bit tile.
+_HALF_CONFIGS = (TileConfig(64, 4, 3), TileConfig(128, 8, 3), TileConfig(32, 4, 3), TileConfig(64, 8, 3),
+                 TileConfig(128, 4, 3), TileConfig(256, 8, 3))
+_WIDE_HEAD_CONFIG = TileConfig(32, 4, 3)
+_FLOAT32_CONFIG = TileConfig(16, 4, 2)
 _INTERPRETER_CONFIG = TileConfig(16, 4, 1)
-# Split-KV: enough programs for this many waves of the SMs, chunks of at least this many tokens (a multiple of every
-# tile), at most this many chunks. The interpreter pretends to have 2 SMs so that small cases split too.
-_WAVES = 2
-_MIN_TOKENS_PER_SPLIT = 256
+_AUTOTUNE_MIN_BYTES = 1 << 24
+_AUTOTUNE_KEY = ["num_kv_heads", "num_splits", "tokens_per_split", "GROUP", "HEAD_DIM", "PAGE_SIZE"]
+# Split-KV: the decode kernel fits about _PROGRAMS_PER_SM programs per SM (registers); with fewer (sequences x KV
+# heads) programs than that fills, each sequence is cut into that many times fewer chunks, each a multiple of
+# _SPLIT_QUANTUM tokens (a multiple of every tile), at most _MAX_SPLITS. The interpreter pretends to have 2 SMs and
+# 16-token chunks so that small cases split too.
+_PROGRAMS_PER_SM = 4
+_SPLIT_QUANTUM = 256
 _MAX_SPLITS = 128
-_INTERPRETER_SMS, _INTERPRETER_MIN_TOKENS_PER_SPLIT = 2, 16
+_INTERPRETER_SMS, _INTERPRETER_SPLIT_QUANTUM = 2, 16
 _PINNED: dict[str, object] = {}
+
+_AUTOTUNED_KERNEL = triton.autotune(
+    configs=[triton.Config({"BLOCK_N": t.block_n}, num_warps=t.num_warps, num_stages=t.num_stages)
+             for t in _HALF_CONFIGS], key=_AUTOTUNE_KEY)(_paged_decode_kernel)
 
 
 def pin(tile: TileConfig | None = None, num_splits: int | None = None) -> None:
@@ -177,14 +189,17 @@ def pin(tile: TileConfig | None = None, num_splits: int | None = None) -> None:
             _PINNED[key] = TileConfig(*value) if key == "tile" else int(value)
 
 
-def _tile(dtype: torch.dtype, head_dim: int) -> TileConfig:
+def _fixed_tile(dtype: torch.dtype, head_dim: int, kv_bytes: int) -> TileConfig | None:
+    """The tile a call runs with when it is not autotuned (pinned, interpreter, float32, wide heads, small calls)."""
     if "tile" in _PINNED:
         return _PINNED["tile"]
     if _INTERPRET:
         return _INTERPRETER_CONFIG
     if dtype == torch.float32:
-        return _CONFIGS["float32"]
-    return _CONFIGS["half" if head_dim <= 128 else "half_wide"]
+        return _FLOAT32_CONFIG
+    if head_dim > 128:
+        return _WIDE_HEAD_CONFIG
+    return _HALF_CONFIGS[0] if kv_bytes < _AUTOTUNE_MIN_BYTES else None
 
 
 def _num_sms(device: torch.device) -> int:
@@ -194,13 +209,12 @@ def _num_sms(device: torch.device) -> int:
 
 
 def split_plan(batch_kv_programs: int, longest: int, device: torch.device) -> tuple[int, int]:
-    """(num_splits, tokens_per_split): one chunk when batch x KV heads programs already fill _WAVES waves of the SMs,
-    else enough chunks to, each at least _MIN_TOKENS_PER_SPLIT tokens (a multiple of it) and at most _MAX_SPLITS."""
-    quantum = _INTERPRETER_MIN_TOKENS_PER_SPLIT if _INTERPRET else _MIN_TOKENS_PER_SPLIT
+    """(num_splits, tokens_per_split) for batch x KV heads programs over sequences of at most `longest` tokens."""
+    quantum = _INTERPRETER_SPLIT_QUANTUM if _INTERPRET else _SPLIT_QUANTUM
     if "num_splits" in _PINNED:
         wanted = _PINNED["num_splits"]
     else:
-        wanted = min(triton.cdiv(_WAVES * _num_sms(device), batch_kv_programs), triton.cdiv(longest, quantum),
+        wanted = min(_PROGRAMS_PER_SM * _num_sms(device) // batch_kv_programs, triton.cdiv(longest, quantum),
                      _MAX_SPLITS)
     if wanted <= 1:
         return 1, longest
@@ -233,22 +247,27 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
     group = Hq // Hkv
     scale = D**-0.5 if scale is None else float(scale)
-    tile = _tile(q.dtype, D)
-    num_splits, tokens_per_split = split_plan(B * Hkv, int(seq_lens.max()), q.device)
+    lengths = seq_lens.long()
+    num_splits, tokens_per_split = split_plan(B * Hkv, int(lengths.max()), q.device)
+    tile = _fixed_tile(q.dtype, D, int(lengths.sum()) * Hkv * D * 2 * k_cache.element_size())
     partial_out = torch.empty((B, Hq, num_splits, D) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
     partial_lse = torch.empty((B, Hq, num_splits) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(D))
     constexprs = {"GROUP": group, "GROUP_ROWS": max(_MIN_GROUP_ROWS, triton.next_power_of_2(group)), "HEAD_DIM": D,
-                  "BLOCK_D": block_d, "PAGE_SIZE": block_size, "BLOCK_N": tile.block_n, "SPLIT": num_splits > 1,
+                  "BLOCK_D": block_d, "PAGE_SIZE": block_size, "SPLIT": num_splits > 1,
                   "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}  # tf32 is ignored for 16-bit
+    if tile is None:
+        kernel = _AUTOTUNED_KERNEL
+    else:
+        kernel = _paged_decode_kernel
+        constexprs |= {"BLOCK_N": tile.block_n, "num_warps": tile.num_warps, "num_stages": tile.num_stages}
 
     def run():
         out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, Hq, D)
-        _paged_decode_kernel[(B * Hkv, num_splits)](
+        kernel[(B * Hkv, num_splits)](
             q, k_cache, v_cache, block_table, seq_lens, out, partial_out, partial_lse,
             *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_table.stride(), seq_lens.stride(0),
-            *out.stride(), Hkv, num_splits, tokens_per_split, scale * _LOG2E,
-            **constexprs, num_warps=tile.num_warps, num_stages=tile.num_stages)
+            *out.stride(), Hkv, num_splits, tokens_per_split, scale * _LOG2E, **constexprs)
         if num_splits > 1:
             _merge_splits_kernel[(B * Hq,)](
                 partial_out, partial_lse, out, *out.stride(), Hq, num_splits,

@@ -11,7 +11,7 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     import torch.nn.functional as F
 
     B, Hq, D = q.shape
-    num_blocks, block_size, Hkv, _ = k_cache.shape
+    _, block_size, Hkv, _ = k_cache.shape
     lengths = seq_lens.long()
     longest = int(lengths.max())
     positions = torch.arange(longest, device=q.device)  # (L,)
