@@ -5,6 +5,7 @@ layout when it has `prepare`), "bwd" times torch.autograd.grad through one forwa
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -158,10 +159,10 @@ def attempt(work: Callable, device: str):
     return None, reason
 
 
-def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, modes=None,
+def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, modes=None, cases: str | None = None,
               progress: Callable[[str], None] | None = None) -> BenchRows:
     """Benchmark `impls` on the contract's cases (bench_cases) on `device` ("cpu" or "cuda") in each of `modes`
-    (default: the contract's bench_modes),
+    (default: the contract's bench_modes), only the cases whose case_id matches the regular expression `cases` if given,
     after measuring the machine's peaks once. Rows are appended to results_dir(device, out)/<technique>.jsonl and
     returned; what was skipped, and why, is in the result's `.skipped`. `progress(line)` hears of each."""
     say = progress or (lambda line: None)
@@ -186,6 +187,8 @@ def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, mo
         else:
             usable.append(impl.for_mode(impl.runs_on(device)))
     for case in bench_cases(contract, device, quick):
+        if cases is not None and not re.search(cases, contract.case_id(case)):
+            continue
         reason = case_skip_reason(contract, case, device)
         if reason is None:
             call, reason = attempt(partial(validated_call, contract, case, device), device)

@@ -185,7 +185,7 @@ def cmd_verify(args) -> int:
 # ----------------------------------------------------------------------------------------------------------- bench
 
 
-def bench_technique(technique: str, names, device: str, *, quick: bool, out, progress=None) -> list[dict]:
+def bench_technique(technique: str, names, device: str, *, quick: bool, out, cases=None, progress=None) -> list[dict]:
     from llmopt.bench.bench import run_bench
 
     contract = _contract(technique)
@@ -193,13 +193,14 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, pro
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    isolated = _isolated(impls, ["bench", technique], _flags(device=device, out=out) + (["--quick"] if quick else []))
+    isolated = _isolated(impls, ["bench", technique],
+                         _flags(device=device, out=out, cases=cases) + (["--quick"] if quick else []))
     if isolated is not None:  # the children wrote their rows: this run's are those since `started`
         from llmopt.bench import results
 
         folder = results.results_dir(device, out)
         return [r for r in results.read_rows(folder.parent, technique, folder.name) if r["time"] >= started]
-    rows = run_bench(contract, impls, device, quick=quick, out=out, progress=progress)
+    rows = run_bench(contract, impls, device, quick=quick, out=out, cases=cases, progress=progress)
     _print_rows(technique, rows)
     for note in rows.skipped:
         console.print("[yellow]skipped[/] " + " ".join(str(v) for v in note.values() if v is not None), markup=True)
@@ -220,7 +221,7 @@ def _print_rows(technique: str, rows: list[dict]) -> None:
 
 def cmd_bench(args) -> int:
     device = args.device or _default_device()
-    bench_technique(args.technique, args.impl, device, quick=args.quick, out=args.out)
+    bench_technique(args.technique, args.impl, device, quick=args.quick, out=args.out, cases=args.cases)
     return 0
 
 
@@ -310,6 +311,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--impl", action="append")
     s.add_argument("--device", **device)
     s.add_argument("--quick", action="store_true", help="small cases only")
+    s.add_argument("--cases", default=None, help="only cases whose id matches this regular expression")
     s.add_argument("--out", default=None, help="results folder (default results/<machine>, results/local on CPU)")
     s.set_defaults(func=cmd_bench)
 

@@ -5,7 +5,6 @@ stick, gradients of the trainable tensors only, merge equivalence), and the seed
 parameters counted by peft on the meta device, fine-tuning memory of full, LoRA and QLoRA training."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,13 +184,16 @@ def _is_float_tensor(value) -> bool:
 @dataclass(frozen=True)
 class AdapterSpec:
     """What the adapter contracts (lora, dora, qlora) share: the reference, inputs and validation of the contract; the
-    argument positions that train (x, position 0, also trains when the case says x_requires_grad); the frozen base."""
+    argument positions that train (x, position 0, also trains when the case says x_requires_grad), among them A and B
+    (`low_rank`: empty, so not trained, at rank 0); everything else is frozen."""
 
     reference: Callable
     make_call: Callable
     validate: Callable
     trainable: tuple[int, ...]
     names: tuple[str, ...]
+    magnitudes: Callable  # (float64 call, float64 dout, trained) -> {"out" or a position: the scale of its terms}
+    low_rank: tuple[int, ...] = (2, 3)
 
     def run_reference(self, case, device: str, precision: torch.dtype, grads: bool):
         """(out, grads of the trained positions or None) of the reference on the case cast to `precision`."""
@@ -206,7 +208,8 @@ class AdapterSpec:
         return out.detach(), torch.autograd.grad(out, [args[i] for i in trained], dout)
 
     def trained(self, case) -> tuple[int, ...]:
-        return ((0,) if case.x_requires_grad else ()) + self.trainable
+        return ((0,) if case.x_requires_grad else ()) + tuple(
+            p for p in self.trainable if case.rank > 0 or p not in self.low_rank)
 
     @staticmethod
     def dout(case, shape, device: str) -> torch.Tensor:
@@ -228,7 +231,10 @@ class _Oracle:
                 self.store.pop(next(iter(self.store)))
             stick = spec.run_reference(case, device, torch.float64, grads)
             eager = spec.run_reference(case, device, dtype_of(case.dtype), grads)
-            self.store[key] = (stick, eager)
+            call = spec.make_call(case, device)
+            call64 = Call(tuple(a.double() if _is_float_tensor(a) else a for a in call.args), call.kwargs)
+            magnitudes = spec.magnitudes(call64, spec.dout(case, stick[0].shape, device), spec.trained(case))
+            self.store[key] = (stick, eager, magnitudes)
         return self.store[key]
 
 
@@ -253,15 +259,17 @@ def _impl_call(spec: AdapterSpec, impl, case, device: str, trained: tuple[int, .
 def matches_reference(spec: AdapterSpec):
     def check(impl, case, device):
         _, out = _impl_call(spec, impl, case, device)
-        (stick, _), (eager, _) = ORACLE(spec, case, device, False)
+        (stick, _), (eager, _), magnitudes = ORACLE(spec, case, device, False)
         return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype),
-                                        eager_float32=_eager32(spec, case, device, False))
+                                        eager_float32=_eager32(spec, case, device, False), magnitude=magnitudes["out"])
 
     return check
 
 
-def has_backward(impl, case) -> bool:
-    return impl.supports.get("backward", True) is not False and case.dtype != "float64"
+def has_backward(spec: AdapterSpec):
+    """The gradient property applies to impls with a backward, below float64, where something trains."""
+    return lambda impl, case: (impl.supports.get("backward", True) is not False and case.dtype != "float64"
+                               and bool(spec.trained(case)))
 
 
 def grads_match_reference(spec: AdapterSpec):
@@ -282,7 +290,7 @@ def grads_match_reference(spec: AdapterSpec):
                 if t.requires_grad or t.grad is not None:
                     raise PropertyFailed(f"{spec.names[i]} is not trained but has requires_grad={t.requires_grad}, "
                                          f"grad {'set' if t.grad is not None else 'None'} after backward")
-        (_, stick), (_, eager) = ORACLE(spec, case, device, True)
+        (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
         margins = []
         for index, position in enumerate(trained):
             grad = call.args[position].grad
@@ -290,7 +298,7 @@ def grads_match_reference(spec: AdapterSpec):
                 raise PropertyFailed(f"d{spec.names[position]} is None: the output does not reach it")
             margins.append(tolerance.noise_relative(
                 f"d{spec.names[position]}", grad, stick[index], eager[index], dtype_of(case.dtype),
-                eager_float32=_eager32(spec, case, device, True, index)))
+                eager_float32=_eager32(spec, case, device, True, index), magnitude=magnitudes.get(position)))
         return max(margins)
 
     return check
@@ -320,11 +328,13 @@ def no_input_mutation(spec: AdapterSpec):
     return check
 
 
-def allowance(out: torch.Tensor, stick: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype) -> float:
-    """What noise_relative allows `out` against `stick`: k x the eager error + the rounding floor."""
+def allowance(stick: torch.Tensor, eager: torch.Tensor, dtype: torch.dtype, magnitude: float | None = None) -> float:
+    """What noise_relative allows against `stick`: k x the eager error + the rounding floor (of `magnitude`, default
+    max |stick|)."""
     stick64 = stick.double()
+    magnitude = float(stick64.abs().max()) if magnitude is None else magnitude
     return (tolerance.K_NOISE * float((eager.double() - stick64).abs().max())
-            + tolerance.FLOOR_ULPS[dtype] * torch.finfo(dtype).eps * float(stick64.abs().max()))
+            + tolerance.FLOOR_ULPS[dtype] * torch.finfo(dtype).eps * magnitude)
 
 
 def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output: Callable):
@@ -336,15 +346,15 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
     def check(impl, case, device):
         dtype = dtype_of(case.dtype)
         call, out = _impl_call(spec, impl, case, device)
-        (stick, _), (eager, _) = ORACLE(spec, case, device, False)
+        (stick, _), (eager, _), magnitudes = ORACLE(spec, case, device, False)
         call64 = Call(tuple(a.double() if _is_float_tensor(a) else a for a in call.args), call.kwargs)
         weight = merged_weight(call64).to(dtype)  # (out, in), rounded once
         x = call.args[0]
         merged = merged_output(impl, call, weight)
         merged_stick = x.double() @ weight.double().mT
         merged_eager = x @ weight.mT
-        bound = (allowance(out, stick, eager, dtype) + float((stick - merged_stick).abs().max())
-                 + allowance(merged, merged_stick, merged_eager, dtype))
+        bound = (allowance(stick, eager, dtype, magnitudes["out"]) + float((stick - merged_stick).abs().max())
+                 + allowance(merged_stick, merged_eager, dtype))
         gap = float((out.double() - merged.double()).abs().max())
         if gap > bound:
             raise PropertyFailed(f"adapter vs merged deployment: max difference {gap:.3e} exceeds {bound:.3e} (each "
@@ -356,7 +366,19 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
 
 # --------------------------------------------------------------------------------------------------- lora properties
 
-LORA_SPEC = AdapterSpec(lora_linear, lora_make_call, check_lora_call, trainable=(2, 3), names=("x", "W", "A", "B"))
+def term_magnitudes(fn: Callable, call: Call, dout: torch.Tensor, trained: tuple[int, ...]) -> dict:
+    """The scale of the terms the output and each trained gradient sum, for the rounding floor: `fn` and its gradients
+    evaluated in float64 at |inputs|, |scaling|, |dout|, where no term cancels: the Σ|terms| of the classic bound
+    |fl(Σ) - Σ| <= γ_n Σ|terms|. The base and adapter contributions of a strong adapter cancel, and gradients sum over
+    tokens with both signs: their rounding scales with these, not with the result."""
+    absolute = [a.abs().requires_grad_(i in trained) if _is_float_tensor(a) else a for i, a in enumerate(call.args)]
+    out = fn(*absolute, **{k: abs(v) for k, v in call.kwargs.items()})
+    grads = torch.autograd.grad(out, [absolute[i] for i in trained], dout.abs()) if trained else ()
+    return {"out": float(out.detach().max()), **{i: float(g.max()) for i, g in zip(trained, grads)}}
+
+
+LORA_SPEC = AdapterSpec(lora_linear, lora_make_call, check_lora_call, trainable=(2, 3), names=("x", "W", "A", "B"),
+                        magnitudes=lambda call, dout, trained: term_magnitudes(lora_linear, call, dout, trained))
 
 
 def zero_update_is_the_base(spec: AdapterSpec, weight_of: Callable):
@@ -390,7 +412,7 @@ def _lora_merged_output(impl, call: Call, weight: torch.Tensor):
 LORA_PROPERTIES = [
     Property("matches_reference", matches_reference(LORA_SPEC),
              doc="y within 2x the eager low-precision error of the float64 reference"),
-    Property("grads_match_reference", grads_match_reference(LORA_SPEC), applies=has_backward,
+    Property("grads_match_reference", grads_match_reference(LORA_SPEC), applies=has_backward(LORA_SPEC),
              doc="only A, B (and x when it requires grad) get gradients, within 2x the eager error; W.grad stays None"),
     Property("zero_update_is_the_base", zero_update_is_the_base(LORA_SPEC, lambda call: call.args[1].to),
              doc="B = 0 gives bitwise the impl's no-adapter (rank 0) output, itself within noise of x·Wᵀ"),
@@ -447,23 +469,36 @@ def lora_trainable(model, rank: int) -> tuple[int, int]:
     return counts
 
 
-def nf4_bytes_per_parameter() -> float:
-    """Bytes per parameter of NF4 with double quantization, from the stored tensors of one real-shaped layer (4096 x
-    11008, LLaMA-7B's up projection) quantized by the reference (bitsandbytes' layout)."""
+def nf4_stored_bytes(shape: tuple[int, int]) -> int:
+    """Bytes bitsandbytes stores for an (out, in) weight in NF4 with double quantization (blocks of 64): from the
+    format's arithmetic, checked against the stored tensors of an actually quantized layer of that shape's kind."""
+    from llmopt.reference.nf4 import NF4MatmulCase, nf4_matmul_stored_bytes
+
+    return int(nf4_matmul_stored_bytes(NF4MatmulCase((1,), shape[0], shape[1], 64, True)))
+
+
+def checked_nf4_layer_bytes() -> int:
+    """Stored bytes of one real quantized (1024, 1024) bf16 layer (reference quantizer, bitsandbytes' layout); equal to
+    nf4_stored_bytes((1024, 1024)) or the accounting is wrong."""
     from llmopt.reference.nf4 import nf4_quantize, random_weight
 
-    w = random_weight(11008, 4096, "normal", 0.02, 0).to(torch.bfloat16)
-    return nf4_quantize(w, double_quant=True).stored_bytes() / w.numel()
+    stored = nf4_quantize(random_weight(1024, 1024, "normal", 0.02, 0).to(torch.bfloat16), double_quant=True).stored_bytes()
+    if stored != nf4_stored_bytes((1024, 1024)):
+        raise AssertionError(f"NF4 accounting: a quantized 1024x1024 layer stores {stored} bytes, the formula says "
+                             f"{nf4_stored_bytes((1024, 1024))}")
+    return stored
 
 
 def finetuning_memory(model, trainable: int) -> dict[str, dict[str, float]]:
-    """Bytes (GB) of weights, gradients and Adam state for full fine-tuning (bf16 weights and gradients, fp32 master
+    """Bytes of weights, gradients and Adam state for full fine-tuning (bf16 weights and gradients, fp32 master
     copy, two fp32 moments: 16 B/param), LoRA (bf16 frozen base; the adapter in bf16 with bf16 gradients, fp32 master
     and moments) and QLoRA (the seven projections in NF4 + double quantization, embeddings, head and norms in bf16)."""
+    checked_nf4_layer_bytes()
     total = sum(p.numel() for p in model.parameters())
-    projections = sum(p.numel() for name, p in model.named_parameters() if any(f".{n}." in name for n in PROJECTIONS))
+    projections = [p for name, p in model.named_parameters() if any(f".{n}." in name for n in PROJECTIONS)]
+    projection_count = sum(p.numel() for p in projections)
     adapter = {"weights": 2 * trainable, "gradients": 2 * trainable, "optimizer": 12 * trainable}
-    nf4_base = nf4_bytes_per_parameter() * projections + 2 * (total - projections)
+    nf4_base = sum(nf4_stored_bytes(tuple(p.shape)) for p in projections) + 2 * (total - projection_count)
     return {
         "full": {"weights": 2 * total, "gradients": 2 * total, "optimizer": 12 * total},
         "lora": {"weights": 2 * total + adapter["weights"], "gradients": adapter["gradients"],
@@ -479,12 +514,13 @@ def lora_claims() -> list[Claim]:
     counts = {rank: lora_trainable(model, rank) for rank in (8, 16, 32, 64)}
     ledger = []
     for rank, (trainable, total) in counts.items():
-        percent = 100 * trainable / total
+        base = total - trainable  # peft's total includes the adapter
+        percent = 100 * trainable / base
         seed_low, seed_high = {8: (0.15, 0.25), 16: (0.40, 0.44), 32: (0.75, 0.85), 64: (1.55, 1.65)}[rank]
         ledger.append(Claim(
             f"lora.trainable.r{rank}", f"LoRA r={rank} on q,k,v,o,gate,up,down of LLaMA-7B trains this share of "
             "parameters", SEED_PERCENT[rank], "% of parameters",
-            f"{percent:.3f}% ({trainable / 1e6:.2f}M of {total / 1e9:.3f}B)",
+            f"{percent:.3f}% ({trainable / 1e6:.2f}M trainable over the {base / 1e9:.3f}B base parameters)",
             "peft get_peft_model(LoraConfig(r, target_modules=7 projections)).get_nb_trainable_parameters() on "
             "LlamaForCausalLM(LlamaConfig(hidden 4096, intermediate 11008, 32 layers, vocab 32000)) on the meta "
             "device; the seed counts 2·4096·r for every projection, but gate/up/down are 4096x11008: r·(4096 + 11008)",
@@ -500,8 +536,8 @@ def lora_claims() -> list[Claim]:
             "GB", f"{total_gb:.2f} GB (" + ", ".join(f"{k} {v / GB:.2f}" for k, v in parts.items()) + ")",
             "bytes per parameter x parameters of LLaMA-7B on the meta device: full = bf16 weights + bf16 gradients + "
             "fp32 master + 2 fp32 Adam moments (16 B); LoRA r=16 adapter likewise (16 B), base frozen in bf16; QLoRA "
-            "base = 7 projections in NF4 with double quantization (bytes of a quantized 11008x4096 layer, scaled by "
-            "shape) + embeddings, head, norms in bf16", "cpu",
+            "base = 7 projections in NF4 with double quantization (bytes per shape, checked against a quantized "
+            "layer's stored tensors) + embeddings, head, norms in bf16", "cpu",
             "confirmed" if abs(total_gb - seed_gb) <= 0.05 * seed_gb else "wrong"))
     return ledger
 

@@ -13,9 +13,7 @@ import torch
 
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Outcome, Property, PropertyFailed, dtype_of
-from llmopt.reference.nf4_format import (
-    BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table,
-)
+from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
 
 TINY = torch.finfo(torch.float32).tiny  # a block whose absmax is below this is degenerate (all zero in practice)
 # Decisions within this many float32 ulps of a threshold may differ between two correct builds: bitsandbytes' CUDA build
@@ -502,6 +500,7 @@ def nf4_matmul_cases(impl, mode: str):
 
 NF4_MATMUL_EXAMPLES = [
     NF4MatmulCase((1,), 130, 512, double_quant=True, seed=1),
+    NF4MatmulCase((1,), 40, 384, dtype="float16", double_quant=True, seed=5),
     NF4MatmulCase((16,), 64, 256, dtype="float16", seed=2),
     NF4MatmulCase((2, 3), 31, 192, blocksize=32, dtype="float32", x_layout="strided", seed=3),
     NF4MatmulCase((5,), 17, 96, dtype="float32", double_quant=True, seed=4),

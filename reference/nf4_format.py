@@ -4,7 +4,7 @@ quantized weight with or without double quantization. Types and tables only: no 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -14,7 +14,7 @@ BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)  # what bitsandbytes' qua
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _nf4_table() -> torch.Tensor:
     # QLoRA's asymmetric NormalFloat: 8 positive quantiles of N(0, 1) at linspace(offset, 0.5, 9)[:-1], 7 negative at
     # linspace(offset, 0.5, 8)[:-1], and an exact zero; each quantile rounded to float32 (bitsandbytes evaluated them
@@ -31,7 +31,7 @@ def nf4_table(device="cpu") -> torch.Tensor:
     return _nf4_table().to(device)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dynamic_table() -> torch.Tensor:
     # Signed dynamic type, 7 exponent bits, 8 bits: for decade e = 0..6, the 2**e midpoints of linspace(0.1, 1, 2**e + 1)
     # (float32) times 10**(e - 6), with both signs; then 0 and 1. 256 distinct values, ascending.
@@ -95,5 +95,5 @@ class NF4State:
         """Bytes of the stored tensors (the code tables are constants shared by every weight and not counted)."""
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
-    def to(self, device) -> "NF4State":
+    def to(self, device) -> NF4State:
         return replace(self, **{name: t.to(device) for name, t in self.tensors().items()})

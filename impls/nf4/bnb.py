@@ -24,7 +24,6 @@ def run_eagerly_on_cpu(device):
 @register("nf4", "bnb", kind="library", devices=("cpu", "cuda"), requires=("bitsandbytes",), supports=CPU_DEPARTURES)
 def bnb(w, *, blocksize=64, double_quant=False):
     import bitsandbytes.functional as F
-
     from llmopt.impls.nf4._bnb_state import from_bitsandbytes
 
     with run_eagerly_on_cpu(w.device):

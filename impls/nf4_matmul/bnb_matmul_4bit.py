@@ -6,7 +6,6 @@ from llmopt.impls.nf4.bnb import run_eagerly_on_cpu
 
 def prepare(x, state):
     import bitsandbytes as bnb
-
     from llmopt.impls.nf4._bnb_state import to_bitsandbytes
 
     packed, quant_state = to_bitsandbytes(state)

@@ -1,0 +1,165 @@
+"""Fused LoRA linear in Triton, forward and backward, never forming the (out, in) update B·A (Hu et al. 2021; the
+shrink/expand split of Punica and S-LoRA, with the expand fused into the GEMM epilogue). One GEMM kernel with an
+optional low-rank epilogue, C = alpha·(A·B) + T·E, serves every product:
+  forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ
+  backward  u = scaling·dy·B (M, r)   dA = uᵀ·x   dB = dyᵀ·t   dx = dy·W + u·A
+Operands are any-strided (Wᵀ, dyᵀ are views); fp16/bf16/fp32 (fp32 dots in IEEE precision); fp32 accumulation."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _gemm_lowrank_kernel(
+    a_ptr, b_ptr, t_ptr, e_ptr, c_ptr,
+    M, N, K, R,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_tm, stride_tr, stride_er, stride_en, stride_cm, stride_cn,
+    alpha,
+    HAS_LOW_RANK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    """C[M, N] = alpha · A[M, K] @ B[K, N] (+ T[M, R] @ E[R, N] when HAS_LOW_RANK), one (BLOCK_M, BLOCK_N) tile per
+    program, tiles ordered in groups of GROUP_M rows so neighbouring programs share B tiles in L2. The low-rank term is
+    added after the main accumulation: with E = 0 the result is bitwise that of HAS_LOW_RANK = False."""
+    pid = tl.program_id(0)
+    tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+    group = pid // (GROUP_M * tiles_n)
+    first_m = group * GROUP_M
+    group_rows = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % group_rows
+    pid_n = (pid % (GROUP_M * tiles_n)) // group_rows
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    rows_in, cols_in = offs_m < M, offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak  # [BLOCK_M, BLOCK_K]
+    b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # [BLOCK_K, BLOCK_N]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(tl.cdiv(K, BLOCK_K)):
+        k_in = offs_k < K - k * BLOCK_K
+        a = tl.load(a_ptrs, mask=rows_in[:, None] & k_in[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=k_in[:, None] & cols_in[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    acc = acc * alpha
+    if HAS_LOW_RANK:
+        offs_r = tl.arange(0, BLOCK_R)
+        for r in range(tl.cdiv(R, BLOCK_R)):
+            r_in = offs_r < R - r * BLOCK_R
+            t = tl.load(t_ptr + offs_m[:, None] * stride_tm + (r * BLOCK_R + offs_r)[None, :] * stride_tr,
+                        mask=rows_in[:, None] & r_in[None, :], other=0.0)  # [BLOCK_M, BLOCK_R]
+            e = tl.load(e_ptr + (r * BLOCK_R + offs_r)[:, None] * stride_er + offs_n[None, :] * stride_en,
+                        mask=r_in[:, None] & cols_in[None, :], other=0.0)  # [BLOCK_R, BLOCK_N]
+            acc = tl.dot(t, e, acc, input_precision=DOT_PRECISION)
+    c_ptrs = c_ptr + offs_m[:, None] * stride_cm + offs_n[None, :] * stride_cn
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=rows_in[:, None] & cols_in[None, :])
+
+
+class Tile(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper (sm_90) candidates, bf16/fp16, by problem shape. Few tokens (decode: a GEMV per token) stream the weight once:
+# narrow N tiles give every SM work; many tokens are a compute-bound GEMM: 128-wide tiles, 3-4 stages.
+_SKINNY = [Tile(16, 32, 256, 4, 4), Tile(16, 64, 256, 4, 4), Tile(16, 64, 128, 4, 5), Tile(16, 128, 128, 4, 4),
+           Tile(32, 64, 128, 4, 4)]
+_WIDE = [Tile(128, 128, 64, 4, 4), Tile(128, 128, 64, 8, 3), Tile(128, 256, 64, 8, 3), Tile(64, 128, 64, 4, 4),
+         Tile(128, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3)]
+_SKINNY_MAX_M = 32
+_FLOAT32_TILE = Tile(32, 32, 32, 4, 2)  # IEEE fp32 dots run on CUDA cores: small tiles, no spills
+_INTERPRETER_TILE = Tile(16, 32, 16, 4, 1)  # several programs and K steps on tiny problems
+_AUTOTUNE_MIN_WORK = 1 << 27  # M·N·K below which the first candidate runs instead of autotuning (verification shapes)
+_GROUP_M = 8
+
+
+def _config(tile: Tile) -> triton.Config:
+    return triton.Config({"BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k},
+                         num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+# The autotuner keys on the problem (M, N, K) and the tensors' dtypes only, not on HAS_LOW_RANK: a call with the low-rank
+# term and one without run the same tile, so B = 0 reproduces the no-adapter output bit for bit.
+_AUTOTUNED = {name: triton.autotune(configs=[_config(t) for t in tiles], key=["M", "N", "K"])(_gemm_lowrank_kernel)
+              for name, tiles in (("skinny", _SKINNY), ("wide", _WIDE))}
+
+
+def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
+    if _INTERPRET:
+        return _INTERPRETER_TILE
+    if dtype == torch.float32:
+        return _FLOAT32_TILE
+    if M * N * K < _AUTOTUNE_MIN_WORK:
+        return (_SKINNY if M <= _SKINNY_MAX_M else _WIDE)[0]
+    return None
+
+
+def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, alpha: float = 1.0,
+                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """alpha · a (M, K) @ b (K, N) (+ t (M, R) @ e (R, N)) -> (M, N) in out_dtype; any strides, fp32 accumulation."""
+    M, K = a.shape
+    N = b.shape[1]
+    c = torch.empty(M, N, dtype=out_dtype, device=a.device)
+    if M == 0 or N == 0:
+        return c
+    t, e = low_rank if low_rank is not None else (a, b)  # placeholders, never read without the low-rank term
+    R = t.shape[1] if low_rank is not None else 0
+    args = (a, b, t, e, c, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
+    constexprs = dict(HAS_LOW_RANK=R > 0, DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
+                      BLOCK_R=max(16, triton.next_power_of_2(min(R, 64))), GROUP_M=_GROUP_M)
+    tile = _fixed_tile(M, N, K, a.dtype)
+    if tile is None:
+        kernel = _AUTOTUNED["skinny" if M <= _SKINNY_MAX_M else "wide"]
+        kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
+    else:
+        grid = (triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)
+        _gemm_lowrank_kernel[grid](*args, **constexprs, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
+                                   BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return c
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        x2 = x.reshape(-1, x.shape[-1])  # (M, in), a view when x's strides allow
+        rank = A.shape[0]
+        t = gemm_lowrank(x2, A.mT, x.dtype, alpha=scaling) if rank else None  # (M, r) = scaling·x·Aᵀ
+        y = gemm_lowrank(x2, W.mT, x.dtype, low_rank=(t, B.mT) if rank else None)  # (M, out)
+        ctx.save_for_backward(x2, W, A, B, t)
+        ctx.scaling, ctx.x_shape = scaling, x.shape
+        return y.reshape(*x.shape[:-1], W.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, W, A, B, t = ctx.saved_tensors
+        dy2 = dy.reshape(-1, W.shape[0])  # (M, out)
+        dx = dA = dB = None
+        u = gemm_lowrank(dy2, B, dy.dtype, alpha=ctx.scaling) if A.shape[0] else None  # (M, r) = scaling·dy·B
+        if ctx.needs_input_grad[2]:
+            dA = gemm_lowrank(u.mT, x2, A.dtype) if u is not None else torch.zeros_like(A)  # (r, in) = uᵀ·x
+        if ctx.needs_input_grad[3]:
+            dB = gemm_lowrank(dy2.mT, t, B.dtype) if t is not None else torch.zeros_like(B)  # (out, r) = dyᵀ·t
+        if ctx.needs_input_grad[0]:
+            dx = gemm_lowrank(dy2, W, dy.dtype, low_rank=(u, A) if u is not None else None).reshape(ctx.x_shape)
+        return dx, None, dA, dB, None
+
+
+def lora_linear(x, W, A, B, *, scaling):
+    """x (..., in), W (out, in), A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ; differentiable in x, A,
+    B (W is frozen: no gradient is computed for it)."""
+    if x.dtype not in _DTYPES:
+        raise ValueError(f"triton_lora takes float16/bfloat16/float32, got {x.dtype}")
+    return _LoraLinear.apply(x, W, A, B, float(scaling))

@@ -1,0 +1,262 @@
+"""Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al. 2023),
+never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads, looks
+the 16 levels up in an L1-resident table and multiplies in registers, the block's absmax applied once per block sum.
+Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step, the
+8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
+"bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
+rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized (decoded in place).
+Requires K % blocksize == 0 (a block never spans two rows)."""
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
+from llmopt.reference.nf4_format import DQ_BLOCKSIZE
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# ----------------------------------------------------------------------------------------------- one token, words
+
+# $0: Σ over the word's 8 elements of level · x. $1: the word (byte j: element 2j high nibble, 2j + 1 low nibble);
+# $2..$5: x pairs j = 0..3 (element 2j in the low half); $6, $7: the level table's address, low and high 32 bits (the
+# low byte is 0: the table is 256-aligned, so the address of level c is the low word with its low byte replaced by 4c).
+_WORD_DOT = """{{
+    .reg .b32 h, l, a;
+    .reg .f32 v, s, xe, xo;
+    .reg .b64 p;
+    shr.b32 h, $1, 2;
+    and.b32 h, h, 0x3C3C3C3C;
+    shl.b32 l, $1, 2;
+    and.b32 l, l, 0x3C3C3C3C;
+    {x0}
+    prmt.b32 a, h, $6, 0x7650; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; mul.f32 s, v, xe;
+    prmt.b32 a, l, $6, 0x7650; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
+    {x1}
+    prmt.b32 a, h, $6, 0x7651; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
+    prmt.b32 a, l, $6, 0x7651; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
+    {x2}
+    prmt.b32 a, h, $6, 0x7652; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
+    prmt.b32 a, l, $6, 0x7652; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
+    {x3}
+    prmt.b32 a, h, $6, 0x7653; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
+    prmt.b32 a, l, $6, 0x7653; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 $0, v, xo, s;
+}}"""
+_PAIR_DECODE = {  # x pair register $n -> xe (element 2j), xo (element 2j + 1) as float32
+    "bf16": "shl.b32 xe, ${n}, 16; and.b32 xo, ${n}, 0xFFFF0000;",  # a bf16 is the high half of its float32
+    "fp16": "{{ .reg .b16 el, eh; mov.b32 {{el, eh}}, ${n}; cvt.f32.f16 xe, el; cvt.f32.f16 xo, eh; }}",
+}
+_WORD_DOT_ASM = {fmt: _WORD_DOT.format(**{f"x{j}": decode.format(n=2 + j) for j in range(4)})
+                 for fmt, decode in _PAIR_DECODE.items()}
+
+
+@triton.jit
+def _pair_values(pair, X_PAIRS: tl.constexpr):
+    """float32 (x[2j], x[2j + 1]) of an int32 holding a bf16 or fp16 pair, little endian."""
+    if X_PAIRS == "bf16":
+        return (pair << 16).to(tl.float32, bitcast=True), (pair & -65536).to(tl.float32, bitcast=True)
+    even = (pair & 65535).to(tl.int16).to(tl.float16, bitcast=True)
+    odd = ((pair >> 16) & 65535).to(tl.int16).to(tl.float16, bitcast=True)
+    return even.to(tl.float32), odd.to(tl.float32)
+
+
+@triton.jit
+def _byte_dot(words, pair, BYTE: tl.constexpr, table_ptr, X_PAIRS: tl.constexpr):
+    """level(high nibble of byte BYTE) · x[2j] + level(low nibble) · x[2j + 1], with plain loads."""
+    even, odd = _pair_values(pair, X_PAIRS)
+    high = tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15))
+    low = tl.load(table_ptr + ((words >> (8 * BYTE)) & 15))
+    return high * even + low * odd
+
+
+@triton.jit
+def _word_dot(words, p0, p1, p2, p3, table_ptr, table_lo, table_hi, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr):
+    """Σ over the 8 elements of each word of codes of level · x (float32); x as 4 bf16/fp16 pairs p0..p3. Inline PTX
+    on the GPU (WORD_DOT_ASM, the same sum), plain loads otherwise (Triton's interpreter)."""
+    if WORD_DOT_ASM != "":
+        return tl.inline_asm_elementwise(
+            WORD_DOT_ASM, "=f,r,r,r,r,r,r,r",
+            [words, p0, p1, p2, p3, table_lo, table_hi], dtype=tl.float32, is_pure=True, pack=1)
+    return (_byte_dot(words, p0, 0, table_ptr, X_PAIRS) + _byte_dot(words, p1, 1, table_ptr, X_PAIRS)
+            + _byte_dot(words, p2, 2, table_ptr, X_PAIRS) + _byte_dot(words, p3, 3, table_ptr, X_PAIRS))
+
+
+@triton.jit
+def _words_step(acc, words_ptr, stride_words, x_pairs_ptr, table_ptr, table_lo, table_hi, rows, rows_in, x_row, k0,
+                absmax,
+                step_blocks, step_in, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, BLOCKSIZE: tl.constexpr,
+                BLOCKS_PER_STEP: tl.constexpr):
+    """acc [BLOCK_N, BLOCKS_PER_STEP] += absmax · Σ_block level·x over one step of K, codes read as int32 words."""
+    WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
+    word_index = k0 // 8 + step_blocks[:, None] * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, :]
+    words = tl.load(words_ptr + rows[:, None, None] * stride_words + word_index[None, :, :],
+                    mask=rows_in[:, None, None] & step_in[None, :, None], other=0)  # [BLOCK_N, BPS, WORDS_PER_BLOCK]
+    pair_index = word_index[:, :, None] * 4 + tl.arange(0, 4)[None, None, :]  # the word's 4 pairs of x
+    pairs = tl.load(x_pairs_ptr + x_row + pair_index, mask=step_in[:, None, None], other=0)  # [BPS, WPB, 4]
+    first, second = tl.split(tl.reshape(pairs, (BLOCKS_PER_STEP, WORDS_PER_BLOCK, 2, 2)))
+    p0, p2 = tl.split(first)  # pair j = 2a + b: first holds b = 0 (j = 0, 2), second b = 1 (j = 1, 3)
+    p1, p3 = tl.split(second)
+    sums = _word_dot(words, p0[None], p1[None], p2[None], p3[None], table_ptr, table_lo, table_hi, X_PAIRS,
+                     WORD_DOT_ASM)  # [BLOCK_N, BPS, WORDS_PER_BLOCK], x broadcast over the rows
+    return acc + tl.sum(sums, axis=2) * absmax
+
+
+# ----------------------------------------------------------------------------------------------- the kernel
+
+
+@triton.jit
+def _nf4_matmul_kernel(
+    x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
+    M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
+    BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
+    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens [pid_m·BLOCK_M, +BLOCK_M)
+    (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE. Tiles are
+    [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread and a
+    neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and odd
+    elements of x, so nothing is interleaved in registers."""
+    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
+    HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
+    rows_in = rows < N
+    step_blocks = tl.arange(0, BLOCKS_PER_STEP)  # [BLOCKS_PER_STEP]
+    step_pairs = step_blocks[:, None] * HALF_BLOCK + tl.arange(0, HALF_BLOCK)[None, :]  # [BLOCKS_PER_STEP, HALF_BLOCK]
+    tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    if PATH == "dot":
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
+        blocks = rows[:, None] * (K // BLOCKSIZE) + (k0 // BLOCKSIZE + step_blocks)[None, :]
+        absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks,
+                              rows_in[:, None] & step_in[None, :], DOUBLE_QUANT, DQ_BLOCKSIZE)  # [BLOCK_N, BPS]
+        if PATH == "words":
+            acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, table_lo, table_hi, rows,
+                              rows_in, pid_m * (stride_xm // 2), k0, absmax, step_blocks, step_in, X_PAIRS,
+                              WORD_DOT_ASM, BLOCKSIZE, BLOCKS_PER_STEP)
+        else:
+            pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
+            pairs_in = step_in[:, None] & (step_pairs >= 0)
+            packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
+                             mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
+            high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
+            low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
+            even_ptrs = x_ptr + 2 * pair_index * stride_xk  # [BPS, HALF_BLOCK]
+            if PATH == "dot":
+                w_high = tl.reshape(high * absmax[:, :, None], (BLOCK_N, BLOCK_K // 2))  # rounded to x's dtype below
+                w_low = tl.reshape(low * absmax[:, :, None], (BLOCK_N, BLOCK_K // 2))
+                x_ptrs = tokens[:, None] * stride_xm + tl.reshape(even_ptrs, (BLOCK_K // 2,))[None, :]
+                x_mask = (tokens < M)[:, None] & tl.reshape(pairs_in, (BLOCK_K // 2,))[None, :]
+                x_even = tl.load(x_ptrs, mask=x_mask, other=0.0)  # [BLOCK_M, BLOCK_K // 2]
+                x_odd = tl.load(x_ptrs + stride_xk, mask=x_mask, other=0.0)
+                acc = tl.dot(w_high.to(x_even.dtype), tl.trans(x_even), acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(w_low.to(x_odd.dtype), tl.trans(x_odd), acc, input_precision=DOT_PRECISION)
+            else:
+                x_even = tl.load(even_ptrs + pid_m * stride_xm, mask=pairs_in, other=0.0).to(tl.float32)
+                x_odd = tl.load(even_ptrs + pid_m * stride_xm + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
+                sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
+                acc += sums * absmax
+    if PATH == "dot":
+        out_ptrs = out_ptr + tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=rows_in[:, None] & (tokens < M)[None, :])
+    else:
+        tl.store(out_ptr + pid_m * stride_om + rows * stride_on, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty),
+                 mask=rows_in)
+
+
+# ----------------------------------------------------------------------------------------------- host side
+
+
+class Tile(NamedTuple):
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
+# of codes per thread per row per step, rows wrapping so a thread reuses its decoded x for two rows; thousands of
+# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles.
+_GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
+               Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
+_DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4)]
+_INTERPRETER_TILES = {False: Tile(4, 128, 4, 1), True: Tile(16, 64, 4, 1)}  # several programs and K steps when tiny
+_FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
+_AUTOTUNE_MIN_WEIGHT = 1 << 22  # N·K below which the first candidate runs instead of autotuning (verification shapes)
+_DOT_BLOCK_M = 16
+_PAIR_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # x dtypes the word path reads as 32-bit pairs
+
+
+def _config(tile: Tile) -> triton.Config:
+    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k}, num_warps=tile.num_warps,
+                         num_stages=tile.num_stages)
+
+
+def _prune(configs, named_args, **kwargs):
+    """Steps of whole quantization blocks only."""
+    return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0]
+
+
+_AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
+                                       prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
+              for use_dot, tiles in ((False, _GEMV_TILES), (True, _DOT_TILES))}
+
+
+def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
+    if _INTERPRET:
+        tile = _INTERPRETER_TILES[use_dot]
+    elif use_dot and dtype == torch.float32:
+        tile = _FLOAT32_DOT_TILE
+    elif N * K < _AUTOTUNE_MIN_WEIGHT:
+        tile = (_DOT_TILES if use_dot else _GEMV_TILES)[0]
+    else:
+        return None
+    return tile._replace(block_k=max(tile.block_k, blocksize))
+
+
+def _signed32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
+    """x (..., K) · ŵᵀ for an NF4State of an (N, K) weight with K % blocksize == 0 -> (..., N) in x's dtype."""
+    N, K = state.shape
+    if K % state.blocksize or state.blocksize < 8:
+        raise ValueError(f"triton_nf4_matmul needs K % blocksize == 0 (a block within one row) and blocksize >= 8, got "
+                         f"K = {K}, blocksize {state.blocksize}")
+    x2 = x.reshape(-1, K)
+    M = x2.shape[0]
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    table, dynamic = device_tables(x.device)
+    use_dot = M > 1
+    pairs = (not use_dot and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
+             and state.codes.storage_offset() % 4 == 0)
+    x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
+    words = state.codes.view(torch.int32) if pairs else state.codes  # K % 8 == 0: rows of K / 8 words
+    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
+    offset = state.absmax_offset if state.double_quant else state.absmax
+    address = table.data_ptr()
+    args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, M, N, K, *x2.stride(),
+            K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
+    constexprs = dict(
+        BLOCKSIZE=state.blocksize, DOUBLE_QUANT=state.double_quant, DQ_BLOCKSIZE=DQ_BLOCKSIZE,
+        PATH="dot" if use_dot else "words" if pairs else "bytes", X_PAIRS=_PAIR_FORMATS[x.dtype] if pairs else "none",
+        WORD_DOT_ASM="" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[x.dtype]],
+        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=_DOT_BLOCK_M if use_dot else 1)
+    tokens = triton.cdiv(M, _DOT_BLOCK_M) if use_dot else M
+    tile = _fixed_tile(use_dot, N, K, x.dtype, state.blocksize)
+    if tile is None:
+        _AUTOTUNED[use_dot][lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), tokens)](*args, **constexprs)
+    else:
+        _nf4_matmul_kernel[(triton.cdiv(N, tile.block_n), tokens)](
+            *args, **constexprs, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.num_warps,
+            num_stages=tile.num_stages)
+    return out.reshape(*x.shape[:-1], N)

@@ -1,0 +1,185 @@
+"""DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"; seed section 3.3) as peft defines it for an
+(out, in) weight: magnitude m (out,), one per output feature, times the direction W0 + scaling·B·A divided by its norm
+over the input dimension; y = x·(m ⊙ direction)ᵀ. Variants: the norm detached in the backward (peft, and the paper's
+section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmopt.reference import tolerance
+from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
+from llmopt.reference.lora import (
+    AdapterSpec,
+    LoraCase,
+    check_frozen,
+    check_low_rank,
+    check_scaling,
+    check_tensors,
+    deterministic,
+    grads_match_reference,
+    has_backward,
+    lora_cases,
+    lora_features,
+    lora_make_call,
+    matches_reference,
+    merge_equivalence,
+    no_input_mutation,
+    random_tensor,
+    term_magnitudes,
+)
+
+# --------------------------------------------------------------------------------------------------- the reference
+
+
+def _direction(W0, A, B, scaling):
+    """(out, in) V = W0 + scaling·B·A and its (out,) norm over the input dimension."""
+    V = W0 + scaling * (B @ A)
+    return V, torch.linalg.vector_norm(V, dim=1)
+
+
+def dora_linear(x, W0, A, B, m, *, scaling):
+    """x (..., in), W0 (out, in) frozen, A (r, in), B (out, r), m (out,) -> (..., out) = x·((m / ||V||) ⊙ V)ᵀ with
+    V = W0 + scaling·B·A and ||V|| its per-output-feature norm, treated as a constant in the backward (detached), as
+    peft does: dA, dB flow through V in the numerator only."""
+    V, norm = _direction(W0, A, B, scaling)
+    return x @ ((m / norm.detach()).unsqueeze(1) * V).mT
+
+
+def dora_linear_undetached(x, W0, A, B, m, *, scaling):
+    """The same forward with the norm differentiated: dm is unchanged (y is linear in m), but dA and dB gain the
+    norm's term: for output feature o, d||V_o|| / dV_o = V_o / ||V_o||, so the gradient of V_o loses its component
+    along V_o (it is projected onto the sphere's tangent). The paper's section 4.3 (and peft) detach it to save the
+    memory of that term; the two differ by O(|dA|) whenever B ≠ 0 or A is trained, never in the forward."""
+    V, norm = _direction(W0, A, B, scaling)
+    return x @ ((m / norm).unsqueeze(1) * V).mT
+
+
+def dora_weight(W0, A, B, m, *, scaling):
+    """(out, in): the merged weight (m / ||V||) ⊙ V, what a merged deployment multiplies by."""
+    V, norm = _direction(W0, A, B, scaling)
+    return (m / norm).unsqueeze(1) * V
+
+
+def initial_magnitude(W0):
+    """(out,) m at initialization: ||W0|| over the input dimension (with B = 0 the weight is W0 again)."""
+    return torch.linalg.vector_norm(W0, dim=1)
+
+
+# --------------------------------------------------------------------------------------------------- the signature
+
+
+def check_dora_call(call: Call) -> None:
+    """ValueError naming the layout unless the call is dora(x, W0, A, B, m, *, scaling) with x (..., in), W0 (out, in)
+    frozen, A (r, in), B (out, r), m (out,), one floating dtype and device, scaling a finite number."""
+    layout = "x (..., in), W0 (out, in) with requires_grad=False, A (r, in), B (out, r), m (out,)"
+    if len(call.args) != 5:
+        raise ValueError(f"dora takes (x, W0, A, B, m, *, scaling), got {len(call.args)} positional arguments")
+    check_scaling(call, "dora")
+    x, W0, A, B, m = call.args
+    check_tensors({"x": x, "W0": W0, "A": A, "B": B, "m": m}, layout)
+    if W0.dim() != 2 or 0 in W0.shape:
+        raise ValueError(f"W0 must be a non-empty (out, in) matrix: expected {layout}; got {tuple(W0.shape)}")
+    check_frozen("W0", W0)
+    check_low_rank(x, A, B, W0.shape[0], W0.shape[1], layout)
+    if m.shape != (W0.shape[0],):
+        raise ValueError(f"m must be (out,) = ({W0.shape[0]},), one magnitude per output feature: expected {layout}; "
+                         f"got {tuple(m.shape)}")
+
+
+# --------------------------------------------------------------------------------------------------- the cases
+
+
+def dora_make_call(case: LoraCase, device: str) -> Call:
+    """LoRA's inputs plus a trained magnitude: m = ||W0|| (1 + N(0, 0.1^2)) per output feature."""
+    x, W0, A, B = lora_make_call(case, device).args
+    gen = torch.Generator().manual_seed(case.seed + 104729)
+    m = initial_magnitude(W0.double()) * (1 + random_tensor(gen, case.n_out, std=0.1).to(device))
+    return Call((x, W0, A, B, m.to(W0.dtype)), {"scaling": case.scaling})
+
+
+def dora_cases(impl, mode: str):
+    return lora_cases(impl, mode).filter(lambda case: DORA_CONTRACT.unsupported(case, impl.supports) is None)
+
+
+DORA_EXAMPLES = [
+    LoraCase((3,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, seed=11),
+    LoraCase((2, 5), 64, 16, 16, 0.5, "float16", layout="strided", seed=12),
+    LoraCase((16,), 16, 64, 1, 2.0, "bfloat16", x_requires_grad=True, seed=13),
+    LoraCase((1,), 7, 5, 0, 1.0, "float32", seed=14),
+]
+
+
+def dora_examples(mode: str) -> list[LoraCase]:
+    return [c for c in DORA_EXAMPLES if not (mode == "interpret" and c.dtype == "bfloat16")]
+
+
+# --------------------------------------------------------------------------------------------------- the properties
+
+def dora_magnitudes(call: Call, dout: torch.Tensor, trained: tuple[int, ...]) -> dict:
+    """Term magnitudes (lora.term_magnitudes) of y = x·((m / ||V||) ⊙ (W0 + scaling·B·A))ᵀ with ||V|| held at its true
+    value: a formulation that does not form V first (peft's: base and adapter outputs scaled separately by m / ||V||)
+    rounds at the scale of the two contributions, which cancel when the adapter opposes W0."""
+    norm = _direction(*call.args[1:4], call.kwargs["scaling"])[1]
+
+    def with_true_norm(x, W0, A, B, m, *, scaling):
+        return x @ ((m / norm).unsqueeze(1) * (W0 + scaling * (B @ A))).mT
+
+    return term_magnitudes(with_true_norm, call, dout, trained)
+
+
+DORA_SPEC = AdapterSpec(dora_linear, dora_make_call, check_dora_call, trainable=(2, 3, 4),
+                        names=("x", "W0", "A", "B", "m"), magnitudes=dora_magnitudes)
+
+
+def equals_base_at_init(impl, case, device):
+    """At initialization (B = 0, m = ||W0|| rounded to the dtype) the output is x·W0ᵀ within the noise of the reference
+    DoRA computed in the dtype."""
+    x, W0, A, B, _ = dora_make_call(case, device).args
+    call = Call((x, W0, A, torch.zeros_like(B), initial_magnitude(W0.double()).to(W0.dtype)), {"scaling": case.scaling})
+    check_dora_call(call)
+    out = impl.fn(*call.args, **call.kwargs)
+    return tolerance.noise_relative("output at initialization vs x·W0ᵀ", out, x.double() @ W0.double().mT,
+                                    dora_linear(*call.args, **call.kwargs), dtype_of(case.dtype))
+
+
+def _merged_linear(impl, call: Call, weight: torch.Tensor):
+    """The merged deployment: a plain linear layer with the merged weight."""
+    return torch.nn.functional.linear(call.args[0], weight)
+
+
+DORA_PROPERTIES = [
+    Property("matches_reference", matches_reference(DORA_SPEC),
+             doc="y within 2x the eager low-precision error of the float64 reference"),
+    Property("grads_match_reference", grads_match_reference(DORA_SPEC), applies=has_backward(DORA_SPEC),
+             doc="only A, B, m (and x) get gradients, the norm detached as peft does; W0.grad stays None"),
+    Property("equals_base_at_init", equals_base_at_init, doc="B = 0, m = ||W0||: the output is x·W0ᵀ within noise"),
+    Property("merge_equivalence", merge_equivalence(
+        DORA_SPEC, lambda c: dora_weight(*c.args[1:], **c.kwargs), _merged_linear),
+        doc="adapter output vs a linear layer with the merged weight (m / ||V||) ⊙ V, within both noises"),
+    Property("deterministic", deterministic(DORA_SPEC), doc="two calls are bitwise equal"),
+    Property("no_input_mutation", no_input_mutation(DORA_SPEC), doc="x, W0, A, B, m and their buffers unchanged"),
+]
+
+
+def dora_cost(case: LoraCase, mode: str = "fwd") -> Cost:
+    """LoRA's cost plus forming and normalizing V (out x in: 2 r out in + 3 out in FLOPs), reading W0 once more."""
+    M = math.prod(case.batch)
+    size = dtype_of(case.dtype).itemsize
+    flops = 2.0 * M * case.n_out * case.n_in + (2 * case.rank + 3) * case.n_out * case.n_in
+    weights = case.n_out * case.n_in + case.rank * (case.n_in + case.n_out) + case.n_out
+    activations = M * (case.n_in + case.n_out)
+    factor = 1 if mode == "fwd" else 2
+    return Cost(factor * flops, size * (factor * weights + factor * activations))
+
+
+DORA_BENCH_CASES = [LoraCase((tokens,), 4096, 4096, 16, 2.0, "bfloat16", x_requires_grad=True) for tokens in (16, 512)]
+DORA_QUICK_CASES = [LoraCase((64,), 512, 512, 16, 2.0, "float32", x_requires_grad=True)]
+
+DORA_CONTRACT = Contract(
+    name="dora", reference=dora_linear, validate=check_dora_call, case_type=LoraCase, cases=dora_cases,
+    make_call=dora_make_call, properties=DORA_PROPERTIES, bench_cases=DORA_BENCH_CASES, quick_cases=DORA_QUICK_CASES,
+    cost=dora_cost, features=lora_features, feature_names=("strided", "backward"), examples=dora_examples,
+    bench_modes=("fwd", "bwd"), frozen_args=(1,), examples_budget={"cpu": 10, "interpret": 3})
+CONTRACT = DORA_CONTRACT

@@ -1,0 +1,192 @@
+"""QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs"; seed section 3.2): LoRA over a frozen
+base stored in NF4, y = x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ with ŵ the dequantized NF4 weight (bitsandbytes' format, with or
+without double quantization). The contract `qlora`: the base enters only as its NF4State, so an impl is held to the
+exact dequantized values (the float64 stick multiplies by them) and never to the unquantized weight."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
+from llmopt.reference.lora import (
+    AdapterSpec,
+    check_low_rank,
+    check_scaling,
+    check_tensors,
+    deterministic,
+    grads_match_reference,
+    has_backward,
+    lora_linear,
+    matches_reference,
+    no_input_mutation,
+    random_tensor,
+    term_magnitudes,
+    zero_update_is_the_base,
+)
+from llmopt.reference.nf4 import (
+    nf4_dequantize,
+    nf4_matmul_stored_bytes,
+    nf4_quantize,
+    random_weight,
+    state_layout_error,
+)
+from llmopt.reference.nf4_format import NF4State
+
+# --------------------------------------------------------------------------------------------------- the reference
+
+
+def qlora_linear(x, state, A, B, *, scaling):
+    """x (..., in), state: NF4State of the frozen (out, in) base, A (r, in), B (out, r) -> (..., out) =
+    x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ, ŵ dequantized to x's dtype (float64: the exact float32 values). r = 0: x·ŵᵀ."""
+    return lora_linear(x, nf4_dequantize(state, x.dtype), A, B, scaling=scaling)
+
+
+# --------------------------------------------------------------------------------------------------- the signature
+
+
+def check_qlora_call(call: Call) -> None:
+    """ValueError naming the layout unless the call is qlora(x, state, A, B, *, scaling) with state an NF4State of an
+    (out, in) weight in bitsandbytes' layout dequantizing to x's dtype, x (..., in), A (r, in), B (out, r)."""
+    layout = "x (..., in), state: NF4State of the (out, in) base, A (r, in), B (out, r)"
+    if len(call.args) != 4:
+        raise ValueError(f"qlora takes (x, state, A, B, *, scaling), got {len(call.args)} positional arguments")
+    check_scaling(call, "qlora")
+    x, state, A, B = call.args
+    x = check_tensors({"x": x, "A": A, "B": B}, layout)
+    if not isinstance(state, NF4State) or len(state.shape) != 2:
+        raise ValueError(f"state must be an NF4State of an (out, in) weight: expected {layout}; got "
+                         f"{type(state).__name__} {getattr(state, 'shape', '')}")
+    if state.dtype != x.dtype:
+        raise ValueError(f"the state dequantizes to {state.dtype}, x is {x.dtype}: expected the same dtype")
+    problem = state_layout_error(state, state.shape, state.dtype, state.blocksize, state.double_quant, x.device)
+    if problem:
+        raise ValueError(f"state is not in bitsandbytes' NF4 layout on x's device: {problem}")
+    check_low_rank(x, A, B, state.shape[0], state.shape[1], layout)
+
+
+# --------------------------------------------------------------------------------------------------- the cases
+
+
+@dataclass(frozen=True)
+class QLoraCase:
+    """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`)."""
+
+    batch: tuple
+    n_in: int
+    n_out: int
+    rank: int
+    scaling: float = 2.0
+    dtype: str = "bfloat16"
+    x_requires_grad: bool = False
+    double_quant: bool = False
+    blocksize: int = 64
+    b_scale: float = 1.0
+    seed: int = 0
+
+
+def qlora_features(case: QLoraCase) -> set[str]:
+    needs = {"double_quant"} if case.double_quant else set()
+    if case.n_out > 1 and case.n_in % case.blocksize:
+        needs.add("k_not_multiple_of_blocksize")
+    return needs
+
+
+def qlora_make_call(case: QLoraCase, device: str) -> Call:
+    dtype = dtype_of(case.dtype)
+    W = random_weight(case.n_out, case.n_in, "normal", case.n_in**-0.5, case.seed).to(device=device, dtype=dtype)
+    state = nf4_quantize(W, blocksize=case.blocksize, double_quant=case.double_quant)
+    gen = torch.Generator().manual_seed(case.seed + 1)
+    x = random_tensor(gen, *case.batch, case.n_in).to(device=device, dtype=dtype)
+    A = random_tensor(gen, case.rank, case.n_in, std=case.n_in**-0.5).to(device=device, dtype=dtype)
+    B = random_tensor(gen, case.n_out, case.rank, std=case.b_scale / max(case.rank, 1) ** 0.5).to(device=device,
+                                                                                                   dtype=dtype)
+    return Call((x, state, A, B), {"scaling": case.scaling})
+
+
+def qlora_cases(impl, mode: str):
+    from hypothesis import strategies as st
+
+    supports = impl.supports
+    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    small = mode == "interpret"
+    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
+
+    @st.composite
+    def build(draw):
+        blocksize = draw(st.sampled_from([64, 32]))
+        n_in = blocksize * draw(st.sampled_from([1, 2]))
+        if on("k_not_multiple_of_blocksize") and draw(st.booleans()):
+            n_in = draw(st.sampled_from([1, 3, 33, 100]))
+        return QLoraCase(
+            batch=draw(st.sampled_from([(1,), (3,), (16,), (2, 5)])), n_in=n_in,
+            n_out=draw(st.sampled_from([1, 5, 16, 64])), rank=draw(st.sampled_from([0, 1, 8, 16])),
+            scaling=draw(st.sampled_from([2.0, 0.5])), dtype=draw(st.sampled_from(dtypes)),
+            x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
+            blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01])), seed=draw(st.integers(0, 2**16)))
+
+    return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, supports) is None)
+
+
+QLORA_EXAMPLES = [
+    QLoraCase((3,), 128, 40, 8, 2.0, "bfloat16", x_requires_grad=True, double_quant=True, seed=1),
+    QLoraCase((2, 5), 64, 16, 16, 0.5, "float16", seed=2),
+    QLoraCase((16,), 64, 64, 1, 2.0, "float32", x_requires_grad=True, seed=3),
+    QLoraCase((1,), 64, 5, 0, 1.0, "float32", seed=4),
+]
+
+
+def qlora_examples(mode: str) -> list[QLoraCase]:
+    return [c for c in QLORA_EXAMPLES if not (mode == "interpret" and c.dtype == "bfloat16")]
+
+
+# --------------------------------------------------------------------------------------------------- the properties
+
+
+def qlora_magnitudes(call: Call, dout: torch.Tensor, trained: tuple[int, ...]) -> dict:
+    """lora.term_magnitudes with the base dequantized (float64)."""
+    x, state, A, B = call.args
+    dense = Call((x, nf4_dequantize(state, torch.float64), A, B), call.kwargs)
+    return term_magnitudes(lora_linear, dense, dout, trained)
+
+
+QLORA_SPEC = AdapterSpec(qlora_linear, qlora_make_call, check_qlora_call, trainable=(2, 3),
+                         names=("x", "state", "A", "B"), magnitudes=qlora_magnitudes)
+
+QLORA_PROPERTIES = [
+    Property("matches_reference", matches_reference(QLORA_SPEC),
+             doc="y within 2x the eager error (dequantize, then LoRA in the dtype) of the float64 reference"),
+    Property("grads_match_reference", grads_match_reference(QLORA_SPEC), applies=has_backward(QLORA_SPEC),
+             doc="only A, B (and x) get gradients, within 2x the eager error; the NF4 state gets none"),
+    Property("zero_update_is_the_base", zero_update_is_the_base(
+        QLORA_SPEC, lambda call: lambda dtype: nf4_dequantize(call.args[1], dtype)),
+        doc="B = 0 gives bitwise the impl's no-adapter output, itself within noise of x·ŵᵀ"),
+    Property("deterministic", deterministic(QLORA_SPEC), doc="two calls are bitwise equal"),
+    Property("no_input_mutation", no_input_mutation(QLORA_SPEC), doc="x, the state's tensors, A, B unchanged"),
+]
+
+
+def qlora_cost(case: QLoraCase, mode: str = "fwd") -> Cost:
+    """LoRA's FLOPs; bytes: the NF4 state instead of a dense W."""
+    from llmopt.reference.nf4 import NF4MatmulCase
+
+    M = math.prod(case.batch)
+    size = dtype_of(case.dtype).itemsize
+    flops = 2.0 * M * (case.n_out * case.n_in + case.rank * (case.n_in + case.n_out))
+    base = nf4_matmul_stored_bytes(NF4MatmulCase((M,), case.n_out, case.n_in, case.blocksize, case.double_quant))
+    traffic = base + size * (case.rank * (case.n_in + case.n_out) + M * (case.n_in + case.n_out))
+    return Cost(flops, traffic) if mode == "fwd" else Cost(2 * flops, 2 * traffic)
+
+
+QLORA_BENCH_CASES = [QLoraCase((tokens,), 4096, 4096, 16, 2.0, "bfloat16", x_requires_grad=True, double_quant=True)
+                     for tokens in (16, 512)]
+QLORA_QUICK_CASES = [QLoraCase((64,), 512, 512, 16, 2.0, "float32", x_requires_grad=True)]
+
+QLORA_CONTRACT = Contract(
+    name="qlora", reference=qlora_linear, validate=check_qlora_call, case_type=QLoraCase, cases=qlora_cases,
+    make_call=qlora_make_call, properties=QLORA_PROPERTIES, bench_cases=QLORA_BENCH_CASES,
+    quick_cases=QLORA_QUICK_CASES, cost=qlora_cost, features=qlora_features,
+    feature_names=("double_quant", "k_not_multiple_of_blocksize", "backward"), examples=qlora_examples,
+    bench_modes=("fwd", "bwd"), examples_budget={"cpu": 8, "interpret": 3})
+CONTRACT = QLORA_CONTRACT

@@ -1,0 +1,51 @@
+"""Known-wrong DoRA layers, each with one classic bug; `llmopt verify dora --impl FILE:FUNC` must reject every one."""
+import torch
+
+
+def _direction(W0, A, B, scaling):
+    return W0 + scaling * (B @ A)
+
+
+def norm_over_outputs(x, W0, A, B, m, *, scaling):
+    """Normalizes each input column (norm over the output dimension, the seed's "column" read literally for an (out,
+    in) weight) and scales columns by m where shapes allow: not peft's per-output-feature norm."""
+    V = _direction(W0, A, B, scaling)
+    norm = torch.linalg.vector_norm(V, dim=0, keepdim=True).detach()  # (1, in)
+    return x @ (m[:, None] * V / norm).mT
+
+
+def norm_not_detached(x, W0, A, B, m, *, scaling):
+    """Differentiates the norm (the DoRA paper's formula without its section 4.3 detach): same forward, different dA, dB."""
+    V = _direction(W0, A, B, scaling)
+    return x @ ((m / torch.linalg.vector_norm(V, dim=1))[:, None] * V).mT
+
+
+def norm_of_base_only(x, W0, A, B, m, *, scaling):
+    """Divides by ||W0|| instead of ||W0 + scaling·B·A|| (the norm cached at initialization)."""
+    V = _direction(W0, A, B, scaling)
+    return x @ ((m / torch.linalg.vector_norm(W0, dim=1))[:, None] * V).mT
+
+
+def magnitude_ignored(x, W0, A, B, m, *, scaling):
+    """Plain LoRA: never applies the magnitude vector or the normalization."""
+    return x @ _direction(W0, A, B, scaling).mT
+
+
+def dropout_left_on(x, W0, A, B, m, *, scaling):
+    """Applies LoRA dropout (p = 0.1, training mode) to the adapter's input: random outputs."""
+    V = W0 + scaling * (B @ A)
+    ratio = (m / torch.linalg.vector_norm(V, dim=1).detach())
+    dropped = torch.nn.functional.dropout(x, 0.1, training=True)
+    return ratio * (x @ W0.mT) + ratio * scaling * ((dropped @ A.mT) @ B.mT)
+
+
+def normalizes_magnitude_in_place(x, W0, A, B, m, *, scaling):
+    """Divides m by the norm in place to form the scale (m / ||V||), multiplying it back afterwards: m drifts."""
+    V = W0 + scaling * (B @ A)
+    norm = torch.linalg.vector_norm(V, dim=1).detach()
+    with torch.no_grad():
+        m.div_(norm)
+    out = x @ (m[:, None] * V).mT
+    with torch.no_grad():
+        m.mul_(norm)
+    return out

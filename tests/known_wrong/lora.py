@@ -1,0 +1,50 @@
+"""Known-wrong LoRA layers, each with one classic bug; `llmopt verify lora --impl FILE:FUNC` must reject every one on
+CPU within the default budget. Written as a plausible layer author would, not from the reference module."""
+import torch
+
+
+def ignores_scaling(x, W, A, B, *, scaling):
+    """Adds the update unscaled: x·Wᵀ + (x·Aᵀ)·Bᵀ (alpha / r dropped)."""
+    return x @ W.mT + (x @ A.mT) @ B.mT
+
+
+def base_split_when_adapted(x, W, A, B, *, scaling):
+    """When an adapter is present, sums the base product over two halves of the input dimension (as a kernel that
+    fuses the adapter into a split-K GEMM would), rounding each half to the dtype; without one, one product. Within
+    noise either way, but a zero-initialized adapter (B = 0) no longer reproduces the base model bit for bit."""
+    if A.shape[0] == 0 or W.shape[1] < 2:
+        return x @ W.mT
+    half = W.shape[1] // 2
+    base = x[..., :half] @ W[:, :half].mT + x[..., half:] @ W[:, half:].mT
+    return base + scaling * ((x @ A.mT) @ B.mT)
+
+
+def lora_a_frozen(x, W, A, B, *, scaling):
+    """Detaches A (lora_A accidentally frozen): A receives no gradient."""
+    return x @ W.mT + scaling * ((x @ A.detach().mT) @ B.mT)
+
+
+def base_blocks_input_grad(x, W, A, B, *, scaling):
+    """Detaches x in the base path: dx misses dy·W (breaks backpropagation into earlier layers)."""
+    return x.detach() @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def trains_the_base(x, W, A, B, *, scaling):
+    """Turns requires_grad on for W (as a forgotten freeze would): the base weight receives gradients."""
+    W.requires_grad_(True)
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def dropout_left_on(x, W, A, B, *, scaling):
+    """Applies LoRA dropout (p = 0.1, training mode) to the adapter's input at inference: random outputs."""
+    return x @ W.mT + scaling * ((torch.nn.functional.dropout(x, 0.1, training=True) @ A.mT) @ B.mT)
+
+
+def merges_in_place(x, W, A, B, *, scaling):
+    """An inference path that merges the update into W in place, multiplies, then subtracts it again: the round trip
+    does not restore W bit for bit, so the caller's frozen weight drifts every call."""
+    with torch.no_grad():
+        W.add_(scaling * (B @ A))
+        out = x @ W.mT
+        W.sub_(scaling * (B @ A))
+    return out

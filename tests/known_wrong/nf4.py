@@ -1,0 +1,76 @@
+"""Known-wrong NF4 codecs, each with one classic bug; `llmopt verify nf4 --impl FILE:FUNC` must reject every one on CPU.
+Each quantizes to the nearest level after dividing by a block absmax and packs two codes per byte, as a plausible
+author would, with its one mistake."""
+import torch
+
+from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
+
+
+def _nearest(values, table):
+    return torch.bucketize(values, (table[:-1] + table[1:]) / 2)
+
+
+def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
+           decode_in_dtype=False, center_absmax=True):
+    """(NF4State, dequantized w); the keyword arguments switch one bug on."""
+    table = nf4_table() if table is None else table
+    flat = w.reshape(-1).float()
+    n = flat.numel()
+    index = torch.arange(n)
+    if per_row:
+        block = index // w.shape[-1]
+    else:
+        block = index // blocksize if block_of is None else block_of(index, blocksize)
+    absmax = torch.zeros(int(block.max()) + 1).scatter_reduce(0, block, flat.abs(), "amax")
+    codes = _nearest(flat * (1 / absmax.clamp(min=torch.finfo(torch.float32).tiny))[block], table)
+    codes = torch.nn.functional.pad(codes, (0, n % 2), value=7)
+    first, second = (codes[1::2], codes[0::2]) if low_nibble_first else (codes[0::2], codes[1::2])
+    packed = ((first << 4) | second).to(torch.uint8)
+    state = NF4State(packed, absmax, tuple(w.shape), w.dtype, blocksize)
+    absmax_used = absmax
+    if double_quant:
+        offset = absmax.mean() if center_absmax else torch.zeros(())
+        centered = absmax - offset
+        dq_block = torch.arange(absmax.numel()) // DQ_BLOCKSIZE
+        scales = torch.zeros(int(dq_block.max()) + 1).scatter_reduce(0, dq_block, centered.abs(), "amax")
+        absmax_codes = _nearest(centered * (1 / scales.clamp(min=1e-38))[dq_block], dynamic_table())
+        absmax_used = dynamic_table()[absmax_codes] * scales[dq_block] + offset
+        state = NF4State(packed, absmax_codes.to(torch.uint8), tuple(w.shape), w.dtype, blocksize, scales, offset)
+    high, low = packed.long() >> 4, packed.long() & 15
+    decoded = torch.stack([low, high] if low_nibble_first else [high, low], 1).reshape(-1)[:n]
+    if decode_in_dtype:
+        values = table.to(w.dtype)[decoded] * absmax_used.to(w.dtype)[block]
+    else:
+        values = (table[decoded] * absmax_used[block]).to(w.dtype)
+    return state, values.reshape(w.shape)
+
+
+def seed_symmetric_codebook(w, *, blocksize=64, double_quant=False):
+    """Uses the seed's levels Φ⁻¹((i + 0.5)/16) scaled to [-1, 1]: symmetric, no exact zero, not bitsandbytes' table."""
+    quantiles = torch.special.ndtri((torch.arange(16, dtype=torch.float64) + 0.5) / 16)
+    return _codec(w, blocksize, double_quant, table=(quantiles / quantiles.max()).float())
+
+
+def swapped_nibbles(w, *, blocksize=64, double_quant=False):
+    """Packs the first element of each pair into the low nibble (and decodes consistently): a private layout."""
+    return _codec(w, blocksize, double_quant, low_nibble_first=True)
+
+
+def absmax_per_row(w, *, blocksize=64, double_quant=False):
+    """One absmax per row of the weight instead of one per block of `blocksize` elements."""
+    return _codec(w, blocksize, double_quant, per_row=True)
+
+
+def block_boundary_off_by_one(w, *, blocksize=64, double_quant=False):
+    """Starts counting blocks at element 1: the first block holds blocksize - 1 elements, every boundary shifts."""
+    return _codec(w, blocksize, double_quant, block_of=lambda index, size: (index + 1) // size)
+
+
+def dequantizes_in_output_dtype(w, *, blocksize=64, double_quant=False):
+    """Decodes as level.to(dtype) × absmax.to(dtype): two roundings in half precision instead of one float32 product."""
+    return _codec(w, blocksize, double_quant, decode_in_dtype=True)
+
+
+def double_quant_without_mean(w, *, blocksize=64, double_quant=False):
+    """Double-quantizes the absmax itself, storing a zero offset, instead of absmax minus its mean."""
+    return _codec(w, blocksize, double_quant, center_absmax=False)

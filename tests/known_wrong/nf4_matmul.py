@@ -1,0 +1,70 @@
+"""Known-wrong NF4 matmuls, each with one classic bug; `llmopt verify nf4_matmul --impl FILE:FUNC` must reject every one.
+Each decodes the state the way a kernel author might and multiplies, with its one mistake."""
+import torch
+
+from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
+
+
+def _absmax(state, offset_used=True):
+    if not state.double_quant:
+        return state.absmax
+    scaled = dynamic_table()[state.absmax.long()] * state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
+    return scaled + state.absmax_offset if offset_used else scaled
+
+
+def _weight(state, *, low_nibble_first=False, absmax=None, row_absmax=False):
+    n = state.numel
+    high, low = state.codes.long() >> 4, state.codes.long() & 15
+    codes = torch.stack([low, high] if low_nibble_first else [high, low], 1).reshape(-1)[:n]
+    absmax = _absmax(state) if absmax is None else absmax
+    if row_absmax:  # block index from the row alone
+        per_element = absmax[torch.arange(n) // state.shape[1]]
+    else:
+        per_element = absmax.repeat_interleave(state.blocksize)[:n]
+    return (nf4_table()[codes] * per_element).reshape(state.shape)
+
+
+def low_nibble_first(x, state):
+    """Decodes the first element of each byte from the low nibble."""
+    return (x.float() @ _weight(state, low_nibble_first=True).mT).to(x.dtype)
+
+
+def forgets_double_quant_offset(x, state):
+    """Dequantizes the double-quantized absmax as code × scale, without adding back the mean offset."""
+    return (x.float() @ _weight(state, absmax=_absmax(state, offset_used=False)).mT).to(x.dtype)
+
+
+def absmax_indexed_by_row(x, state):
+    """Reads the absmax of element (r, c) at index r instead of (r·K + c) // blocksize."""
+    return (x.float() @ _weight(state, row_absmax=True).mT).to(x.dtype)
+
+
+def half_precision_accumulation(x, state):
+    """Dequantizes in float32 but accumulates the dot products in the input's half precision (fp16/bf16) in chunks of 16."""
+    weight = _weight(state).to(x.dtype)
+    out = torch.zeros(*x.shape[:-1], state.shape[0], dtype=x.dtype)
+    for k in range(0, x.shape[-1], 16):
+        out = out + x[..., k:k + 16] @ weight[:, k:k + 16].mT
+    return out
+
+
+def split_k_random_order(x, state):
+    """Sums K in chunks of 16 in a random order, as an atomics-based split-K kernel does: not bitwise repeatable."""
+    weight = _weight(state)
+    xf = x.float()
+    chunks = list(range(0, x.shape[-1], 16))
+    out = torch.zeros(*x.shape[:-1], state.shape[0])
+    for k in torch.randperm(len(chunks)).tolist():
+        start = chunks[k]
+        out = out + xf[..., start:start + 16] @ weight[:, start:start + 16].mT
+    return out.to(x.dtype)
+
+
+def rescales_x_in_place(x, state):
+    """Divides x in place by a per-row scale to keep it in range, multiplies it back afterwards: x is not restored
+    bit for bit."""
+    scale = x.abs().amax(-1, keepdim=True).clamp(min=1) * 3
+    x.div_(scale)
+    out = (x.float() @ _weight(state).mT) * scale.float()
+    x.mul_(scale)
+    return out.to(x.dtype)

@@ -1,0 +1,52 @@
+"""Known-wrong QLoRA layers, each with one classic bug; `llmopt verify qlora --impl FILE:FUNC` must reject every one."""
+import torch
+
+from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
+
+
+def _dequantize(state, dtype, *, absmax_codes_as_scales=False):
+    absmax = state.absmax.float()
+    if state.double_quant and not absmax_codes_as_scales:
+        scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
+        absmax = dynamic_table()[state.absmax.long()] * scales + state.absmax_offset
+    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
+    return (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(dtype).reshape(state.shape)
+
+
+def absmax_codes_as_scales(x, state, A, B, *, scaling):
+    """Uses the stored absmax tensor as the block scales even when it holds 8-bit double-quantization codes."""
+    return x @ _dequantize(state, x.dtype, absmax_codes_as_scales=True).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def lora_a_frozen(x, state, A, B, *, scaling):
+    """Detaches A (lora_A accidentally frozen): A receives no gradient."""
+    return x @ _dequantize(state, x.dtype).mT + scaling * ((x @ A.detach().mT) @ B.mT)
+
+
+def base_split_when_adapted(x, state, A, B, *, scaling):
+    """When an adapter is present, sums the base product over two halves of the input dimension, each rounded to the
+    dtype (a split-K GEMM fused with the adapter); without one, one product: B = 0 no longer gives the base model's
+    output bit for bit."""
+    weight = _dequantize(state, x.dtype)
+    if A.shape[0] == 0 or weight.shape[1] < 2:
+        return x @ weight.mT
+    half = weight.shape[1] // 2
+    base = x[..., :half] @ weight[:, :half].mT + x[..., half:] @ weight[:, half:].mT
+    return base + scaling * ((x @ A.mT) @ B.mT)
+
+
+def dropout_left_on(x, state, A, B, *, scaling):
+    """Applies LoRA dropout (p = 0.1, training mode) to the adapter's input: random outputs."""
+    dropped = torch.nn.functional.dropout(x, 0.1, training=True)
+    return x @ _dequantize(state, x.dtype).mT + scaling * ((dropped @ A.mT) @ B.mT)
+
+
+def folds_scaling_into_x(x, state, A, B, *, scaling):
+    """Multiplies x by scaling in place for the adapter path and divides it back: x is not restored bit for bit."""
+    base = x @ _dequantize(state, x.dtype).mT
+    with torch.no_grad():
+        x.mul_(scaling * 1.37)
+    update = ((x @ A.mT) @ B.mT) / 1.37
+    with torch.no_grad():
+        x.div_(scaling * 1.37)
+    return base + update

@@ -1,0 +1,122 @@
+"""LoRA and QLoRA beyond the generic contract runs: every property rejects a known-wrong layer; peft's own merge and
+unmerge against the reference within rounding; the fused Triton layer never forms the (out, in) update; validation
+names the layout."""
+from __future__ import annotations
+
+import pytest
+import torch
+from _known_wrong_coverage import assert_rejects
+from llmopt.impls import discover
+from llmopt.reference.contract import Call
+from llmopt.reference.lora import LoraCase, check_lora_call, lora_linear, lora_make_call, merge_lora, unmerge_lora
+
+LORA_COVERAGE = [
+    ("matches_reference", "ignores_scaling"),
+    ("grads_match_reference", "lora_a_frozen"),
+    ("grads_match_reference", "base_blocks_input_grad"),
+    ("grads_match_reference", "trains_the_base"),
+    ("zero_update_is_the_base", "base_split_when_adapted"),
+    ("merge_equivalence", "ignores_scaling"),
+    ("deterministic", "dropout_left_on"),
+    ("no_input_mutation", "merges_in_place"),
+]
+QLORA_COVERAGE = [
+    ("matches_reference", "absmax_codes_as_scales"),
+    ("grads_match_reference", "lora_a_frozen"),
+    ("zero_update_is_the_base", "base_split_when_adapted"),
+    ("deterministic", "dropout_left_on"),
+    ("no_input_mutation", "folds_scaling_into_x"),
+]
+
+
+@pytest.mark.parametrize("prop,func", LORA_COVERAGE)
+def test_each_lora_property_rejects_a_known_wrong_layer(prop, func):
+    assert_rejects("lora", prop, func)
+
+
+@pytest.mark.parametrize("prop,func", QLORA_COVERAGE)
+def test_each_qlora_property_rejects_a_known_wrong_layer(prop, func):
+    assert_rejects("qlora", prop, func)
+
+
+def _merge_rounding(dtype: torch.dtype, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Elementwise bound on the rounding of W + scaling·B·A computed in `dtype` (or in float32 and rounded to dtype):
+    the r-term product errs by at most r·eps·scaling·(|B|·|A|) (the classic γ_r bound), the sum and the final rounding
+    by eps·(|W| + |result|)."""
+    eps, r = torch.finfo(dtype).eps, A.shape[0]
+    terms = abs(scaling) * (B.double().abs() @ A.double().abs())
+    exact = W.double() + scaling * (B.double() @ A.double())
+    return eps * (r * terms + W.double().abs() + exact.abs() + terms)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_peft_merge_and_unmerge_agree_with_the_reference_within_rounding(dtype):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+    from peft.tuners.lora import Linear
+
+    x, W, A, B = (t.to(dtype) for t in lora_make_call(LoraCase((4,), 48, 40, 8, 2.0, "float32", seed=3), "cpu").args)
+    base = torch.nn.Linear(48, 40, bias=False, dtype=dtype)
+    layer = Linear(base, "default", config=LoraConfig(r=8, lora_alpha=16), r=8, lora_alpha=16)
+    with torch.no_grad():
+        base.weight.copy_(W)
+        layer.lora_A["default"].weight.copy_(A)
+        layer.lora_B["default"].weight.copy_(B)
+        unmerged = layer(x)
+        layer.merge()
+        merged_weight = base.weight.detach().clone()
+        merged = layer(x)
+        layer.unmerge()
+    bound = _merge_rounding(dtype, W, A, B, 2.0)
+    exact = merge_lora(W.double(), A.double(), B.double(), scaling=2.0)
+    assert ((merged_weight.double() - exact).abs() <= bound).all()
+    assert ((base.weight.detach().double() - W.double()).abs() <= 2 * bound).all()  # merge then unmerge: W back
+    stick = lora_linear(x.double(), W.double(), A.double(), B.double(), scaling=2.0)
+    noise = 2 * (lora_linear(x, W, A, B, scaling=2.0).double() - stick).abs().max()
+    floor = torch.finfo(dtype).eps * stick.abs().max()
+    assert (unmerged.double() - stick).abs().max() <= noise + floor
+    merge_effect = (x.double().abs() @ (merged_weight.double() - exact).abs().mT).max()  # x times the merge rounding
+    assert (merged.double() - stick).abs().max() <= noise + floor + merge_effect
+
+
+def test_reference_unmerge_restores_the_weight_within_rounding():
+    _, W, A, B = lora_make_call(LoraCase((1,), 64, 32, 16, 16.0, "bfloat16", seed=5), "cpu").args
+    back = unmerge_lora(merge_lora(W, A, B, scaling=16.0), A, B, scaling=16.0)
+    assert ((back.double() - W.double()).abs() <= 2 * _merge_rounding(torch.bfloat16, W, A, B, 16.0)).all()
+    assert not torch.equal(back, W)  # bf16 rounding is real: the round trip is exact only within it
+
+
+def test_triton_lora_never_forms_the_full_update(monkeypatch):
+    impl = discover("lora")["triton_lora"]
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+
+    shapes = []
+    original = kernels.gemm_lowrank
+
+    def recording(a, b, out_dtype, **kwargs):
+        shapes.append((a.shape[0], b.shape[1]))
+        return original(a, b, out_dtype, **kwargs)
+
+    monkeypatch.setattr(kernels, "gemm_lowrank", recording)
+    case = LoraCase((5,), 40, 24, 4, 2.0, "float32", x_requires_grad=True, seed=2)
+    x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
+    kernels.lora_linear(x, W, A, B, scaling=2.0).sum().backward()
+    assert sorted(shapes) == sorted([(5, 4), (5, 24), (5, 4), (4, 40), (24, 4), (5, 40)])
+    assert (24, 40) not in shapes and (40, 24) not in shapes  # B·A (out, in) or its transpose: never
+    assert W.grad is None and A.grad is not None and B.grad is not None and x.grad is not None
+
+
+@pytest.mark.parametrize("mutate,expected", [
+    (lambda args: (args[0], args[1].requires_grad_(), args[2], args[3]), "frozen base weight"),
+    (lambda args: (args[0], args[1], args[2], args[3][:, :-1]), "B (out, r)"),
+    (lambda args: (args[0][..., :-1], args[1], args[2], args[3]), "x must be non-empty (..., in)"),
+    (lambda args: (args[0], args[1].double(), args[2], args[3]), "share one dtype and device"),
+])
+def test_validation_names_the_expected_layout(mutate, expected):
+    call = lora_make_call(LoraCase((2,), 16, 8, 4, seed=1), "cpu")
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        check_lora_call(Call(mutate(list(call.args)), call.kwargs))
+    with pytest.raises(ValueError, match="scaling"):
+        check_lora_call(Call(call.args, {"scaling": True}))
