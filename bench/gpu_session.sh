@@ -8,7 +8,9 @@
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
 #   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
 #   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
-#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name
+#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (needs git to read the carried
+#                                                .git; on 2026-11-25 it could not, see results/h100/logs)
+# Set LLMOPT_COMMIT=<sha> in the command when git cannot read the carried .git there: rows record it.
 #   bench/gpu_session.sh OUT run SCRIPT ARGS...  any python module or script, output logged
 # Steps chain in one call: `... OUT install \; verify attention \; bench attention`. The whole call stops after
 # LLMOPT_BUDGET seconds (default 570, under a 10-minute command limit) and OUT/session.tgz is packed after every step,

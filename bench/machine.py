@@ -81,11 +81,18 @@ def versions() -> dict[str, str]:
     return found
 
 
+COMMIT_ENV = "LLMOPT_COMMIT"  # the commit, given by whoever carries the tree to a host where git cannot read it
+
+
 def git_commit() -> str | None:
     """HEAD of the repository, "-dirty" appended when tracked files outside results/ differ from it (recorded rows
-    themselves do not dirty the tree); None outside git or before the first commit."""
+    themselves do not dirty the tree); LLMOPT_COMMIT when set; None outside git or before the first commit."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+
     def git(*args):
-        return subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+        return subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout
 
     try:
         head = git("rev-parse", "--verify", "HEAD").strip()
