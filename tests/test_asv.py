@@ -43,8 +43,12 @@ def test_asv_runs_the_attention_suite(tmp_path):
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert "attention.Attention.track_ms" in output and "failed" not in output
-    discovered = json.loads((tmp_path / "results" / "benchmarks.json").read_text())
-    assert sorted(name for name in discovered if name != "version") == ["attention.Attention.track_ms"]
+    discovered = sorted(name for name in json.loads((tmp_path / "results" / "benchmarks.json").read_text())
+                        if name != "version")
+    suites = sorted(path.stem for path in (REPO / "bench" / "asv").glob("[!_]*.py"))
+    assert "attention.Attention.track_ms" in discovered
+    assert sorted({name.split(".")[0] for name in discovered}) == suites  # one suite per module, nothing else
+    assert all(re.fullmatch(r"\w+\.\w+\.track_ms", name) for name in discovered), discovered
 
 
 def test_suite_on_cuda_tracks_memory_on_the_chosen_cases(monkeypatch):

@@ -5,7 +5,8 @@ row it samples from (max(0, p - q) there, or the bonus row p); (2) per row block
 the token inside it (inverse CDF), and the (T, k + 1) output.
 
 Random numbers: one torch.rand((T, k + 1)) float32 from the caller's generator, drawn outside the kernels: u[:, i]
-decides position i (kept iff u q(x) < p(x)), u[:, k] picks the token (the first v with cumulative weight > u x total)."""
+decides position i (kept iff u q(x) < p(x), in float64), u[:, k] picks the token (the first v with cumulative weight
+> u x total)."""
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ _MAX_BLOCK_V = 16 if _INTERPRET else 4096  # small under the interpreter so V = 
 @triton.jit
 def _first_rejection(draft_tokens, d_t, d_k, draft_probs, q_t, q_k, q_v, target_probs, p_t, p_k, p_v, uniforms,
                      rows, row_ok, K):
-    """(accepted count per row [BLOCK_T] int32): position i keeps draft x iff u[i] q(x) < p(x); the first position that
-    does not ends the row's kept drafts (K when none)."""
+    """(accepted count per row [BLOCK_T] int32): position i keeps draft x iff u[i] q(x) < p(x), compared in float64
+    (u q exact for float32 inputs, so rounding never rejects a draft with p(x) >= q(x)); the first position that does
+    not ends the row's kept drafts (K when none)."""
     accepted = tl.full(rows.shape, 0, tl.int32) + K
     alive = row_ok
     for i in range(K):
@@ -32,7 +34,7 @@ def _first_rejection(draft_tokens, d_t, d_k, draft_probs, q_t, q_k, q_v, target_
         p = tl.load(target_probs + rows * p_t + i * p_k + x * p_v, mask=alive, other=1.0)
         q = tl.load(draft_probs + rows * q_t + i * q_k + x * q_v, mask=alive, other=1.0)
         u = tl.load(uniforms + rows * (K + 1) + i, mask=alive, other=0.0)
-        rejected = alive & (u.to(q.dtype) * q >= p)
+        rejected = alive & (u.to(tl.float64) * q.to(tl.float64) >= p.to(tl.float64))
         accepted = tl.where(rejected, i, accepted)
         alive = alive & ~rejected
     return accepted
@@ -125,8 +127,7 @@ def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, targ
     chunks = triton.cdiv(V, block_v)
     acc = tl.float64 if target_probs.dtype == torch.float64 else tl.float32
     accepted = torch.empty(T, dtype=torch.int32, device=device)
-    partial = torch.empty((T, chunks), dtype=target_probs.dtype if acc == tl.float64 else torch.float32,
-                          device=device)
+    partial = torch.empty((T, chunks), dtype=torch.float64 if acc == tl.float64 else torch.float32, device=device)
     out = torch.empty((T, K + 1), dtype=torch.int64, device=device)
     inputs = (draft_tokens, *draft_tokens.stride(), draft_probs, *draft_probs.stride(), target_probs,
               *target_probs.stride(), uniforms)

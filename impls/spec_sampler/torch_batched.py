@@ -16,7 +16,9 @@ def torch_batched(draft_tokens, draft_probs, target_probs, generator):
     index = draft_tokens.unsqueeze(2)
     p = target_probs[:, :k].gather(2, index).squeeze(2)  # (T, k)
     q = draft_probs.gather(2, index).squeeze(2)  # (T, k)
-    rejected = uniforms[:, :k].to(q.dtype) * q >= p  # kept iff u < p / q, with q > 0
+    # kept iff u < p / q (q > 0), compared as u q < p in float64, where u q is exact for float32 inputs: rounding
+    # never rejects a draft the target gives as much probability as the draft
+    rejected = uniforms[:, :k].double() * q.double() >= p.double()
     accepted = torch.where(rejected.any(1), rejected.int().argmax(1), k)  # (T,): drafts before the first rejection
     weights = target_probs[rows, accepted]  # (T, V): p at the decision position; the bonus row when accepted == k
     at_rejection = (accepted < k).unsqueeze(1).to(weights.dtype)

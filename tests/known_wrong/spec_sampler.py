@@ -1,6 +1,7 @@
 """Known-wrong rejection samplers, each with one classic bug; `llmopt verify spec_sampler --impl FILE:FUNC` must reject
 every one on CPU within the contract's trial budget. Written as a sampler author would, not from the reference module:
-one batched sampler with switches, each public function flipping one."""
+one batched sampler with switches, each public function flipping one (the last three break the layout, mix rows up or
+write into their inputs)."""
 import torch
 
 
@@ -67,3 +68,25 @@ def resample_from_target(draft_tokens, draft_probs, target_probs, generator):
 def ignores_generator(draft_tokens, draft_probs, target_probs, generator):
     """Correct rule, but draws its random numbers from torch's global generator instead of `generator`."""
     return _sampler(draft_tokens, draft_probs, target_probs, torch.default_generator)
+
+
+def pads_with_zero(draft_tokens, draft_probs, target_probs, generator):
+    """Correct rule, but fills the positions after the last emitted token with 0 instead of -1."""
+    return _sampler(draft_tokens, draft_probs, target_probs, generator).clamp(min=0)
+
+
+def first_row_for_all(draft_tokens, draft_probs, target_probs, generator):
+    """Reads every row's distributions from row 0 (a broadcast bug): right only when all rows share them."""
+    return _sampler(draft_tokens, draft_probs[:1].expand_as(draft_probs), target_probs[:1].expand_as(target_probs),
+                    generator)
+
+
+def residual_in_place(draft_tokens, draft_probs, target_probs, generator):
+    """Correct output, but writes max(0, p - q) over the target rows it resampled from (saving a buffer)."""
+    out = _sampler(draft_tokens, draft_probs, target_probs, generator)
+    T, k = draft_tokens.shape
+    accepted = (out >= 0).sum(1) - 1
+    rows = torch.arange(T, device=out.device)[accepted < k]
+    at = accepted[rows]
+    target_probs[rows, at] = (target_probs[rows, at] - draft_probs[rows, at]).clamp(min=0)
+    return out
