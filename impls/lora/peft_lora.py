@@ -10,6 +10,17 @@ def use_tensor(module, name, tensor):
     setattr(module, name, tensor)
 
 
+def set_adapter(layer, A, B, scaling):
+    """Give a peft LoRA layer the contract's A, B and scaling; rank 0 disables its adapters (peft's own base path)."""
+    layer.scaling["default"] = scaling
+    if A.shape[0] == 0:
+        layer.enable_adapters(False)
+    else:
+        use_tensor(layer.lora_A["default"], "weight", A)
+        use_tensor(layer.lora_B["default"], "weight", B)
+    return layer
+
+
 def lora_layer(W, A, B, scaling, **config):
     """A peft lora.Linear computing with W, A, B (its own parameters built on the meta device, then replaced)."""
     import torch
@@ -19,14 +30,8 @@ def lora_layer(W, A, B, scaling, **config):
     rank = max(A.shape[0], 1)
     base = torch.nn.Linear(W.shape[1], W.shape[0], bias=False, device="meta", dtype=W.dtype)
     layer = Linear(base, "default", config=LoraConfig(r=rank, lora_alpha=rank, **config), r=rank, lora_alpha=rank)
-    layer.scaling["default"] = scaling
     use_tensor(base, "weight", W)
-    if A.shape[0] == 0:
-        layer.enable_adapters(False)
-    else:
-        use_tensor(layer.lora_A["default"], "weight", A)
-        use_tensor(layer.lora_B["default"], "weight", B)
-    return layer
+    return set_adapter(layer, A, B, scaling)
 
 
 def prepare(x, W, A, B, *, scaling):

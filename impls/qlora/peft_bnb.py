@@ -2,7 +2,7 @@
 contract's NF4 state (Params4bit of the packed bytes + its QuantState, compute dtype = x's): the QLoRA training stack.
 In training mode, as in QLoRA (bitsandbytes' CPU inference mode would repack the weight and compute in bf16)."""
 from llmopt.impls import register
-from llmopt.impls.lora.peft_lora import use_tensor
+from llmopt.impls.lora.peft_lora import set_adapter
 from llmopt.impls.nf4.bnb import run_eagerly_on_cpu
 
 
@@ -21,13 +21,7 @@ def qlora_layer(state, A, B, scaling, dtype):
                                     bnb_quantized=True)
     rank = max(A.shape[0], 1)
     layer = Linear4bit(base, "default", config=LoraConfig(r=rank, lora_alpha=rank), r=rank, lora_alpha=rank)
-    layer.scaling["default"] = scaling
-    if A.shape[0] == 0:
-        layer.enable_adapters(False)
-    else:
-        use_tensor(layer.lora_A["default"], "weight", A)
-        use_tensor(layer.lora_B["default"], "weight", B)
-    return layer
+    return set_adapter(layer, A, B, scaling)
 
 
 def prepare(x, state, A, B, *, scaling):
