@@ -57,3 +57,17 @@ def test_bad_inputs_name_what_was_expected(args, kwargs, message):
 def test_padded_views_are_poisoned_outside_the_view():
     q, _, _ = make_call(AttentionCase(1, 2, 1, 5, 3, 8, layout="padded_view"), "cpu").args
     assert torch.isfinite(q).all() and torch.isnan(q._base).any() and not q.is_contiguous()
+
+
+@pytest.mark.parametrize("prop,witness", [
+    ("matches_reference", "wrong_scale"),
+    ("grads_match_reference", "backward_ignores_mask"),
+    ("deterministic", "nondeterministic_output"),
+    ("no_input_mutation", "prescales_q_in_place"),
+    ("empty_rows_are_zero", "finite_mask_value"),
+    ("finite_where_reference_finite", "unguarded_softmax"),
+])
+def test_every_property_rejects_a_known_wrong_attention(prop, witness):
+    from _known_wrong_coverage import assert_rejects
+
+    assert_rejects("attention", prop, witness)

@@ -96,3 +96,57 @@ def half_accumulation(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Keeps the running max, sum and output in the input precision (fp16/bf16) instead of fp32."""
     accumulate = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
     return _tiled(q, k, v, causal=causal, scale=scale, window=window, accumulate=accumulate).to(q.dtype)
+
+
+class _MasklessBackward(torch.autograd.Function):
+    """Forward with the mask; backward as if nothing were masked (a kernel whose backward forgot the mask)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, keep, scale):
+        ctx.save_for_backward(q, k, v)
+        ctx.scale = scale
+        return _naive(q, k, v, keep, scale)
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v = (t.detach().requires_grad_() for t in ctx.saved_tensors)
+        with torch.enable_grad():
+            out = _naive(q, k, v, torch.ones(q.shape[2], k.shape[2], dtype=torch.bool), ctx.scale)
+            dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
+        return dq, dk, dv, None, None
+
+
+def backward_ignores_mask(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Correct forward; the backward recomputes the probabilities without the causal/window mask."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _MasklessBackward.apply(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale)
+
+
+def nondeterministic_output(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Accumulates in a run-dependent order: the result moves by an ulp from call to call (within tolerance)."""
+    out = _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window),
+                 q.shape[-1] ** -0.5 if scale is None else scale)
+    wobble = torch.randint(0, 2, out.shape).to(out.dtype) * torch.finfo(out.dtype).eps
+    return out * (1 + wobble)
+
+
+def prescales_q_in_place(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Folds the softmax scale into q in place (the caller's q changes)."""
+    q.data.mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+    return _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), 1.0)
+
+
+def finite_mask_value(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Masks with -1e4 instead of -inf: a row with no visible key becomes the mean of all values, not zero."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    s = (q.float() @ k[:, torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])].float().transpose(-1, -2))
+    s = (s * (q.shape[-1] ** -0.5 if scale is None else scale)).masked_fill(~keep, -1e4)
+    return (torch.softmax(s, -1) @ v[:, torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])].float()).to(q.dtype)
+
+
+def unguarded_softmax(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Softmax over all -inf scores without a guard: rows with no visible key come out NaN."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    index = torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])
+    s = (q.float() @ k[:, index].float().transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    return (torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v[:, index].float()).to(q.dtype)
