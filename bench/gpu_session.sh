@@ -64,7 +64,9 @@ step() {
     asv)
       ensure_llmopt
       local name; name=$(machine)
-      asv machine --yes --machine "$name" >"$log" 2>&1
+      git rev-parse --verify HEAD >/dev/null 2>&1 || { echo "git cannot read the carried .git here:";
+        git rev-parse --verify HEAD 2>&1 | head -3; ls -la .git | head -5; } | tee "$log"
+      asv machine --yes --machine "$name" >>"$log" 2>&1
       asv run -E existing:python3 --set-commit-hash "$(git rev-parse HEAD)" --launch-method spawn --machine "$name" \
         ${1:+--bench "$1"} 2>&1 | tee -a "$log" | tail -30 || status=1
       mkdir -p "$keep/results/asv" && cp -r results/asv/. "$keep/results/asv/" ;;
