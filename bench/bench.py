@@ -11,7 +11,6 @@ from collections.abc import Callable
 from functools import partial
 
 import torch
-
 from llmopt.bench.machine import describe, measure_peaks
 from llmopt.bench.results import append_rows, results_dir
 from llmopt.bench.timing import peak_memory_mb, time_fn

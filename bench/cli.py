@@ -230,9 +230,8 @@ def cmd_bench(args) -> int:
 
 def cmd_run(args) -> int:
     """The main job: verify then benchmark every technique x available impl on this machine, with a summary."""
-    from rich.progress import Progress
-
     from llmopt.reference import contracts
+    from rich.progress import Progress
 
     device = args.device or _default_device()
     summary, ok = [], True

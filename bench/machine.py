@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import torch
-
 from llmopt.bench.timing import time_fn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

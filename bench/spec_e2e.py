@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from llmopt.reference.spec_decoding import expected_tokens_per_step, predicted_speedup
 
 RESULT_FILE = "spec_e2e.json"

@@ -9,9 +9,9 @@ import importlib.util
 import os
 import pkgutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 DEVICES = ("cpu", "cuda", "interpret")  # interpret: CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)
 KINDS = ("reference", "torch", "library", "triton", "user")
@@ -66,7 +66,7 @@ class Impl:
             return self.available()
         return None
 
-    def for_mode(self, mode: str) -> "Impl":
+    def for_mode(self, mode: str) -> Impl:
         """This impl with `supports` resolved for `mode` ("cpu", "cuda", "interpret"): a feature given as a tuple of
         modes becomes True or False."""
         resolved = {k: (mode in v) if k not in ("dtypes", "check") and isinstance(v, tuple) else v

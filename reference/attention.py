@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
 
@@ -199,7 +198,7 @@ def cases(impl, mode: str):
     from hypothesis import strategies as st
 
     supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    on = lambda feature: supports.get(feature, True) is not False
     small = mode == "interpret"
     lengths = [1, 2, 3, 16, 17, 31, 33, 64, 97] + ([] if small else [128, 255, 1025])
     head_dims = [32, 40, 64] + ([] if small else [8, 16, 80, 96, 128])

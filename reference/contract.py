@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -117,7 +118,7 @@ class Contract:
     cost: Callable[[Any, str], Cost]
     features: Callable[[Any], set[str]]
     feature_names: tuple[str, ...]
-    claims: Callable[[], list[Claim]] = lambda: []
+    claims: Callable[[], list[Claim]] = list
     examples: Callable[[str], list] = lambda mode: []
     max_bench_cpu_flops: float = 2e9
     bench_modes: tuple[str, ...] = ("fwd",)

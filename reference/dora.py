@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
 from llmopt.reference.lora import (

@@ -7,7 +7,6 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, dtype_of

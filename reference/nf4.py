@@ -10,7 +10,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Outcome, Property, PropertyFailed, dtype_of
 from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
@@ -257,7 +256,7 @@ def nf4_cases(impl, mode: str):
     from hypothesis import strategies as st
 
     supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    on = lambda feature: supports.get(feature, True) is not False
     dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (mode == "interpret"
                                                                                             and d == "bfloat16")]
     rows = [1, 2, 3, 7, 31, 64, 65, 130] + ([] if mode == "interpret" else [257])
@@ -477,7 +476,7 @@ def nf4_matmul_cases(impl, mode: str):
     from hypothesis import strategies as st
 
     supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    on = lambda feature: supports.get(feature, True) is not False
     small = mode == "interpret"
     dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
 

@@ -8,7 +8,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
@@ -327,7 +326,7 @@ def cases(impl, mode: str):
     from hypothesis import strategies as st
 
     supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    on = lambda feature: supports.get(feature, True) is not False
     small = mode == "interpret"
     block_sizes = {"interpret": [4, 8, 16], "cpu": [1, 3, 4, 8, 16, 32], "cuda": [8, 16, 32, 64, 128, 256]}[mode]
     head_dims = {"interpret": [16, 32], "cpu": [8, 16, 40, 64, 128], "cuda": [64, 128, 256]}[mode]

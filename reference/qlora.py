@@ -8,7 +8,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
 from llmopt.reference.lora import (
     AdapterSpec,
@@ -109,7 +108,7 @@ def qlora_cases(impl, mode: str):
     from hypothesis import strategies as st
 
     supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False  # noqa: E731
+    on = lambda feature: supports.get(feature, True) is not False
     small = mode == "interpret"
     dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
 

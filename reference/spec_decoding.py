@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
 

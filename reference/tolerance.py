@@ -4,10 +4,9 @@ quantization (bit-exact codes with counted exemptions, half-step bounds, SQNR) a
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
-
 from llmopt.reference.contract import PropertyFailed
 
 K_NOISE = 2.0  # FlashAttention's factor over the eager low-precision error

@@ -2,7 +2,6 @@
 hypothesis is derandomized with no deadline, as in `llmopt verify`; torch runs one CPU thread."""
 import torch
 from hypothesis import HealthCheck, settings
-
 from llmopt.impls import enable_triton_interpreter_without_cuda
 
 enable_triton_interpreter_without_cuda()

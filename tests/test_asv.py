@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from llmopt.bench.asv._suite import technique_suite
 from llmopt.impls import discover
 from llmopt.reference.attention import CONTRACT

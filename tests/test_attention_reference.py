@@ -4,9 +4,16 @@ name the expected layout."""
 import pytest
 import torch
 from hypothesis import given, settings
-
 from llmopt.impls import Impl
-from llmopt.reference.attention import CONTRACT, AttentionCase, attention, attention_tiled, check_qkv, make_call, visible
+from llmopt.reference.attention import (
+    CONTRACT,
+    AttentionCase,
+    attention,
+    attention_tiled,
+    check_qkv,
+    make_call,
+    visible,
+)
 from llmopt.reference.contract import Call
 
 EVERYTHING = Impl("attention", "any", attention, "user", ("cpu",))

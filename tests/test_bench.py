@@ -6,7 +6,6 @@ import dataclasses
 import json
 
 import pytest
-
 from llmopt.bench.bench import run_bench
 from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, gpu_slug
 from llmopt.bench.report import write_report

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from llmopt.bench.cli import main
 from llmopt.bench.verify import verify
 from llmopt.impls import discover

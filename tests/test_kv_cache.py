@@ -8,14 +8,28 @@ import dataclasses
 import pytest
 import torch
 from hypothesis import given, settings
-
 from llmopt.impls import discover
 from llmopt.reference import attention as attention_contract
 from llmopt.reference.contract import Call
 from llmopt.reference.kv_cache import (
-    CONTRACT, EXAMPLES, LLAMA3_70B, MIXED_UNITS, SEED_LLAMA3_70B_TABLE, DecodeCase, KVCache, check_decode_call, claims,
-    decode_with_cache, decoder_logits, hf_dynamic_cache_bytes, kv_cache_bytes, make_call, mean_pool_kv_heads,
-    random_weights, repeat_kv_heads, weight_shapes,
+    CONTRACT,
+    EXAMPLES,
+    LLAMA3_70B,
+    MIXED_UNITS,
+    SEED_LLAMA3_70B_TABLE,
+    DecodeCase,
+    KVCache,
+    check_decode_call,
+    claims,
+    decode_with_cache,
+    decoder_logits,
+    hf_dynamic_cache_bytes,
+    kv_cache_bytes,
+    make_call,
+    mean_pool_kv_heads,
+    random_weights,
+    repeat_kv_heads,
+    weight_shapes,
 )
 
 GQA = DecodeCase(2, 6, 19, 50, 32, 2, 8, 2, 4, 64, cache_chunk=4, dtype="float64", seed=11)

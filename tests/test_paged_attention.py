@@ -10,13 +10,25 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from llmopt.bench.verify import verify
 from llmopt.impls import discover, load_user_impl
 from llmopt.reference.contract import Call
 from llmopt.reference.paged_attention import (
-    CONTRACT, EXAMPLES, BlockManager, OutOfBlocks, PagedCase, PagedKVCache, check_paged_call, claims,
-    logical_sequence, make_call, paged_attention, relabel_blocks, request_lengths, simulate_waste, unshared_layout,
+    CONTRACT,
+    EXAMPLES,
+    BlockManager,
+    OutOfBlocks,
+    PagedCase,
+    PagedKVCache,
+    check_paged_call,
+    claims,
+    logical_sequence,
+    make_call,
+    paged_attention,
+    relabel_blocks,
+    request_lengths,
+    simulate_waste,
+    unshared_layout,
     used_slots,
 )
 

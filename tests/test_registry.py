@@ -2,7 +2,6 @@
 unsupported features skip cases instead of passing or failing them; a library's call-time refusal is counted as
 unsupported, and an impl that declines every case is not verified."""
 import pytest
-
 from llmopt.bench.verify import verify
 from llmopt.impls import Impl, ImplError, Unsupported, discover, get, register
 from llmopt.reference.attention import CONTRACT, AttentionCase, attention

@@ -10,7 +10,6 @@ import json
 import pytest
 import torch
 from _known_wrong_coverage import KNOWN_WRONG, assert_rejects
-
 from llmopt.bench import spec_e2e
 from llmopt.bench.asv._suite import technique_suite
 from llmopt.bench.verify import DEFAULT_EXAMPLES

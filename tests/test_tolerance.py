@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-
 from llmopt.reference.contract import PropertyFailed
 from llmopt.reference.tolerance import chi2_sf, exact, g_test, noise_relative
 

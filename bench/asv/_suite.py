@@ -12,11 +12,9 @@ import os
 from collections.abc import Callable
 
 import torch
-
 from llmopt import impls as registry
 from llmopt.bench import bench, timing
 from llmopt.reference import get_contract
-
 
 IMPLS_ENV = "LLMOPT_ASV_IMPLS"  # comma-separated impl names to track (default: every impl that runs here)
 

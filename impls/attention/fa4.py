@@ -8,8 +8,8 @@ from llmopt.impls.attention._layout import check_half_and_head_dim, flash_window
 
 def _available():
     try:
-        from flash_attn.cute import flash_attn_func  # noqa: F401
-    except Exception as error:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
+        from flash_attn.cute import flash_attn_func
+    except Exception as error:
         return f"flash_attn.cute does not import: {type(error).__name__}: {error}"
     import torch
 

@@ -4,7 +4,6 @@ Imports bitsandbytes only when called."""
 from __future__ import annotations
 
 import torch
-
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State
 
 

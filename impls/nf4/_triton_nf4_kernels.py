@@ -10,7 +10,6 @@ import os
 import torch
 import triton
 import triton.language as tl
-
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"

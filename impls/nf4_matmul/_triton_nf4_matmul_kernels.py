@@ -14,7 +14,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE
 

@@ -1,7 +1,6 @@
 """The dense baseline, not an NF4 kernel: the weight dequantized once to the state's dtype (bf16 in the benchmarks)
 outside the timed region, then torch's linear (cuBLAS GEMV/GEMM on CUDA). What the NF4 kernels race against."""
 import torch
-
 from llmopt.impls import register
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 

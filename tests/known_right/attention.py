@@ -1,7 +1,6 @@
 """Correct attentions held to the contract as user kernels: the naive reference and the online-softmax tiled form
 (accumulating in float32 for half inputs, as a kernel does)."""
 import torch
-
 from llmopt.reference.attention import attention, attention_tiled
 
 

@@ -1,7 +1,6 @@
 """Correct DoRA layers held to the contract as user kernels: the reference, and peft's formulation written out
 (base + (m/||V|| - 1)·base + (m/||V||)·scaling·(x·Aᵀ)·Bᵀ, the norm detached)."""
 import torch
-
 from llmopt.reference.dora import dora_linear
 
 

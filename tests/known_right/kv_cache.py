@@ -3,7 +3,6 @@ prefix and keeps its last logits) and a cache allocated once for the whole seque
 import dataclasses
 
 import torch
-
 from llmopt.reference.kv_cache import KVCache, forward_tokens
 
 

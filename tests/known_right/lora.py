@@ -1,7 +1,6 @@
 """Correct LoRA layers held to the contract as user kernels: the reference formula, and the shrink-expand form that
 accumulates a half-precision layer in float32 and rounds once (as fused kernels do), with and without the adapter."""
 import torch
-
 from llmopt.reference.lora import lora_linear
 
 

@@ -1,7 +1,6 @@
 """Correct NF4 codecs held to the contract as user kernels: the reference, and a codec written the way bitsandbytes'
 CUDA build decides (reciprocal of the absmax, then `x > threshold` comparisons counted, no bucketize)."""
 import torch
-
 from llmopt.reference.nf4 import nf4
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 

@@ -1,7 +1,6 @@
 """A correct NF4 matmul held to the contract as a user kernel: per block sums of level × x in float32, times the
 block's absmax, as a fused GEMV does."""
 import torch
-
 from llmopt.reference.nf4 import dequantize_absmax
 from llmopt.reference.nf4_format import nf4_table
 

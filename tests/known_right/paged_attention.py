@@ -2,7 +2,6 @@
 and split-KV (FlashDecoding) in plain PyTorch: partial softmax results over chunks of 5 tokens in float32, merged in a
 fixed order with their log-sum-exp weights."""
 import torch
-
 from llmopt.reference.attention import attention
 from llmopt.reference.paged_attention import gather_sequence
 

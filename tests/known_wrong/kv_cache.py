@@ -2,7 +2,6 @@
 every one on CPU. Each is the reference decoder (forward_tokens) driven through a hand-written cache or loop, as a
 serving engineer would write it: zero-initialised buffers grown in chunks of config.cache_chunk positions."""
 import torch
-
 from llmopt.reference.kv_cache import forward_tokens
 
 

@@ -2,7 +2,6 @@
 Each quantizes to the nearest level after dividing by a block absmax and packs two codes per byte, as a plausible
 author would, with its one mistake."""
 import torch
-
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 
 

@@ -1,7 +1,6 @@
 """Known-wrong NF4 matmuls, each with one classic bug; `llmopt verify nf4_matmul --impl FILE:FUNC` must reject every one.
 Each decodes the state the way a kernel author might and multiplies, with its one mistake."""
 import torch
-
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
 

@@ -1,6 +1,5 @@
 """Known-wrong QLoRA layers, each with one classic bug; `llmopt verify qlora --impl FILE:FUNC` must reject every one."""
 import torch
-
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
 
