@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
 
 # --------------------------------------------------------------------------------------------------- the reference
 
@@ -197,12 +197,9 @@ def cases(impl, mode: str):
     "interpret" (tiny sizes, no bfloat16)."""
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False
-    small = mode == "interpret"
+    on, small, dtypes = drawing(impl, mode)
     lengths = [1, 2, 3, 16, 17, 31, 33, 64, 97] + ([] if small else [128, 255, 1025])
     head_dims = [32, 40, 64] + ([] if small else [8, 16, 80, 96, 128])
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
 
     @st.composite
     def build(draw):
@@ -232,7 +229,7 @@ def cases(impl, mode: str):
         )
         return case
 
-    return build().filter(lambda case: CONTRACT.unsupported(case, supports) is None)
+    return build().filter(lambda case: CONTRACT.unsupported(case, impl.supports) is None)
 
 
 # The regression grid run before hypothesis explores (odd sizes, GQA, N != M, masks, fp16 long rows), as

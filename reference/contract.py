@@ -7,7 +7,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,6 +18,22 @@ def dtype_of(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}: expected one of {sorted(DTYPES)}")
     return DTYPES[name]
+
+
+class Drawing(NamedTuple):
+    """What a cases strategy may draw for an impl in a mode: `on(feature)` unless the impl declares it unsupported,
+    `small` under Triton's interpreter (tiny cases), `dtypes` the impl's (no bfloat16 under the interpreter)."""
+
+    on: Callable[[str], bool]
+    small: bool
+    dtypes: list[str]
+
+
+def drawing(impl, mode: str, dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")) -> Drawing:
+    """The Drawing of `impl` in `mode` ("cpu", "cuda", "interpret"); `dtypes`: the contract's, when the impl names none."""
+    small = mode == "interpret"
+    return Drawing(lambda feature: impl.supports.get(feature, True) is not False, small,
+                   [d for d in impl.supports.get("dtypes", dtypes) if not (small and d == "bfloat16")])
 
 
 class PropertyFailed(AssertionError):

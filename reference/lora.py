@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
 
 # --------------------------------------------------------------------------------------------------- the reference
 
@@ -146,18 +146,16 @@ def lora_make_call(case: LoraCase, device: str) -> Call:
 def lora_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    small = mode == "interpret"
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
+    on, small, dtypes = drawing(impl, mode)
     sizes = [1, 3, 16, 33, 64] + ([] if small else [100, 128])
     build = st.builds(
         LoraCase,
         batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33)])),
         n_in=st.sampled_from(sizes), n_out=st.sampled_from(sizes), rank=st.sampled_from([0, 1, 2, 8, 16, 17]),
         scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0]), dtype=st.sampled_from(dtypes), x_requires_grad=st.booleans(),
-        layout=st.sampled_from(LAYOUTS if supports.get("strided", True) is not False else ("contiguous",)),
+        layout=st.sampled_from(LAYOUTS if on("strided") else ("contiguous",)),
         b_scale=st.sampled_from([1.0, 1.0, 0.01]), seed=st.integers(0, 2**16))
-    return build.filter(lambda case: LORA_CONTRACT.unsupported(case, supports) is None)
+    return build.filter(lambda case: LORA_CONTRACT.unsupported(case, impl.supports) is None)
 
 
 LORA_EXAMPLES = [

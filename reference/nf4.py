@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Outcome, Property, PropertyFailed, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Outcome, Property, PropertyFailed, drawing, dtype_of
 from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
 
 TINY = torch.finfo(torch.float32).tiny  # a block whose absmax is below this is degenerate (all zero in practice)
@@ -255,11 +255,8 @@ def nf4_make_call(case: NF4Case, device: str) -> Call:
 def nf4_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (mode == "interpret"
-                                                                                            and d == "bfloat16")]
-    rows = [1, 2, 3, 7, 31, 64, 65, 130] + ([] if mode == "interpret" else [257])
+    on, small, dtypes = drawing(impl, mode)
+    rows = [1, 2, 3, 7, 31, 64, 65, 130] + ([] if small else [257])
 
     @st.composite
     def build(draw):
@@ -272,7 +269,7 @@ def nf4_cases(impl, mode: str):
                        dtype=draw(st.sampled_from(dtypes)), distribution=draw(st.sampled_from(DISTRIBUTIONS)),
                        scale=draw(st.sampled_from([1.0, 0.02, 300.0])), seed=draw(st.integers(0, 2**16)))
 
-    return build().filter(lambda case: NF4_CONTRACT.unsupported(case, supports) is None)
+    return build().filter(lambda case: NF4_CONTRACT.unsupported(case, impl.supports) is None)
 
 
 # Odd element counts (a padded last nibble), blocks spanning rows, short last blocks, several double-quantization scale
@@ -475,10 +472,7 @@ def nf4_matmul_make_call(case: NF4MatmulCase, device: str) -> Call:
 def nf4_matmul_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False
-    small = mode == "interpret"
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
+    on, small, dtypes = drawing(impl, mode)
 
     @st.composite
     def build(draw):
@@ -494,7 +488,7 @@ def nf4_matmul_cases(impl, mode: str):
             x_layout=draw(st.sampled_from(["contiguous", "strided"] if on("strided") else ["contiguous"])),
             seed=draw(st.integers(0, 2**16)))
 
-    return build().filter(lambda case: NF4_MATMUL_CONTRACT.unsupported(case, supports) is None)
+    return build().filter(lambda case: NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None)
 
 
 NF4_MATMUL_EXAMPLES = [

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
 
 # --------------------------------------------------------------------------------------------------- block manager
 
@@ -325,14 +325,10 @@ def cases(impl, mode: str):
     GQA/MQA, several block sizes; only what the impl supports ("interpret": tiny, no bfloat16)."""
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False
-    small = mode == "interpret"
+    on, small, dtypes = drawing(impl, mode, ("float32", "float16", "bfloat16", "float64"))
     block_sizes = {"interpret": [4, 8, 16], "cpu": [1, 3, 4, 8, 16, 32], "cuda": [8, 16, 32, 64, 128, 256]}[mode]
     head_dims = {"interpret": [16, 32], "cpu": [8, 16, 40, 64, 128], "cuda": [64, 128, 256]}[mode]
     most_tokens = {"interpret": 80, "cpu": 640, "cuda": 8192}[mode]
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16", "float64"))
-              if not (small and d == "bfloat16")]
 
     @st.composite
     def build(draw):
@@ -354,7 +350,7 @@ def cases(impl, mode: str):
             dtype=draw(st.sampled_from(dtypes)), value_scale=draw(st.sampled_from([1.0, 1.0, 8.0, 0.1])),
             seed=draw(st.integers(0, 2**16)))
 
-    return build().filter(lambda case: CONTRACT.unsupported(case, supports) is None)
+    return build().filter(lambda case: CONTRACT.unsupported(case, impl.supports) is None)
 
 
 # The regression grid: lengths exactly at, one past and one before block boundaries, a single token, forks whose

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
+from llmopt.reference.contract import Call, Contract, Cost, Property, drawing, dtype_of
 from llmopt.reference.lora import (
     AdapterSpec,
     check_low_rank,
@@ -107,10 +107,7 @@ def qlora_make_call(case: QLoraCase, device: str) -> Call:
 def qlora_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    supports = impl.supports
-    on = lambda feature: supports.get(feature, True) is not False
-    small = mode == "interpret"
-    dtypes = [d for d in supports.get("dtypes", ("float32", "float16", "bfloat16")) if not (small and d == "bfloat16")]
+    on, small, dtypes = drawing(impl, mode)
 
     @st.composite
     def build(draw):
@@ -125,7 +122,7 @@ def qlora_cases(impl, mode: str):
             x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
             blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01])), seed=draw(st.integers(0, 2**16)))
 
-    return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, supports) is None)
+    return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, impl.supports) is None)
 
 
 QLORA_EXAMPLES = [
