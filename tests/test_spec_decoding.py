@@ -316,7 +316,8 @@ def test_e2e_script_writes_rows_and_the_claim_reads_them(tmp_path):
     (tmp_path / "h100").mkdir()
     (tmp_path / "h100" / spec_e2e.RESULT_FILE).write_text(json.dumps(document))
     claim = spec_e2e.speedup_claim(tmp_path)
-    assert claim.verdict == "confirmed" and claim.machine == "h100" and "2.40x" in claim.ours
+    # a measured speedup on random-weight pairs is reported, but says nothing about trained pairs
+    assert claim.verdict == "not checkable here" and claim.machine == "h100" and "2.40x" in claim.ours
 
 
 def test_alpha_needed_for_a_speedup():
