@@ -6,10 +6,12 @@ from llmopt.impls import register
 from llmopt.impls.attention._layout import check_half_and_head_dim, flash_window, from_bnhd, to_bnhd
 
 
-def _available():
+def fa4_unavailable_reason():
+    """Why FlashAttention-4 cannot run here (flash_attn.cute does not import, or the GPU is older than Hopper), or None;
+    shared by every FA4 adapter."""
     try:
-        from flash_attn.cute import flash_attn_func
-    except Exception as error:
+        from flash_attn.cute import flash_attn_func  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - any import failure makes it unavailable, with the reason
         return f"flash_attn.cute does not import: {type(error).__name__}: {error}"
     import torch
 
@@ -31,7 +33,8 @@ def prepare(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     return run, from_bnhd
 
 
-@register("attention", "fa4", kind="library", devices=("cuda",), requires=("flash_attn",), available=_available,
+@register("attention", "fa4", kind="library", devices=("cuda",), requires=("flash_attn",),
+          available=fa4_unavailable_reason,
           prepare=prepare, supports={"dtypes": ("float16", "bfloat16"), "check": check_half_and_head_dim})
 def fa4(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     run, to_contract = prepare(q, k, v, causal=causal, scale=scale, window=window)

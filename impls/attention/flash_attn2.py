@@ -9,8 +9,8 @@ from llmopt.impls.attention._layout import check_half_and_head_dim, flash_window
 
 def _available():
     try:
-        from flash_attn.flash_attn_interface import flash_attn_func
-    except Exception as error:
+        from flash_attn.flash_attn_interface import flash_attn_func  # noqa: F401
+    except Exception as error:  # noqa: BLE001
         return (f"flash_attn.flash_attn_interface does not import ({type(error).__name__}: {error}); the flash-attn "
                 "package has only a source distribution, whose CUDA build takes longer than a GPU-host command may run")
     return None

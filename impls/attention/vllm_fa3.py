@@ -9,9 +9,9 @@ from llmopt.impls.attention._layout import check_half_and_head_dim, flash_window
 
 def _available():
     try:
-        from vllm.vllm_flash_attn import flash_attn_varlen_func
+        from vllm.vllm_flash_attn import flash_attn_varlen_func  # noqa: F401
         from vllm.vllm_flash_attn.flash_attn_interface import is_fa_version_supported
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001
         return f"vllm.vllm_flash_attn does not import: {type(error).__name__}: {error}"
     if not is_fa_version_supported(3):
         return "vLLM reports FlashAttention-3 unsupported here (it needs Hopper, sm_90)"

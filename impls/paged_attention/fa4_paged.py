@@ -4,23 +4,10 @@
 from __future__ import annotations
 
 from llmopt.impls import register
+from llmopt.impls.attention._layout import check_half_and_head_dim
+from llmopt.impls.attention.fa4 import fa4_unavailable_reason
 
 HALF = ("float16", "bfloat16")
-
-
-def _available() -> str | None:
-    try:
-        import torch
-        from flash_attn.cute import flash_attn_varlen_func
-    except Exception as error:
-        return f"flash_attn.cute does not import: {type(error).__name__}: {error}"
-    if torch.cuda.get_device_capability()[0] < 9:
-        return "FlashAttention-4 paged KV needs sm_90 or newer"
-    return None
-
-
-def _unsupported(case):
-    return None if case.D % 8 == 0 and 8 <= case.D <= 256 else "head dim not a multiple of 8 in [8, 256]"
 
 
 def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
@@ -40,7 +27,7 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
 
 
 @register("paged_attention", "fa4_paged", kind="library", devices=("cuda",), requires=("flash_attn",),
-          available=_available, prepare=prepare, supports={"dtypes": HALF, "check": _unsupported},
+          available=fa4_unavailable_reason, prepare=prepare, supports={"dtypes": HALF, "check": check_half_and_head_dim},
           examples_budget={"cuda": 12})
 def fa4_paged(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     run, _ = prepare(q, k_cache, v_cache, block_table, seq_lens, scale=scale)

@@ -10,9 +10,9 @@ HALF = ("float16", "bfloat16")
 
 def _available() -> str | None:
     try:
-        from vllm.vllm_flash_attn import flash_attn_varlen_func
+        from vllm.vllm_flash_attn import flash_attn_varlen_func  # noqa: F401
         from vllm.vllm_flash_attn.flash_attn_interface import fa_version_unsupported_reason, is_fa_version_supported
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - any import failure (missing .so, CUDA mismatch) makes it unavailable
         return f"vllm.vllm_flash_attn does not import: {type(error).__name__}: {error}"
     if not is_fa_version_supported(3):
         return f"FlashAttention-3 unsupported here: {fa_version_unsupported_reason(3)}"

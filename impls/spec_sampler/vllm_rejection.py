@@ -7,8 +7,8 @@ from llmopt.impls import register
 
 def _available() -> str | None:
     try:
-        import vllm.v1.sample.rejection_sampler
-    except Exception as error:
+        import vllm.v1.sample.rejection_sampler  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - any import failure makes the impl unavailable, with its cause
         return f"vllm.v1.sample.rejection_sampler does not import: {type(error).__name__}: {error}"
     return None
 

@@ -54,7 +54,8 @@ def wrong_gqa_mapping(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 
 def _tiled(q, k, v, *, causal, scale, window, rescale_output=True, mask_padding=True, accumulate=torch.float32,
            block=16):
-    """Online-softmax tiling over key blocks of `block`, K/V zero-padded to a multiple of the block."""
+    """Online-softmax tiling over key blocks of `block`, K/V zero-padded to a multiple of the block; the result is in
+    the `accumulate` dtype (callers cast it back)."""
     B, Hq, N, D = q.shape
     M = k.shape[2]
     scale = D ** -0.5 if scale is None else scale
@@ -66,7 +67,7 @@ def _tiled(q, k, v, *, causal, scale, window, rescale_output=True, mask_padding=
     keep = torch.nn.functional.pad(_scores_mask(N, M, causal, window), (0, padded - M), value=not mask_padding)
     q = q.to(accumulate)
     m = torch.full((B, Hq, N, 1), float("-inf"), dtype=accumulate)
-    l = torch.zeros((B, Hq, N, 1), dtype=accumulate)
+    row_sum = torch.zeros((B, Hq, N, 1), dtype=accumulate)
     acc = torch.zeros((B, Hq, N, D), dtype=accumulate)
     for n0 in range(0, padded, block):
         s = (q @ k[:, :, n0:n0 + block].transpose(-1, -2)) * scale
@@ -75,11 +76,11 @@ def _tiled(q, k, v, *, causal, scale, window, rescale_output=True, mask_padding=
         m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
         p = torch.exp(s - m_safe)
         alpha = torch.exp(m - m_safe)
-        l = alpha * l + p.sum(-1, keepdim=True)
+        row_sum = alpha * row_sum + p.sum(-1, keepdim=True)
         acc = (alpha * acc if rescale_output else acc) + p @ v[:, :, n0:n0 + block]
         m = m_new
-    out = torch.where(l > 0, acc / torch.where(l > 0, l, torch.ones_like(l)), torch.zeros_like(acc))
-    return out.to(v.dtype if accumulate != torch.float32 else q.dtype).to(torch.promote_types(out.dtype, out.dtype))
+    seen = row_sum > 0
+    return torch.where(seen, acc / torch.where(seen, row_sum, torch.ones_like(row_sum)), torch.zeros_like(acc))
 
 
 def missing_rescale(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
