@@ -35,8 +35,9 @@ def _contract(technique: str):
         raise UsageError(str(error)) from None
 
 
-def _selected_impls(technique: str, names: list[str] | None, device: str):
-    """(runnable impls, [(name, reason)] unavailable ones). Explicit names must all be runnable (else UsageError)."""
+def _selected_impls(technique: str, names: list[str] | None, device: str, exclude=()):
+    """(runnable impls, [(name, reason)] unavailable ones): the named ones, which must all be runnable (else
+    UsageError), or every registered impl not in `exclude`."""
     from llmopt import impls as registry
 
     if names:
@@ -47,6 +48,8 @@ def _selected_impls(technique: str, names: list[str] | None, device: str):
             raise UsageError(str(error)) from None
     runnable, unavailable = [], []
     for name, impl in sorted(registry.discover(technique).items()):
+        if name in (exclude or ()):
+            continue
         reason = impl.unavailable_reason(device)
         (unavailable.append((name, reason)) if reason else runnable.append(impl))
     return runnable, unavailable
@@ -134,7 +137,7 @@ def _isolated(impls, command: list[str], extra: list[str]) -> bool | None:
     codes = []
     for impl in impls:
         argv = [sys.executable, "-m", "llmopt.bench.cli", *command, "--impl", impl.name, *extra]
-        codes.append(subprocess.run(argv, env=env).returncode)
+        codes.append(subprocess.run(argv, check=False, env=env).returncode)
         if codes[-1] not in (0, FAILED):
             console.print(f"[red]{impl.name}: its process ended with code {codes[-1]} (crash or fault)[/]")
     return all(code == 0 for code in codes)
@@ -146,7 +149,7 @@ def _flags(**values) -> list[str]:
 
 
 def verify_technique(technique: str, names, device: str, *, max_examples=None, seed=None, replay=None,
-                     only=None, record_to=None, record=False) -> bool:
+                     only=None, record_to=None, record=False, exclude=()) -> bool:
     from llmopt.bench.verify import verify
 
     contract = _contract(technique)
@@ -154,7 +157,7 @@ def verify_technique(technique: str, names, device: str, *, max_examples=None, s
         case = contract.case_from_json(replay) if replay else None
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
-    impls, unavailable = _selected_impls(technique, names, device)
+    impls, unavailable = _selected_impls(technique, names, device, exclude)
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}", markup=True)
         if record:
@@ -178,18 +181,20 @@ def verify_technique(technique: str, names, device: str, *, max_examples=None, s
 def cmd_verify(args) -> int:
     device = args.device or _default_device()
     ok = verify_technique(args.technique, args.impl, device, max_examples=args.max_examples, seed=args.seed,
-                          replay=args.replay, only=args.property, record_to=args.out, record=args.out is not None)
+                          replay=args.replay, only=args.property, record_to=args.out, record=args.out is not None,
+                          exclude=args.exclude)
     return 0 if ok else FAILED
 
 
 # ----------------------------------------------------------------------------------------------------------- bench
 
 
-def bench_technique(technique: str, names, device: str, *, quick: bool, out, cases=None, progress=None) -> list[dict]:
+def bench_technique(technique: str, names, device: str, *, quick: bool, out, cases=None, progress=None,
+                    exclude=()) -> list[dict]:
     from llmopt.bench.bench import run_bench
 
     contract = _contract(technique)
-    impls, unavailable = _selected_impls(technique, names, device)
+    impls, unavailable = _selected_impls(technique, names, device, exclude)
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -221,7 +226,8 @@ def _print_rows(technique: str, rows: list[dict]) -> None:
 
 def cmd_bench(args) -> int:
     device = args.device or _default_device()
-    bench_technique(args.technique, args.impl, device, quick=args.quick, out=args.out, cases=args.cases)
+    bench_technique(args.technique, args.impl, device, quick=args.quick, out=args.out, cases=args.cases,
+                    exclude=args.exclude)
     return 0
 
 
@@ -297,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="hold impls to their contract (hypothesis)")
     s.add_argument("technique")
     s.add_argument("--impl", action="append", help="a registered name or FILE.py:FUNC (repeatable)")
+    s.add_argument("--exclude", action="append", help="without --impl: leave this registered impl out (repeatable)")
     s.add_argument("--device", **device)
     s.add_argument("--max-examples", type=int, default=None, help="hypothesis examples per property")
     s.add_argument("--seed", type=int, default=None, help="explore with this seed instead of derandomized")
@@ -308,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="time impls: latency, TFLOP/s, GB/s, %% roofline, peak memory")
     s.add_argument("technique")
     s.add_argument("--impl", action="append")
+    s.add_argument("--exclude", action="append", help="without --impl: leave this registered impl out (repeatable)")
     s.add_argument("--device", **device)
     s.add_argument("--quick", action="store_true", help="small cases only")
     s.add_argument("--cases", default=None, help="only cases whose id matches this regular expression")

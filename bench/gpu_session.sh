@@ -8,9 +8,12 @@
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
 #   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
 #   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
-#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (needs git to read the carried
-#                                                .git; on 2026-11-25 it could not, see results/h100/logs)
-# Set LLMOPT_COMMIT=<sha> in the command when git cannot read the carried .git there: rows record it.
+#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (asv results for that commit)
+#   bench/gpu_session.sh OUT asv-at SHA [BENCH REGEX]  asv run for an earlier commit, checked out and installed beside
+#                                                the tree (its own suites, its own code), then llmopt reinstalled
+# asv and asv-at need a git repository: the carried .git, or, where git cannot read it, STAGE/llmopt.bundle (made with
+# `git bundle create .wheelhouse/cN/llmopt.bundle --all` and staged with the wheels). Set LLMOPT_COMMIT=<sha> in the
+# command when git cannot read the carried .git: benchmark rows record it.
 #   bench/gpu_session.sh OUT run SCRIPT ARGS...  any python module or script, output logged
 # Steps chain in one call: `... OUT install \; verify attention \; bench attention`. The whole call stops after
 # LLMOPT_BUDGET seconds (default 570, under a 10-minute command limit) and OUT/session.tgz is packed after every step,
@@ -29,7 +32,8 @@ keep=/tmp/llmopt-session            # survives between calls while the host stay
 stage=$keep/stage
 mkdir -p "$out" "$keep/results" "$keep/logs" "$stage"
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-git config --global --add safe.directory "*" 2>/dev/null  # the carried checkout belongs to another user
+# the carried checkout belongs to another user: trust it through the environment (no writable global config needed)
+export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0="*"
 cd "$repo"
 status=0
 
@@ -63,18 +67,43 @@ step() {
       llmopt "$name" "$@" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1 ;;
     asv)
       ensure_llmopt
-      local name; name=$(machine)
-      git rev-parse --verify HEAD >/dev/null 2>&1 || { echo "git cannot read the carried .git here:";
-        git rev-parse --verify HEAD 2>&1 | head -3; ls -la .git | head -5; } | tee "$log"
-      asv machine --yes --machine "$name" >>"$log" 2>&1
-      asv run -E existing:python3 --set-commit-hash "$(git rev-parse HEAD)" --launch-method spawn --machine "$name" \
-        ${1:+--bench "$1"} 2>&1 | tee -a "$log" | tail -30 || status=1
-      mkdir -p "$keep/results/asv" && cp -r results/asv/. "$keep/results/asv/" ;;
+      git_repo=$(readable_repo 2>"$log") || { cat "$log"; status=1; return; }
+      run_asv "$repo" "$(git -C "$git_repo" rev-parse HEAD)" "$@" 2>&1 | tee -a "$log" | tail -30 || status=1 ;;
+    asv-at)
+      local commit=${1:?asv-at needs a commit} tree=/tmp/llmopt-at; shift
+      git_repo=$(readable_repo 2>"$log") || { cat "$log"; status=1; return; }
+      rm -rf "$tree"; git -C "$git_repo" worktree add -f --detach "$tree" "$commit" >>"$log" 2>&1 || status=1
+      python3 -m pip install -q --no-build-isolation --no-deps -e "$tree" >>"$log" 2>&1 &&
+        run_asv "$tree" "$(git -C "$git_repo" rev-parse "$commit")" "$@" 2>&1 | tee -a "$log" | tail -30 || status=1
+      python3 -m pip install -q --no-build-isolation --no-deps -e . >>"$log" 2>&1 ;;
     run)
       ensure_llmopt
       python3 "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
     *) echo "unknown step $name"; status=2 ;;
   esac
+}
+
+readable_repo() {  # a git repository holding the tree's commits: the carried one, else a clone of the staged bundle
+  if git -C "$repo" rev-parse --verify -q HEAD >/dev/null 2>&1; then echo "$repo"; return; fi
+  { echo "git cannot read the carried .git:"; git -C "$repo" rev-parse --verify HEAD 2>&1 | head -3
+    ls -la "$repo/.git" | head -8; } >&2
+  [ -f "$stage/llmopt.bundle" ] || { echo "no $stage/llmopt.bundle to clone either" >&2; return 1; }
+  [ -d /tmp/llmopt-git ] || git clone -q "$stage/llmopt.bundle" /tmp/llmopt-git >&2 || return 1
+  echo /tmp/llmopt-git
+}
+
+run_asv() {  # run_asv TREE COMMIT [BENCH REGEX]: asv over the llmopt installed from TREE, results copied to keep
+  local tree=$1 commit=$2 name conf=asv.conf.json; shift 2
+  name=$(machine)
+  if [ "$git_repo" != "$repo" ]; then  # asv reads commits from the bundle's clone
+    conf=asv-host.conf.json; sed "s|\"repo\": \".\"|\"repo\": \"$git_repo\"|" "$tree/asv.conf.json" >"$tree/$conf"
+  fi
+  (cd "$tree" && asv machine --yes --machine "$name" >/dev/null &&
+   asv run --config "$conf" -E existing:python3 --set-commit-hash "$commit" --launch-method spawn \
+     --machine "$name" ${1:+--bench "$1"})
+  local code=$?
+  mkdir -p "$keep/results/asv" && cp -r "$tree/results/asv/." "$keep/results/asv/"
+  return $code
 }
 
 pack() { tar czf "$out/session.tgz" -C "$keep" results logs; }

@@ -121,7 +121,7 @@ def verify(contract: Contract, impl, device: str, *, impl_spec: str | None = Non
                 test = hypothesis_seed(seed)(test)
             try:
                 test()
-            except Exception:  # noqa: BLE001 - hypothesis re-raises the minimal failure; we kept it
+            except Exception:  # hypothesis re-raises the minimal failure; we kept it
                 if not failures:
                     raise
                 result.status, (result.case, result.message) = "fail", failures[-1]
