@@ -11,7 +11,7 @@
 #   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (asv results for that commit)
 #   bench/gpu_session.sh OUT asv-at SHA [BENCH REGEX]  asv run for an earlier commit, checked out and installed beside
 #                                                the tree (its own suites, its own code), then llmopt reinstalled
-# asv and asv-at need a git repository: the carried .git, or, where git cannot read it, STAGE/llmopt.bundle (made with
+# asv and asv-at need a git repository with the commit: the carried .git, or, where it lacks it, STAGE/llmopt.bundle (made with
 # `git bundle create .wheelhouse/cN/llmopt.bundle --all` and staged with the wheels). Set LLMOPT_COMMIT=<sha> in the
 # command when git cannot read the carried .git: benchmark rows record it.
 #   bench/gpu_session.sh OUT run SCRIPT ARGS...  any python module or script, output logged
@@ -67,11 +67,12 @@ step() {
       llmopt "$name" "$@" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1 ;;
     asv)
       ensure_llmopt
-      git_repo=$(readable_repo 2>"$log") || { cat "$log"; status=1; return; }
-      run_asv "$repo" "$(git -C "$git_repo" rev-parse HEAD)" "$@" 2>&1 | tee -a "$log" | tail -30 || status=1 ;;
+      local head=${LLMOPT_COMMIT:-$(git -C "$repo" rev-parse HEAD)}  # the tree's commit
+      git_repo=$(readable_repo "$head" 2>"$log") || { cat "$log"; status=1; return; }
+      run_asv "$repo" "$(git -C "$git_repo" rev-parse "$head")" "$@" 2>&1 | tee -a "$log" | tail -30 || status=1 ;;
     asv-at)
       local commit=${1:?asv-at needs a commit} tree=/tmp/llmopt-at; shift
-      git_repo=$(readable_repo 2>"$log") || { cat "$log"; status=1; return; }
+      git_repo=$(readable_repo "$commit" 2>"$log") || { cat "$log"; status=1; return; }
       rm -rf "$tree"; git -C "$git_repo" worktree add -f --detach "$tree" "$commit" >>"$log" 2>&1 || status=1
       python3 -m pip install -q --no-build-isolation --no-deps -e "$tree" >>"$log" 2>&1 &&
         run_asv "$tree" "$(git -C "$git_repo" rev-parse "$commit")" "$@" 2>&1 | tee -a "$log" | tail -30 || status=1
@@ -83,10 +84,10 @@ step() {
   esac
 }
 
-readable_repo() {  # a git repository holding the tree's commits: the carried one, else a clone of the staged bundle
-  if git -C "$repo" rev-parse --verify -q HEAD >/dev/null 2>&1; then echo "$repo"; return; fi
-  { echo "git cannot read the carried .git:"; git -C "$repo" rev-parse --verify HEAD 2>&1 | head -3
-    ls -la "$repo/.git" | head -8; } >&2
+readable_repo() {  # readable_repo COMMIT: a git repository holding COMMIT: the carried .git (a copy that may lag
+  local commit=$1  # behind the tree), else a clone of the staged bundle
+  if git -C "$repo" cat-file -e "$commit^{commit}" 2>/dev/null; then echo "$repo"; return; fi
+  echo "the carried .git has no commit $commit (HEAD there: $(git -C "$repo" rev-parse HEAD 2>&1 | head -1))" >&2
   [ -f "$stage/llmopt.bundle" ] || { echo "no $stage/llmopt.bundle to clone either" >&2; return 1; }
   [ -d /tmp/llmopt-git ] || git clone -q "$stage/llmopt.bundle" /tmp/llmopt-git >&2 || return 1
   echo /tmp/llmopt-git
