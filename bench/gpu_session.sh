@@ -8,7 +8,8 @@
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
 #   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
 #   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
-#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (asv results for that commit)
+#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (asv results for that commit;
+#                                                stopped after LLMOPT_ASV_TIMEOUT seconds, default 400, results kept)
 #   bench/gpu_session.sh OUT asv-at SHA [BENCH REGEX]  asv run for an earlier commit, checked out and installed beside
 #                                                the tree (its own suites, its own code), then llmopt reinstalled
 # asv and asv-at need a git repository with the commit: the carried .git, or, where it lacks it, STAGE/llmopt.bundle (made with
@@ -61,7 +62,7 @@ step() {
       ensure_llmopt; python3 -m pip list 2>/dev/null | grep -iE "flash|vllm|bitsandbytes|asv|llmopt|triton|^torch " | tee -a "$log" ;;
     test)
       ensure_llmopt
-      python3 -m pytest -q -x --junitxml="$keep/logs/junit.xml" "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
+      python3 -m pytest -q --junitxml="$keep/logs/junit.xml" "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
     verify|bench)
       ensure_llmopt
       llmopt "$name" "$@" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1 ;;
@@ -100,7 +101,7 @@ run_asv() {  # run_asv TREE COMMIT [BENCH REGEX]: asv over the llmopt installed 
     conf=asv-host.conf.json; sed "s|\"repo\": \".\"|\"repo\": \"$git_repo\"|" "$tree/asv.conf.json" >"$tree/$conf"
   fi
   (cd "$tree" && asv machine --yes --machine "$name" >/dev/null &&
-   asv run --config "$conf" -E existing:python3 --set-commit-hash "$commit" --launch-method spawn \
+   timeout -k 5 "${LLMOPT_ASV_TIMEOUT:-400}" asv run --config "$conf" -E existing:python3 --set-commit-hash "$commit" --launch-method spawn \
      --machine "$name" ${1:+--bench "$1"})
   local code=$?
   mkdir -p "$keep/results/asv" && cp -r "$tree/results/asv/." "$keep/results/asv/"
