@@ -288,6 +288,16 @@ def cmd_claims(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    from llmopt.bench.history import gate
+    from llmopt.bench.machine import machine_name
+
+    try:
+        return gate(Path(args.root), args.machine or machine_name(_default_device()), args.threshold)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 
 
@@ -336,6 +346,12 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("claims", help="the seed's claims, recomputed -> results/claims.md")
     s.add_argument("--out", default=str(_repo_root() / "results" / "claims.md"))
     s.set_defaults(func=cmd_claims)
+
+    s = sub.add_parser("gate", help="exit 1 when the newest commit's normalised figures regressed (speedup, %% roofline)")
+    s.add_argument("--machine", default=None, help="results/<machine> to check (default: this machine's)")
+    s.add_argument("--root", default=str(_repo_root() / "results"))
+    s.add_argument("--threshold", type=float, default=0.10, help="relative drop that fails (default 0.10)")
+    s.set_defaults(func=cmd_gate)
     return p
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from llmopt.bench.asv._suite import technique_suite
+from llmopt.bench.asv._suite import IMPLS_ENV, technique_suite
 from llmopt.impls import discover
 from llmopt.reference.attention import CONTRACT
 
@@ -29,6 +29,7 @@ def test_asv_runs_the_attention_suite(tmp_path):
                   results_dir=str(tmp_path / "results"), html_dir=str(tmp_path / "html"), env_dir=str(tmp_path / "env"))
     (tmp_path / "asv.conf.json").write_text(json.dumps(config))
     env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop(IMPLS_ENV, None)  # every impl, whatever the caller's shell chose
 
     def asv(*args):
         return subprocess.run(["asv", *args], check=False, cwd=tmp_path, env=env, capture_output=True, text=True,
@@ -52,6 +53,7 @@ def test_asv_runs_the_attention_suite(tmp_path):
 
 def test_suite_on_cuda_tracks_memory_on_the_chosen_cases(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # params only: nothing runs
+    monkeypatch.delenv(IMPLS_ENV, raising=False)
     suite = technique_suite("attention", on_cuda=lambda case: case.N == 4096)
 
     impls, cases, modes = suite.params

@@ -1,10 +1,12 @@
 """Every contract over every impl available here: each impl holds the whole contract within verify's default
-budget; every known-wrong impl in tests/known_wrong/<technique>.py is rejected by `llmopt verify` (exit 1), and every
+budget (on CUDA each in its own process, known library failures expected); every known-wrong impl in tests/known_wrong/<technique>.py is rejected by `llmopt verify` (exit 1), and every
 correct one in tests/known_right/<technique>.py passes (exit 0)."""
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,11 +22,31 @@ HERE = Path(__file__).parent
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+_PADDED_VIEW_FAULT = "misaligned-address fault on q/k/v that are views at an offset into a larger buffer (padded_view)"
+# Library impls the contract rejects on the GPU host (findings recorded in results/h100/verify.jsonl). Expected to fail
+# there; strict, so a library release that fixes one turns the test red until its entry goes.
+KNOWN_LIBRARY_FAILURES = {
+    ("attention", "sdpa_flash"): f"torch SDPA flash backend: {_PADDED_VIEW_FAULT}",
+    ("attention", "sdpa_efficient"): f"torch SDPA memory-efficient backend: {_PADDED_VIEW_FAULT}",
+    ("attention", "sdpa_cudnn"): "torch SDPA cuDNN backend: NaN outputs on padded_view inputs",
+    ("attention", "fa4"): "FlashAttention-4: dq wrong at head dim 40 with GQA and causal N != M",
+}
+
+
 def _available():
-    """(technique, impl, device) for every impl that runs here; CUDA ones carry the gpu mark."""
-    return [pytest.param(t, name, device, marks=[pytest.mark.gpu] if device == "cuda" else [])
-            for device in DEVICES for t in sorted(contracts()) for name, impl in sorted(discover(t).items())
-            if impl.unavailable_reason(device) is None]
+    """(technique, impl, device) for every impl that runs here; CUDA ones carry the gpu mark, and known library
+    failures on CUDA an xfail with the finding."""
+    params = []
+    for device in DEVICES:
+        for t in sorted(contracts()):
+            for name, impl in sorted(discover(t).items()):
+                if impl.unavailable_reason(device) is not None:
+                    continue
+                marks = [pytest.mark.gpu] if device == "cuda" else []
+                if device == "cuda" and (t, name) in KNOWN_LIBRARY_FAILURES:
+                    marks.append(pytest.mark.xfail(reason=KNOWN_LIBRARY_FAILURES[t, name], strict=True))
+                params.append(pytest.param(t, name, device, marks=marks))
+    return params
 
 
 def _user_functions(folder: str):
@@ -40,6 +62,12 @@ def _user_functions(folder: str):
 
 @pytest.mark.parametrize("technique,name,device", _available())
 def test_registered_impl_holds_its_contract(technique, name, device):
+    if device == "cuda":  # own process, as `llmopt verify` does on CUDA: a kernel's sticky fault fails only that impl
+        verified = subprocess.run([sys.executable, "-m", "llmopt.bench.cli", "verify", technique, "--impl", name,
+                                   "--device", "cuda"], capture_output=True, text=True, check=False)
+        assert verified.returncode == 0, (verified.stdout + verified.stderr)[-4000:]
+        assert "  pass " in verified.stdout  # at least one property held
+        return
     contract = contracts()[technique]
     outcome = verify(contract, discover(technique)[name], device)
     failures = [f"{p.name}: {p.message}\n  {p.replay}" for p in outcome.properties if p.status == "fail"]

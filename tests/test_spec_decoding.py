@@ -271,6 +271,7 @@ def test_vllm_is_unavailable_here_with_its_reason():
 
 def test_asv_suite_params_on_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("LLMOPT_ASV_IMPLS", raising=False)  # every impl, whatever the caller's shell chose
     suite = technique_suite("spec_sampler", on_cuda=lambda case: case.V == 128256)
     impls, cases, modes = suite.params
     assert impls == ["torch_batched", "triton_rejection", "vllm_rejection"] and modes == ["fwd"]
@@ -299,14 +300,14 @@ def test_hf_assisted_greedy_is_target_greedy():
 
 def test_e2e_script_writes_rows_and_the_claim_reads_them(tmp_path):
     rows = spec_e2e.run_e2e(tmp_path / "local", pairs=("damped_self_draft",), ks=(2,), new_tokens=6, reps=0,
-                            quick=True, dtype=torch.float64, progress=lambda line: None)
+                            device="cpu", quick=True, dtype=torch.float64, progress=lambda line: None)
     assert [(r["pair"], r["mode"], r["k"]) for r in rows] == [("damped_self_draft", "greedy", 2),
                                                               ("damped_self_draft", "sample", 2)]
     for row in rows:
         assert row["predicted_tokens_per_step"] == spec.expected_tokens_per_step(row["alpha"], 2)
         assert 1 <= row["tokens_per_step"] <= 3 and row["tokens_per_s"] > 0
     assert rows[0]["equals_target_greedy"]
-    spec_e2e.run_e2e(tmp_path / "local", pairs=("independent",), ks=(1,), new_tokens=4, reps=0, quick=True,
+    spec_e2e.run_e2e(tmp_path / "local", pairs=("independent",), ks=(1,), new_tokens=4, reps=0, device="cpu", quick=True,
                      dtype=torch.float64, progress=lambda line: None)  # another pair: the earlier rows are kept
     pairs = [row["pair"] for row in json.loads((tmp_path / "local" / spec_e2e.RESULT_FILE).read_text())["rows"]]
     assert pairs == ["damped_self_draft"] * 2 + ["independent"] * 2
