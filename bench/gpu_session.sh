@@ -62,7 +62,7 @@ step() {
       ensure_llmopt; python3 -m pip list 2>/dev/null | grep -iE "flash|vllm|bitsandbytes|asv|llmopt|triton|^torch " | tee -a "$log" ;;
     test)
       ensure_llmopt
-      python3 -m pytest -q --junitxml="$keep/logs/junit.xml" "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
+      python3 -m pytest --junitxml="$keep/logs/junit.xml" "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
     verify|bench)
       ensure_llmopt
       llmopt "$name" "$@" --device cuda --out "$keep/results/$(machine)" 2>&1 | tee -a "$log" || status=1 ;;
