@@ -9,7 +9,8 @@ from pathlib import Path
 
 from llmopt.bench.results import read_rows, read_verify_rows
 
-BASELINE_IMPL = {"attention": "sdpa_flash"}  # else the first impl found in the rows
+BASELINE_IMPL = {"attention": "sdpa_flash", "paged_attention": "vllm_fa3", "nf4_matmul": "bnb_matmul_4bit",
+                 "lora": "peft_lora", "spec_sampler": "torch_batched"}  # else the first impl found in the rows
 LENGTH_FIELDS = ("N", "M")  # a case field plotted as the x axis, the first present
 BATCH_FIELDS = ("B", "seed")  # bench cases scale the batch with the length: lines join cases differing only in these
 
