@@ -40,7 +40,7 @@ def _expand_kv(k: torch.Tensor, Hq: int) -> torch.Tensor:
 def attention(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Naive attention. q: (B, Hq, N, D); k, v: (B, Hkv, M, D) -> (B, Hq, N, D), computed in q's dtype.
     A query row with no visible key is zero."""
-    B, Hq, N, D = q.shape
+    _, Hq, N, D = q.shape
     M = k.shape[2]
     scale = D**-0.5 if scale is None else scale
     k, v = _expand_kv(k, Hq), _expand_kv(v, Hq)  # (B, Hq, M, D)
@@ -120,7 +120,7 @@ def check_qkv(call: Call) -> None:
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number or None (D ** -0.5), got {scale!r}")
     if not isinstance(call.kwargs.get("causal", False), bool):
-        raise ValueError(f"causal must be a bool, got {call.kwargs['causal']!r}")
+        raise ValueError(f"causal must be a bool, got {call.kwargs['causal']!r}")  # noqa: TRY004 - the contract's errors are ValueErrors
 
 
 # --------------------------------------------------------------------------------------------------- the cases
@@ -314,7 +314,7 @@ def score_conditioning(case: AttentionCase, device: str) -> float:
 
 
 def matches_reference(impl, case, device):
-    call, out = _call_impl(impl, case, device)
+    _, out = _call_impl(impl, case, device)
     (stick, _), (eager, _) = ORACLE(case, device, False)
     magnitude = float(stick.abs().max()) * score_conditioning(case, device)
     return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype), eager_float32=_eager32(case, device),

@@ -441,8 +441,8 @@ LORA_QUICK_CASES = [LoraCase((tokens,), 512, 512, 16, 2.0, "float32", x_requires
 
 # --------------------------------------------------------------------------------------------------- claims
 
-LLAMA_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                num_key_value_heads=32, vocab_size=32000)
+LLAMA_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+                "num_key_value_heads": 32, "vocab_size": 32000}
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SEED_PERCENT = {8: "~0.2%", 16: "0.42% (29.4M)", 32: "~0.8%", 64: "~1.6%"}
 GB = 1e9

@@ -325,7 +325,7 @@ def cases(impl, mode: str):
     GQA/MQA, several block sizes; only what the impl supports ("interpret": tiny, no bfloat16)."""
     from hypothesis import strategies as st
 
-    on, small, dtypes = drawing(impl, mode, ("float32", "float16", "bfloat16", "float64"))
+    on, _, dtypes = drawing(impl, mode, ("float32", "float16", "bfloat16", "float64"))
     block_sizes = {"interpret": [4, 8, 16], "cpu": [1, 3, 4, 8, 16, 32], "cuda": [8, 16, 32, 64, 128, 256]}[mode]
     head_dims = {"interpret": [16, 32], "cpu": [8, 16, 40, 64, 128], "cuda": [64, 128, 256]}[mode]
     most_tokens = {"interpret": 80, "cpu": 640, "cuda": 8192}[mode]

@@ -107,7 +107,7 @@ def qlora_make_call(case: QLoraCase, device: str) -> Call:
 def qlora_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    on, small, dtypes = drawing(impl, mode)
+    on, _, dtypes = drawing(impl, mode)
 
     @st.composite
     def build(draw):

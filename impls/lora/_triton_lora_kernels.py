@@ -118,8 +118,8 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
     t, e = low_rank if low_rank is not None else (a, b)  # placeholders, never read without the low-rank term
     R = t.shape[1] if low_rank is not None else 0
     args = (a, b, t, e, c, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
-    constexprs = dict(HAS_LOW_RANK=R > 0, DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
-                      BLOCK_R=max(16, triton.next_power_of_2(min(R, 64))), GROUP_M=_GROUP_M)
+    constexprs = {"HAS_LOW_RANK": R > 0, "DOT_PRECISION": "ieee" if a.dtype == torch.float32 else "tf32",
+                      "BLOCK_R": max(16, triton.next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
     tile = _fixed_tile(M, N, K, a.dtype)
     if tile is None:
         kernel = _AUTOTUNED["skinny" if M <= _SKINNY_MAX_M else "wide"]

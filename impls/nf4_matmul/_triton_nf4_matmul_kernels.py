@@ -245,11 +245,11 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     address = table.data_ptr()
     args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, M, N, K, *x2.stride(),
             K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
-    constexprs = dict(
-        BLOCKSIZE=state.blocksize, DOUBLE_QUANT=state.double_quant, DQ_BLOCKSIZE=DQ_BLOCKSIZE,
-        PATH="dot" if use_dot else "words" if pairs else "bytes", X_PAIRS=_PAIR_FORMATS[x.dtype] if pairs else "none",
-        WORD_DOT_ASM="" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[x.dtype]],
-        DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", BLOCK_M=_DOT_BLOCK_M if use_dot else 1)
+    constexprs = {
+        "BLOCKSIZE": state.blocksize, "DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
+        "PATH": "dot" if use_dot else "words" if pairs else "bytes", "X_PAIRS": _PAIR_FORMATS[x.dtype] if pairs else "none",
+        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[x.dtype]],
+        "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
     tokens = triton.cdiv(M, _DOT_BLOCK_M) if use_dot else M
     tile = _fixed_tile(use_dot, N, K, x.dtype, state.blocksize)
     if tile is None:
