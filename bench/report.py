@@ -1,13 +1,15 @@
 """Renders a results folder into REPORT.md: the verification matrix (technique x impl, the latest status per machine),
 then per technique and machine the latest commit's benchmark table (latency, TFLOP/s, GB/s, % of roofline, peak
-memory, margin), speedups over a baseline impl, and PNG plots under plots/: TFLOP/s against the sequence length when
+memory, margin), speedups over a baseline impl, the contract's performance goals checked, and PNG plots under plots/: TFLOP/s against the sequence length when
 the cases have a length field (N or M), else % of roofline per case."""
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
+from llmopt.bench.goals import goal_lines
 from llmopt.bench.results import read_rows, read_verify_rows
+from llmopt.reference import get_contract
 
 BASELINE_IMPL = {"attention": "sdpa_flash", "paged_attention": "vllm_fa3", "nf4_matmul": "bnb_matmul_4bit",
                  "lora": "peft_lora", "spec_sampler": "torch_batched"}  # else the first impl found in the rows
@@ -171,6 +173,7 @@ def _bench_section(technique: str, machine: str, rows: list[dict], root: Path) -
     baseline, speedups = _speedup_table(technique, rows, label)
     lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
     lines += speedups
+    lines += goal_lines(get_contract(technique), rows, label)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         path = root / "plots" / f"{technique}-{machine}-{mode}.png"
         _plot([r for r in rows if r["mode"] == mode], f"{technique} {mode} on {machine}", path)

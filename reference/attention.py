@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Goal, Property, PropertyFailed, drawing, dtype_of
 
 # --------------------------------------------------------------------------------------------------- the reference
 
@@ -480,6 +480,12 @@ def claims() -> list[Claim]:
     return ledger
 
 
+# The foundation's target for the in-house kernel: at least FlashAttention-2 (SDPA's flash backend) on every bench
+# shape, forward and backward.
+GOALS = tuple(Goal(f"triton_flash.vs_fa2.{mode}", f"triton_flash {mode} >= 1.0x SDPA flash (FlashAttention-2) on every "
+                   "bench shape", "triton_flash", "speedup", 1.0, baseline="sdpa_flash",
+                   applies=lambda case, m, mode=mode: m == mode) for mode in ("fwd", "bwd"))
+
 CONTRACT = Contract(
     name="attention",
     reference=attention,
@@ -494,6 +500,7 @@ CONTRACT = Contract(
     features=features,
     feature_names=FEATURES,
     claims=claims,
+    goals=GOALS,
     examples=examples,
     bench_modes=("fwd", "bwd"),
 )

@@ -100,6 +100,34 @@ class Claim:
             raise ValueError(f"claim {self.id}: a {self.verdict} claim needs our figure")
 
 
+FIGURES = ("speedup", "roofline_pct")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A performance target for an impl (an issue's goal), checked by `llmopt report` on each machine's newest rows.
+
+    figure:    "speedup": the baseline's median latency over the impl's on the same case and mode, or
+               "roofline_pct": the impl's % of the roofline measured in that run.
+    baseline:  for "speedup", an impl name, or "best library": the fastest impl of kind library or torch on the case.
+    applies:   (case, mode) -> bool, the bench cases the goal covers (all by default).
+    The goal is met when every covered case measured reaches `threshold`."""
+
+    id: str
+    statement: str
+    impl: str
+    figure: str
+    threshold: float
+    baseline: str | None = None
+    applies: Callable[[Any, str], bool] = lambda case, mode: True
+
+    def __post_init__(self):
+        if self.figure not in FIGURES:
+            raise ValueError(f"goal {self.id}: figure {self.figure!r} is not one of {FIGURES}")
+        if (self.figure == "speedup") != (self.baseline is not None):
+            raise ValueError(f"goal {self.id}: a speedup goal names a baseline, a roofline goal none")
+
+
 @dataclass
 class Contract:
     """What a technique IS, for every impl of it.
@@ -119,6 +147,7 @@ class Contract:
     examples_budget: {mode: examples per property} where a technique's cases are costlier than verify's default.
     features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
     claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
+    goals:          performance targets of the in-house impls (Goal), checked in the report against the libraries.
     examples:       (mode) -> fixed cases run before hypothesis explores (the regression grid).
     """
 
@@ -135,6 +164,7 @@ class Contract:
     features: Callable[[Any], set[str]]
     feature_names: tuple[str, ...]
     claims: Callable[[], list[Claim]] = list
+    goals: tuple[Goal, ...] = ()
     examples: Callable[[str], list] = lambda mode: []
     max_bench_cpu_flops: float = 2e9
     bench_modes: tuple[str, ...] = ("fwd",)

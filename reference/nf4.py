@@ -11,7 +11,18 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Outcome, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import (
+    Call,
+    Claim,
+    Contract,
+    Cost,
+    Goal,
+    Outcome,
+    Property,
+    PropertyFailed,
+    drawing,
+    dtype_of,
+)
 from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
 
 TINY = torch.finfo(torch.float32).tiny  # a block whose absmax is below this is degenerate (all zero in practice)
@@ -661,11 +672,20 @@ NF4_CONTRACT = Contract(
     features=nf4_features, feature_names=("double_quant", "block_spans_rows"), claims=nf4_claims, examples=nf4_examples,
     examples_budget={"cpu": 12, "interpret": 4})
 
+# The PEFT issue's goals for the in-house fused NF4 matmul, same run.
+NF4_MATMUL_GOALS = (
+    Goal("triton_nf4_matmul.vs_bnb", "triton_nf4_matmul >= 2x bitsandbytes matmul_4bit on every bench shape",
+         "triton_nf4_matmul", "speedup", 2.0, baseline="bnb_matmul_4bit"),
+    Goal("triton_nf4_matmul.copy_bandwidth", "triton_nf4_matmul >= 75% of the measured copy bandwidth at 28672 x 8192",
+         "triton_nf4_matmul", "roofline_pct", 75.0, applies=lambda case, mode: (case.N, case.K) == (28672, 8192)
+         and case.batch == (1,)),
+)
+
 NF4_MATMUL_CONTRACT = Contract(
     name="nf4_matmul", reference=nf4_matmul, validate=check_nf4_matmul_call, case_type=NF4MatmulCase,
     cases=nf4_matmul_cases, make_call=nf4_matmul_make_call, properties=NF4_MATMUL_PROPERTIES,
     bench_cases=NF4_MATMUL_BENCH_CASES, quick_cases=NF4_MATMUL_QUICK_CASES, cost=nf4_matmul_cost,
     features=nf4_matmul_features, feature_names=("double_quant", "k_not_multiple_of_blocksize", "strided"),
-    examples=nf4_matmul_examples, examples_budget={"cpu": 12, "interpret": 4})
+    examples=nf4_matmul_examples, examples_budget={"cpu": 12, "interpret": 4}, goals=NF4_MATMUL_GOALS)
 
 CONTRACTS = [NF4_CONTRACT, NF4_MATMUL_CONTRACT]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import Call, Claim, Contract, Cost, Goal, Property, PropertyFailed, drawing, dtype_of
 
 # --------------------------------------------------------------------------------------------------- block manager
 
@@ -661,6 +661,35 @@ def claims() -> list[Claim]:
     return ledger
 
 
+def kv_bytes(case: PagedCase) -> int:
+    """Bytes of K and V the case's sequences hold."""
+    return 2 * sum(case.seq_lens) * case.Hkv * case.D * dtype_of(case.dtype).itemsize
+
+
+MIB, GIB = 2**20, 2**30
+
+
+def _in_band(case) -> bool:
+    return 64 * MIB <= kv_bytes(case) <= GIB
+
+
+def _long_single(case) -> bool:
+    return case.B == 1 and max(case.seq_lens) >= 16384
+
+
+# The inference issue's goals for the in-house kernel, same run.
+GOALS = (
+    Goal("triton_paged.copy_bandwidth", "triton_paged >= 85% of the measured copy bandwidth with >= 1 GiB of K/V",
+         "triton_paged", "roofline_pct", 85.0, applies=lambda case, mode: kv_bytes(case) >= GIB),
+    Goal("triton_paged.vs_fa3", "triton_paged >= 1.0x vLLM FA3 from 64 MiB to 1 GiB of K/V", "triton_paged",
+         "speedup", 1.0, baseline="vllm_fa3", applies=lambda case, mode: _in_band(case)),
+    Goal("triton_paged.split_kv", "triton_paged >= 1.1x vLLM FA3 at batch 1, context >= 16k (split-KV)",
+         "triton_paged", "speedup", 1.1, baseline="vllm_fa3", applies=lambda case, mode: _long_single(case)),
+    Goal("triton_paged.elsewhere", "triton_paged within 5% of the best library on the other cases", "triton_paged",
+         "speedup", 0.95, baseline="best library",
+         applies=lambda case, mode: not _in_band(case) and not _long_single(case)),
+)
+
 CONTRACT = Contract(
     name="paged_attention",
     reference=paged_attention,
@@ -675,6 +704,7 @@ CONTRACT = Contract(
     features=features,
     feature_names=FEATURES,
     claims=claims,
+    goals=GOALS,
     examples=examples,
     examples_budget={"cpu": 20},
 )
