@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from llmopt.bench.machine import describe, measure_peaks
 from llmopt.bench.results import append_rows, results_dir
-from llmopt.bench.timing import peak_memory_mb, time_fn
+from llmopt.bench.timing import peak_memory_mb, time_fn, time_gpu_graph
 from llmopt.impls import Unsupported
 from llmopt.reference.contract import Call, Outcome, PropertyFailed
 
@@ -115,15 +115,24 @@ def margin(contract, impl, case, mode: str, device: str) -> float | str | None:
 
 
 def _timed(impl, call: Call, mode: str, device: str, frozen: tuple[int, ...] = ()):
-    """(Timing, peak MB) of the timed call; its inputs and graph are freed on return."""
+    """(Timing, peak MB, {"latency_ms_graph", "graph_note"}) of the timed call: on CUDA also replayed from a CUDA graph
+    (median ms, or None with the reason: capture failed, CPU, or a backward); its inputs and graph are freed on
+    return."""
     run = timed_call(impl, call, mode, frozen)
-    return time_fn(run, device), peak_memory_mb(run, device)
+    timing, memory = time_fn(run, device), peak_memory_mb(run, device)
+    graph = {"latency_ms_graph": None, "graph_note": "CPU" if device != "cuda" else None}
+    if device == "cuda" and mode == "bwd":  # autograd runs backward kernels on the forward's stream, not the capture's
+        graph["graph_note"] = "backward: not captured"
+    elif device == "cuda":
+        replayed, graph["graph_note"] = time_gpu_graph(run)
+        graph["latency_ms_graph"] = None if replayed is None else replayed.median_ms
+    return timing, memory, graph
 
 
 def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict, peaks: dict) -> dict:
     """One result row (ARCHITECTURE.md's schema) for `impl` on `case` in `mode`; `call` holds the validated inputs,
     `info` is machine.describe(device), `peaks` machine.measure_peaks(device)."""
-    timing, memory = _timed(impl, call, mode, device, contract.frozen_args)
+    timing, memory, graph = _timed(impl, call, mode, device, contract.frozen_args)
     cost = contract.cost(case, mode)
     ms = timing.median_ms
     roofline_ms = max(cost.flops / peaks["matmul_tflops"] / 1e9, cost.bytes / peaks["copy_gbps"] / 1e6)
@@ -131,7 +140,7 @@ def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict
         "technique": contract.name, "impl": impl.name, "case": dataclasses.asdict(case),
         "case_id": contract.case_id(case), "mode": mode, "device": device, "gpu": info["gpu"],
         "dtype": getattr(case, "dtype", None), "latency_ms": ms, "latency_ms_p20": timing.p20_ms,
-        "latency_ms_p80": timing.p80_ms, "tflops": cost.flops / ms / 1e9, "gbps": cost.bytes / ms / 1e6,
+        "latency_ms_p80": timing.p80_ms, **graph, "tflops": cost.flops / ms / 1e9, "gbps": cost.bytes / ms / 1e6,
         "roofline_pct": 100 * roofline_ms / ms, "peak_mem_mb": memory,
         "margin": margin(contract, impl, case, mode, device), "commit": info["commit"], "machine": info["machine"],
         "versions": info["versions"],

@@ -1,6 +1,8 @@
 """Timing of one zero-argument callable, in milliseconds: CUDA events with an L2 flush before every repetition on the
 GPU (triton.testing.do_bench's method, written here so it runs without triton), time.perf_counter on the CPU;
-each returns the median and the 20th/80th percentiles. Also the peak memory one call allocates on the GPU."""
+each returns the median and the 20th/80th percentiles. On the GPU also the same call replayed from a CUDA graph (the
+kernels without the host's launch cost, as a serving engine that captures its decode step sees them), and the peak
+memory one call allocates."""
 from __future__ import annotations
 
 import time
@@ -60,6 +62,30 @@ def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, re
         end.record()
     torch.cuda.synchronize()
     return _summary([start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)])
+
+
+def time_gpu_graph(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+                   reps: int | None = None) -> tuple[Timing | None, str | None]:
+    """(time_gpu of replaying `fn` captured in a CUDA graph, None), or (None, why) when `fn` cannot be captured (it
+    synchronizes, reads a device value on the host, ...). `fn` runs a few times on a side stream first, so that lazy
+    work (compilation, autotuning, allocator growth) happens before the capture, as torch.cuda.graph's docs ask."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            fn()
+        return time_gpu(graph.replay, warmup_ms=warmup_ms, rep_ms=rep_ms, reps=reps), None
+    except Exception as error:  # noqa: BLE001 - any capture failure is reported with the row, never fatal
+        torch.cuda.synchronize()
+        return None, f"{type(error).__name__}: {error}"[:300]
+    finally:
+        del graph
+        torch.cuda.empty_cache()
 
 
 def time_cpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:

@@ -14,7 +14,7 @@ from llmopt.impls import Impl, discover
 from llmopt.reference.attention import CONTRACT, AttentionCase, attention
 
 ROW_FIELDS = {"technique", "impl", "case", "case_id", "mode", "device", "gpu", "dtype", "latency_ms", "latency_ms_p20",
-              "latency_ms_p80", "tflops", "gbps", "roofline_pct", "peak_mem_mb", "margin", "commit", "machine",
+              "latency_ms_p80", "latency_ms_graph", "graph_note", "tflops", "gbps", "roofline_pct", "peak_mem_mb", "margin", "commit", "machine",
               "versions", "peaks", "time"}
 TINY = AttentionCase(B=1, Hq=2, Hkv=1, N=33, M=33, D=16, causal=True)
 
@@ -43,6 +43,7 @@ def test_run_bench_rows_follow_the_schema(tmp_path):
         assert row["gbps"] == pytest.approx(cost.bytes / row["latency_ms"] / 1e6)
         assert 0 < row["roofline_pct"] < 1000  # far beyond 100 would mean wrong units
         assert row["peak_mem_mb"] is None  # no allocator counter on CPU
+        assert (row["latency_ms_graph"], row["graph_note"]) == (None, "CPU")  # CUDA graphs: GPU only
         assert 0 <= row["margin"] <= 1  # matches_reference (fwd), grads_match_reference (bwd)
         assert {"python", "torch", "triton"} <= set(row["versions"])
         assert row["time"].endswith("Z")
