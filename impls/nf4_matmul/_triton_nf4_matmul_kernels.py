@@ -183,10 +183,15 @@ class Tile(NamedTuple):
 
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
 # of codes per thread per row per step, rows wrapping so a thread reuses its decoded x for two rows; thousands of
-# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles.
+# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles. On the H100
+# (2026-11-25) the dot path ran 3-5x behind bitsandbytes with tiles of several quantization blocks per step; a suspect
+# (not profiled yet) is their [rows, blocks, bytes] -> [rows, bytes] reshape, a layout change on top of the dot's own
+# operand conversion. One-block-per-step tiles (BLOCK_K = 64: one absmax per row, nothing to reshape) are candidates
+# too, for the autotuner to weigh.
 _GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
                Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
-_DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4)]
+_DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4),
+              Tile(64, 64, 4, 4), Tile(128, 64, 4, 4), Tile(128, 64, 8, 3), Tile(256, 64, 8, 3)]
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1), True: Tile(16, 64, 4, 1)}  # several programs and K steps when tiny
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
 _AUTOTUNE_MIN_WEIGHT = 1 << 22  # N·K below which the first candidate runs instead of autotuning (verification shapes)
