@@ -94,7 +94,7 @@ def qlora_features(case: QLoraCase) -> set[str]:
 
 def qlora_make_call(case: QLoraCase, device: str) -> Call:
     dtype = dtype_of(case.dtype)
-    W = random_weight(case.n_out, case.n_in, "normal", case.n_in**-0.5, case.seed).to(device=device, dtype=dtype)
+    W = random_weight(case.n_out, case.n_in, "normal", case.n_in**-0.5, case.seed, device).to(dtype=dtype)
     state = nf4_quantize(W, blocksize=case.blocksize, double_quant=case.double_quant)
     gen = torch.Generator().manual_seed(case.seed + 1)
     x = random_tensor(gen, *case.batch, case.n_in).to(device=device, dtype=dtype)
