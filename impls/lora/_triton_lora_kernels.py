@@ -79,7 +79,14 @@ _SKINNY = [Tile(16, 32, 256, 4, 4), Tile(16, 64, 256, 4, 4), Tile(16, 64, 128, 4
            Tile(32, 64, 128, 4, 4)]
 _WIDE = [Tile(128, 128, 64, 4, 4), Tile(128, 128, 64, 8, 3), Tile(128, 256, 64, 8, 3), Tile(64, 128, 64, 4, 4),
          Tile(128, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3)]
+# A rank-wide output with many rows (the shrink t = x·Aᵀ at many tokens, the backward's dB = dyᵀ·t: N = r): 128-wide
+# N tiles padded r = 16 eightfold and left a few dozen programs (the H100's LoRA backward at 8192 tokens ran 1.6x behind
+# peft), so narrow N tiles and more of them along M.
+_NARROW = [Tile(64, 16, 128, 4, 4), Tile(128, 16, 128, 4, 4), Tile(64, 32, 128, 4, 4), Tile(32, 16, 256, 4, 4),
+           Tile(128, 32, 64, 4, 4)]
+_FAMILIES = {"skinny": _SKINNY, "narrow": _NARROW, "wide": _WIDE}
 _SKINNY_MAX_M = 32
+_NARROW_MAX_N = 64
 _FLOAT32_TILE = Tile(32, 32, 32, 4, 2)  # IEEE fp32 dots run on CUDA cores: small tiles, no spills
 _INTERPRETER_TILE = Tile(16, 32, 16, 4, 1)  # several programs and K steps on tiny problems
 _AUTOTUNE_MIN_WORK = 1 << 27  # M·N·K below which the first candidate runs instead of autotuning (verification shapes)
@@ -94,7 +101,11 @@ def _config(tile: Tile) -> triton.Config:
 # The autotuner keys on the problem (M, N, K) and the tensors' dtypes only, not on HAS_LOW_RANK: a call with the low-rank
 # term and one without run the same tile, so B = 0 reproduces the no-adapter output bit for bit.
 _AUTOTUNED = {name: triton.autotune(configs=[_config(t) for t in tiles], key=["M", "N", "K"])(_gemm_lowrank_kernel)
-              for name, tiles in (("skinny", _SKINNY), ("wide", _WIDE))}
+              for name, tiles in _FAMILIES.items()}
+
+
+def _family(M: int, N: int) -> str:
+    return "skinny" if M <= _SKINNY_MAX_M else "narrow" if N <= _NARROW_MAX_N else "wide"
 
 
 def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
@@ -103,7 +114,7 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
     if dtype == torch.float32:
         return _FLOAT32_TILE
     if M * N * K < _AUTOTUNE_MIN_WORK:
-        return (_SKINNY if M <= _SKINNY_MAX_M else _WIDE)[0]
+        return _FAMILIES[_family(M, N)][0]
     return None
 
 
@@ -122,7 +133,7 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
                       "BLOCK_R": max(16, triton.next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
     tile = _fixed_tile(M, N, K, a.dtype)
     if tile is None:
-        kernel = _AUTOTUNED["skinny" if M <= _SKINNY_MAX_M else "wide"]
+        kernel = _AUTOTUNED[_family(M, N)]
         kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
     else:
         grid = (triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)
