@@ -4,7 +4,8 @@
 # what the host measured so far into OUT/session.tgz (results/<machine>/, results/asv/, logs/).
 #
 #   bench/gpu_session.sh OUT stage DIR...        copy wheel folders (made by wheelhouse.sh) into the staging folder
-#   bench/gpu_session.sh OUT install             join split wheels, pip install them offline, install llmopt
+#   bench/gpu_session.sh OUT install             join split wheels, pip install them offline, install llmopt; with
+#                                                a staged llmopt.bundle, move the carried .git's main to the bundle's
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
 #   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
 #   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
@@ -59,6 +60,7 @@ step() {
           cat "$whl".part-* >"$whl" && rm "$whl".part-*; done
          python3 -m pip install -q --no-deps --no-cache-dir ./*.whl) >>"$log" 2>&1 || status=1
       fi
+      sync_git >>"$log" 2>&1
       ensure_llmopt; python3 -m pip list 2>/dev/null | grep -iE "flash|vllm|bitsandbytes|asv|llmopt|triton|^torch " | tee -a "$log" ;;
     test)
       ensure_llmopt
@@ -83,6 +85,12 @@ step() {
       python3 "$@" 2>&1 | tee "$log" | tail -40 || status=1 ;;
     *) echo "unknown step $name"; status=2 ;;
   esac
+}
+
+sync_git() {  # the carried .git can lag behind the tree: move its main (and HEAD) to the staged bundle's, so that git,
+  [ -f "$stage/llmopt.bundle" ] || return 0  # asv and the dashboard test see the tree's commits
+  git -C "$repo" fetch -q --update-head-ok "$stage/llmopt.bundle" "+refs/heads/main:refs/heads/main" &&
+    echo "carried .git: main now $(git -C "$repo" rev-parse --short HEAD) from the staged bundle"
 }
 
 readable_repo() {  # readable_repo COMMIT: a git repository holding COMMIT: the carried .git (a copy that may lag
