@@ -132,7 +132,9 @@ def _plot(rows: list[dict], title: str, path: Path) -> None:
     panels = list(groups.values())
     titles = _labels([_fixed_fields(p[0]["case"]) for p in panels]) if length and len(panels) > 1 else [title]
     columns = min(3, len(panels))
-    figure = Figure(figsize=(5.5 * columns, 4 * -(-len(panels) // columns)), layout="constrained")
+    bars = 0 if length else len({r["case_id"] for r in rows})  # bar charts widen with their cases
+    figure = Figure(figsize=(max(5.5 * columns, 0.45 * bars), 4 * -(-len(panels) // columns) + (1.5 if bars else 0)),
+                    layout="constrained")
     for index, (panel, panel_title) in enumerate(zip(panels, titles, strict=True)):
         axes = figure.add_subplot(-(-len(panels) // columns), columns, index + 1)
         impls = list(dict.fromkeys(r["impl"] for r in panel))
@@ -153,7 +155,7 @@ def _plot(rows: list[dict], title: str, path: Path) -> None:
             axes.set_xticks([i + 0.4 - width / 2 for i in range(len(cases))], labels, rotation=30, ha="right",
                             fontsize=7)
             axes.set(ylabel="% of roofline", title=panel_title)
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=7, **({} if length else {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0)}))
         axes.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
