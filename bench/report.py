@@ -1,7 +1,8 @@
 """Renders a results folder into REPORT.md: the verification matrix (technique x impl, the latest status per machine),
 then per technique and machine the latest commit's benchmark table (latency, TFLOP/s, GB/s, % of roofline, peak
-memory, margin), speedups over a baseline impl, the contract's performance goals checked, and PNG plots under plots/: TFLOP/s against the sequence length when
-the cases have a length field (N or M), else % of roofline per case."""
+memory, margin), speedups over a baseline impl, the contract's performance goals checked, and PNG plots under
+plots/: TFLOP/s against the sequence length for compute-bound attention, % of the measured roofline per case for the
+memory-bound rest."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -13,7 +14,10 @@ from llmopt.reference import get_contract
 
 BASELINE_IMPL = {"attention": "sdpa_flash", "paged_attention": "vllm_fa3", "nf4_matmul": "bnb_matmul_4bit",
                  "lora": "peft_lora", "spec_sampler": "torch_batched"}  # else the first impl found in the rows
-LENGTH_FIELDS = ("N", "M")  # a case field plotted as the x axis, the first present
+# Compute-bound techniques whose cases have a sequence length: TFLOP/s plotted against it. Every other technique (the
+# memory-bound ones: paged decode, NF4 GEMV, samplers...) gets bars of % of the roofline measured in the run.
+SEQUENCE_LENGTH = {"attention": "N"}
+LENGTH_FIELDS = ("N", "M")  # the length fields, left out of what groups cases into panels
 BATCH_FIELDS = ("B", "seed")  # bench cases scale the batch with the length: lines join cases differing only in these
 
 
@@ -120,12 +124,12 @@ def _fixed_fields(case: dict) -> dict:
     return {k: v for k, v in case.items() if k not in LENGTH_FIELDS + BATCH_FIELDS}
 
 
-def _plot(rows: list[dict], title: str, path: Path) -> None:
-    """TFLOP/s against the first LENGTH_FIELDS field of the cases, one panel per group of cases that differ only in
-    length and batch, one line per impl; without a length field, bars of % roofline per case and impl."""
+def _plot(technique: str, rows: list[dict], title: str, path: Path) -> None:
+    """TFLOP/s against the technique's SEQUENCE_LENGTH field, one panel per group of cases that differ only in length
+    and batch, one line per impl; otherwise bars of % roofline per case and impl."""
     from matplotlib.figure import Figure  # renders PNG with Agg; no pyplot, no global backend
 
-    length = next((f for f in LENGTH_FIELDS if all(f in r["case"] for r in rows)), None)
+    length = SEQUENCE_LENGTH.get(technique)
     groups = defaultdict(list)
     for row in rows:
         groups[repr(_fixed_fields(row["case"])) if length else title].append(row)
@@ -133,7 +137,7 @@ def _plot(rows: list[dict], title: str, path: Path) -> None:
     titles = _labels([_fixed_fields(p[0]["case"]) for p in panels]) if length and len(panels) > 1 else [title]
     columns = min(3, len(panels))
     bars = 0 if length else len({r["case_id"] for r in rows})  # bar charts widen with their cases
-    figure = Figure(figsize=(max(5.5 * columns, 0.45 * bars), 4 * -(-len(panels) // columns) + (1.5 if bars else 0)),
+    figure = Figure(figsize=(max(5.5 * columns, 0.7 * bars), 4 * -(-len(panels) // columns) + (1.5 if bars else 0)),
                     layout="constrained")
     for index, (panel, panel_title) in enumerate(zip(panels, titles, strict=True)):
         axes = figure.add_subplot(-(-len(panels) // columns), columns, index + 1)
@@ -178,7 +182,7 @@ def _bench_section(technique: str, machine: str, rows: list[dict], root: Path) -
     lines += goal_lines(get_contract(technique), rows, label)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         path = root / "plots" / f"{technique}-{machine}-{mode}.png"
-        _plot([r for r in rows if r["mode"] == mode], f"{technique} {mode} on {machine}", path)
+        _plot(technique, [r for r in rows if r["mode"] == mode], f"{technique} {mode} on {machine}", path)
         lines += [f"![{technique} {mode} on {machine}](plots/{path.name})", ""]
     return lines
 
