@@ -137,10 +137,15 @@ def lora_make_call(case: LoraCase, device: str) -> Call:
     dtype = dtype_of(case.dtype)
     x = place_x(random_tensor(gen, *case.batch, case.n_in), case.layout, dtype, device)
     W = place_weight(random_tensor(gen, case.n_out, case.n_in, std=case.n_in**-0.5), case.layout, dtype, device)
-    A = random_tensor(gen, case.rank, case.n_in, std=case.n_in**-0.5).to(device=device, dtype=dtype)
-    B = random_tensor(gen, case.n_out, case.rank, std=case.b_scale / max(case.rank, 1) ** 0.5).to(device=device,
-                                                                                                   dtype=dtype)
+    A, B = random_adapter(gen, case, dtype, device)
     return Call((x, W, A, B), {"scaling": case.scaling})
+
+
+def random_adapter(gen: torch.Generator, case, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (rank, n_in) ~ N(0, 1/n_in) and B (n_out, rank) ~ N(0, b_scale^2 / rank) of a case, drawn from `gen`."""
+    A = random_tensor(gen, case.rank, case.n_in, std=case.n_in**-0.5)
+    B = random_tensor(gen, case.n_out, case.rank, std=case.b_scale / max(case.rank, 1) ** 0.5)
+    return A.to(device=device, dtype=dtype), B.to(device=device, dtype=dtype)
 
 
 def lora_cases(impl, mode: str):

@@ -20,6 +20,7 @@ from llmopt.reference.lora import (
     lora_linear,
     matches_reference,
     no_input_mutation,
+    random_adapter,
     random_tensor,
     term_magnitudes,
     zero_update_is_the_base,
@@ -98,9 +99,7 @@ def qlora_make_call(case: QLoraCase, device: str) -> Call:
     state = nf4_quantize(W, blocksize=case.blocksize, double_quant=case.double_quant)
     gen = torch.Generator().manual_seed(case.seed + 1)
     x = random_tensor(gen, *case.batch, case.n_in).to(device=device, dtype=dtype)
-    A = random_tensor(gen, case.rank, case.n_in, std=case.n_in**-0.5).to(device=device, dtype=dtype)
-    B = random_tensor(gen, case.n_out, case.rank, std=case.b_scale / max(case.rank, 1) ** 0.5).to(device=device,
-                                                                                                   dtype=dtype)
+    A, B = random_adapter(gen, case, dtype, device)
     return Call((x, state, A, B), {"scaling": case.scaling})
 
 
