@@ -8,8 +8,6 @@ from dataclasses import dataclass
 
 from llmopt import impls as registry
 
-BASELINE_KINDS = ("library", "torch")  # what "best library" picks among
-
 
 @dataclass(frozen=True)
 class GoalResult:
@@ -29,7 +27,7 @@ class GoalResult:
 def _best_library(technique: str, latency: dict, case_id: str, mode: str) -> float | None:
     kinds = {name: impl.kind for name, impl in registry.discover(technique).items()}
     times = [ms for (cid, m, impl), ms in latency.items()
-             if cid == case_id and m == mode and kinds.get(impl) in BASELINE_KINDS]
+             if cid == case_id and m == mode and kinds.get(impl) in registry.LIBRARY_KINDS]
     return min(times) if times else None
 
 

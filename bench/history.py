@@ -11,8 +11,6 @@ from pathlib import Path
 from llmopt import impls as registry
 from llmopt.bench.results import VERIFY_FILE, read_rows
 
-IN_HOUSE, BASELINES = "triton", ("library", "torch")  # impl kinds: ours, and what we measure ourselves against
-
 
 @dataclass(frozen=True)
 class Move:
@@ -49,10 +47,10 @@ def figures(rows: list[dict]) -> dict[tuple, float]:
            for (t, impl, case, mode), values in rooflines.items()}
     kinds = {t: {name: impl.kind for name, impl in registry.discover(t).items()} for t, *_ in latencies}
     for (t, ours, case, mode), mine in latencies.items():
-        if kinds[t].get(ours) != IN_HOUSE:
+        if kinds[t].get(ours) != registry.IN_HOUSE_KIND:
             continue
         for (t2, lib, case2, mode2), theirs in latencies.items():
-            if (t2, case2, mode2) == (t, case, mode) and kinds[t].get(lib) in BASELINES:
+            if (t2, case2, mode2) == (t, case, mode) and kinds[t].get(lib) in registry.LIBRARY_KINDS:
                 out[t, ours, f"speedup vs {lib}", case, mode] = statistics.median(theirs) / statistics.median(mine)
     return out
 

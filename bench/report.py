@@ -12,8 +12,6 @@ from llmopt.bench.goals import goal_lines
 from llmopt.bench.results import read_rows, read_verify_rows
 from llmopt.reference import get_contract
 
-BASELINE_IMPL = {"attention": "sdpa_flash", "paged_attention": "vllm_fa3", "nf4_matmul": "bnb_matmul_4bit",
-                 "lora": "peft_lora", "spec_sampler": "torch_batched"}  # else the first impl found in the rows
 # Compute-bound techniques whose cases have a sequence length: TFLOP/s plotted against it. Every other technique (the
 # memory-bound ones: paged decode, NF4 GEMV, samplers...) gets bars of % of the roofline measured in the run.
 SEQUENCE_LENGTH = {"attention": "N"}
@@ -109,7 +107,8 @@ def _bench_table(rows: list[dict], label: dict[str, str]) -> list[str]:
 
 def _speedup_table(technique: str, rows: list[dict], label: dict[str, str]) -> tuple[str, list[str]]:
     impls = list(dict.fromkeys(r["impl"] for r in rows))
-    baseline = BASELINE_IMPL.get(technique) if BASELINE_IMPL.get(technique) in impls else impls[0]
+    named = get_contract(technique).baseline_impl
+    baseline = named if named in impls else impls[0]
     latency = {(r["case_id"], r["mode"], r["impl"]): r["latency_ms"] for r in rows}
     body = []
     for case_id, mode in dict.fromkeys((r["case_id"], r["mode"]) for r in rows):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 DEVICES = ("cpu", "cuda", "interpret")  # interpret: CPU tensors through Triton's interpreter (TRITON_INTERPRET=1)
 KINDS = ("reference", "torch", "library", "triton", "user")
+IN_HOUSE_KIND, LIBRARY_KINDS = "triton", ("library", "torch")  # ours, and what we measure ourselves against
 
 
 class Unsupported(Exception):

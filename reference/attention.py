@@ -501,6 +501,7 @@ CONTRACT = Contract(
     feature_names=FEATURES,
     claims=claims,
     goals=GOALS,
+    baseline_impl="sdpa_flash",
     examples=examples,
     bench_modes=("fwd", "bwd"),
 )

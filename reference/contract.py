@@ -148,6 +148,7 @@ class Contract:
     features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
     claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
     goals:          performance targets of the in-house impls (Goal), checked in the report against the libraries.
+    baseline_impl:  the library impl the report's speedup table divides by (its goals name theirs).
     examples:       (mode) -> fixed cases run before hypothesis explores (the regression grid).
     """
 
@@ -165,6 +166,7 @@ class Contract:
     feature_names: tuple[str, ...]
     claims: Callable[[], list[Claim]] = list
     goals: tuple[Goal, ...] = ()
+    baseline_impl: str | None = None
     examples: Callable[[str], list] = lambda mode: []
     max_bench_cpu_flops: float = 2e9
     bench_modes: tuple[str, ...] = ("fwd",)

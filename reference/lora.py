@@ -548,5 +548,6 @@ LORA_CONTRACT = Contract(
     name="lora", reference=lora_linear, validate=check_lora_call, case_type=LoraCase, cases=lora_cases,
     make_call=lora_make_call, properties=LORA_PROPERTIES, bench_cases=LORA_BENCH_CASES, quick_cases=LORA_QUICK_CASES,
     cost=lora_cost, features=lora_features, feature_names=("strided", "backward"), claims=lora_claims,
-    examples=lora_examples, bench_modes=("fwd", "bwd"), frozen_args=(1,), examples_budget={"cpu": 10, "interpret": 3})
+    examples=lora_examples, bench_modes=("fwd", "bwd"), frozen_args=(1,), examples_budget={"cpu": 10, "interpret": 3},
+    baseline_impl="peft_lora")
 CONTRACT = LORA_CONTRACT

@@ -683,6 +683,7 @@ NF4_MATMUL_CONTRACT = Contract(
     cases=nf4_matmul_cases, make_call=nf4_matmul_make_call, properties=NF4_MATMUL_PROPERTIES,
     bench_cases=NF4_MATMUL_BENCH_CASES, quick_cases=NF4_MATMUL_QUICK_CASES, cost=nf4_matmul_cost,
     features=nf4_matmul_features, feature_names=("double_quant", "k_not_multiple_of_blocksize", "strided"),
-    examples=nf4_matmul_examples, examples_budget={"cpu": 12, "interpret": 4}, goals=NF4_MATMUL_GOALS)
+    examples=nf4_matmul_examples, examples_budget={"cpu": 12, "interpret": 4}, goals=NF4_MATMUL_GOALS,
+    baseline_impl="bnb_matmul_4bit")
 
 CONTRACTS = [NF4_CONTRACT, NF4_MATMUL_CONTRACT]

@@ -705,6 +705,7 @@ CONTRACT = Contract(
     feature_names=FEATURES,
     claims=claims,
     goals=GOALS,
+    baseline_impl="vllm_fa3",
     examples=examples,
     examples_budget={"cpu": 20},
 )

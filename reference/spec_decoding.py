@@ -808,4 +808,5 @@ CONTRACT = Contract(
     claims=claims,
     examples=examples,
     examples_budget={"cpu": 2, "interpret": 1, "cuda": 8},
+    baseline_impl="torch_batched",
 )
