@@ -119,3 +119,24 @@ def test_nf4_claims_hold_their_computed_values():
     assert claims["nf4.error.minilm"].verdict == expected_minilm
     seed = nf4.seed_codebook()
     assert torch.allclose(-seed.flip(0), seed) and seed.abs().min() > 0.04  # symmetric, no zero level
+
+
+@pytest.mark.parametrize("layout", ["blocks", "flat"])
+def test_both_dot_tile_layouts_of_the_triton_nf4_matmul_match_the_reference(layout, monkeypatch):
+    """The autotuner chooses between the two tile layouts of the batch 2-16 path on the GPU; each must meet the
+    contract on its own, so each runs here under Triton's interpreter on the contract's multi-token examples."""
+    pytest.importorskip("triton")
+    from llmopt import impls as registry
+
+    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
+    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
+        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    monkeypatch.setitem(kernels._INTERPRETER_TILES, True, kernels._INTERPRETER_TILES[True]._replace(dot_layout=layout))
+    cases = [case for case in [*nf4.nf4_matmul_examples("interpret"), nf4.NF4MatmulCase((4,), 33, 128, double_quant=True,
+                                                                                      dtype="float16", seed=6)]
+             if case.M > 1 and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None]
+    assert cases, "no multi-token example to run the dot path on"
+    for case in cases:
+        nf4.matches_reference(impl, case, "cpu")

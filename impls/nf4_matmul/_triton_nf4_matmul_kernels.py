@@ -4,7 +4,9 @@ the 16 levels up in an L1-resident table and multiplies in registers, the block'
 Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step, the
 8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
 "bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
-rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized (decoded in place).
+rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens, on [rows, blocks, bytes] tiles (DOT_LAYOUT "blocks")
+or on flat [rows, elements] tiles that read each byte and absmax once per element from L1 ("flat"; nothing reshaped).
+Absmax plain or double-quantized (decoded in place).
 Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
@@ -104,6 +106,37 @@ def _words_step(acc, words_ptr, stride_words, x_pairs_ptr, table_ptr, table_lo, 
     return acc + tl.sum(sums, axis=2) * absmax
 
 
+@triton.jit
+def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
+                 BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
+    """(step_in [BPS]: blocks of this K step inside the row, absmax [BLOCK_N, BPS]) of the step at k0."""
+    step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
+    blocks = rows[:, None] * (K // BLOCKSIZE) + (k0 // BLOCKSIZE + step_blocks)[None, :]
+    return step_in, block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks,
+                                 rows_in[:, None] & step_in[None, :], DOUBLE_QUANT, DQ_BLOCKSIZE)
+
+
+@triton.jit
+def _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, rows, rows_in,
+                   tokens, M, K, stride_xm, stride_xk, stride_codes, k0, BLOCKSIZE: tl.constexpr,
+                   DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   BLOCK_K: tl.constexpr):
+    """acc [BLOCK_N, BLOCK_M] += ŵ[rows, k0:k0 + BLOCK_K] · x[tokens, k0:k0 + BLOCK_K]ᵀ on flat tiles: element c reads
+    byte c // 2 (high nibble when c is even) and the absmax of block c // BLOCKSIZE, each an L1 hit after its first
+    read, so the dequantized tile is built in the dot's own [rows, elements] order."""
+    cols = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+    inside = rows_in[:, None] & (cols < K)[None, :]  # [BLOCK_N, BLOCK_K]
+    packed = tl.load(codes_ptr + rows[:, None] * stride_codes + (cols // 2)[None, :], mask=inside, other=0)
+    codes = (packed.to(tl.int32) >> (4 - 4 * (cols % 2))[None, :]) & 15
+    absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
+                          rows[:, None] * (K // BLOCKSIZE) + (cols // BLOCKSIZE)[None, :], inside, DOUBLE_QUANT,
+                          DQ_BLOCKSIZE)  # [BLOCK_N, BLOCK_K]
+    x = tl.load(x_ptr + tokens[:, None] * stride_xm + cols[None, :] * stride_xk,
+                mask=(tokens < M)[:, None] & (cols < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+    w = (tl.load(table_ptr + codes) * absmax).to(x.dtype)  # [BLOCK_N, BLOCK_K], rounded once as in "blocks"
+    return tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+
+
 # ----------------------------------------------------------------------------------------------- the kernel
 
 
@@ -113,13 +146,14 @@ def _nf4_matmul_kernel(
     M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_LAYOUT: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens [pid_m·BLOCK_M, +BLOCK_M)
     (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE. Tiles are
     [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread and a
     neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and odd
-    elements of x, so nothing is interleaved in registers."""
+    elements of x, so nothing is interleaved in registers. DOT_LAYOUT "flat" (PATH "dot" only): [rows, elements]
+    tiles instead (_flat_dot_step)."""
     pid_n, pid_m = tl.program_id(0), tl.program_id(1)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
@@ -133,15 +167,19 @@ def _nf4_matmul_kernel(
     else:
         acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
-        step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
-        blocks = rows[:, None] * (K // BLOCKSIZE) + (k0 // BLOCKSIZE + step_blocks)[None, :]
-        absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks,
-                              rows_in[:, None] & step_in[None, :], DOUBLE_QUANT, DQ_BLOCKSIZE)  # [BLOCK_N, BPS]
-        if PATH == "words":
+        if PATH == "dot" and DOT_LAYOUT == "flat":
+            acc = _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr,
+                                 rows, rows_in, tokens, M, K, stride_xm, stride_xk, stride_codes, k0, BLOCKSIZE,
+                                 DOUBLE_QUANT, DQ_BLOCKSIZE, DOT_PRECISION, BLOCK_K)
+        elif PATH == "words":
+            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
+                                           step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
             acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, table_lo, table_hi, rows,
                               rows_in, pid_m * (stride_xm // 2), k0, absmax, step_blocks, step_in, X_PAIRS,
                               WORD_DOT_ASM, BLOCKSIZE, BLOCKS_PER_STEP)
         else:
+            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
+                                           step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
             pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
             pairs_in = step_in[:, None] & (step_pairs >= 0)
             packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
@@ -179,6 +217,7 @@ class Tile(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
+    dot_layout: str = "blocks"  # the dot path's tiles: "blocks" [rows, blocks, bytes] or "flat" [rows, elements]
 
 
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
@@ -187,11 +226,13 @@ class Tile(NamedTuple):
 # (2026-11-25) the dot path ran 3-5x behind bitsandbytes with tiles of several quantization blocks per step; a suspect
 # (not profiled yet) is their [rows, blocks, bytes] -> [rows, bytes] reshape, a layout change on top of the dot's own
 # operand conversion. One-block-per-step tiles (BLOCK_K = 64: one absmax per row, nothing to reshape) are candidates
-# too, for the autotuner to weigh.
+# too, for the autotuner to weigh, and so are flat [rows, elements] tiles that reshape nothing (DOT_LAYOUT "flat").
 _GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
                Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
 _DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4),
-              Tile(64, 64, 4, 4), Tile(128, 64, 4, 4), Tile(128, 64, 8, 3), Tile(256, 64, 8, 3)]
+              Tile(64, 64, 4, 4), Tile(128, 64, 4, 4), Tile(128, 64, 8, 3), Tile(256, 64, 8, 3),
+              Tile(64, 64, 4, 3, "flat"), Tile(128, 64, 8, 3, "flat"), Tile(32, 128, 4, 3, "flat"),
+              Tile(64, 128, 8, 3, "flat"), Tile(128, 128, 8, 3, "flat")]
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1), True: Tile(16, 64, 4, 1)}  # several programs and K steps when tiny
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
 _AUTOTUNE_MIN_WEIGHT = 1 << 22  # N·K below which the first candidate runs instead of autotuning (verification shapes)
@@ -200,8 +241,8 @@ _PAIR_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # x dtypes the 
 
 
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k}, num_warps=tile.num_warps,
-                         num_stages=tile.num_stages)
+    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout},
+                         num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -261,6 +302,6 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
         _AUTOTUNED[use_dot][lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), tokens)](*args, **constexprs)
     else:
         _nf4_matmul_kernel[(triton.cdiv(N, tile.block_n), tokens)](
-            *args, **constexprs, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, num_warps=tile.num_warps,
-            num_stages=tile.num_stages)
+            *args, **constexprs, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, DOT_LAYOUT=tile.dot_layout,
+            num_warps=tile.num_warps, num_stages=tile.num_stages)
     return out.reshape(*x.shape[:-1], N)
