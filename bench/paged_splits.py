@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from llmopt.bench.timing import eager_and_graph_us
 from llmopt.reference.paged_attention import PagedCase, make_call
 
 RESULT_FILE = "paged_splits.json"
@@ -19,15 +20,6 @@ CASES = [PagedCase(B, 32, Hkv, 128, 16, (context,), dtype="bfloat16")
          for Hkv, B, context in ((8, 1, 1024), (8, 1, 4096), (8, 1, 16384), (8, 16, 1024), (8, 64, 1024),
                                  (32, 1, 1024), (32, 64, 1024))]
 SPLITS = (1, 2, 4, 8, 16, 32, 64)
-
-
-def _timings(run) -> dict:
-    from llmopt.bench.timing import time_gpu, time_gpu_graph
-
-    eager = time_gpu(run)
-    graph, why = time_gpu_graph(run)
-    return {"eager_us": eager.median_ms * 1e3, "graph_us": graph.median_ms * 1e3 if graph else None,
-            "graph_note": why}
 
 
 def sweep(cases=CASES, splits=SPLITS) -> list[dict]:
@@ -42,16 +34,16 @@ def sweep(cases=CASES, splits=SPLITS) -> list[dict]:
         call = make_call(case, "cuda")
         q, k_cache, v_cache, block_table, seq_lens = call.args
         automatic = kernels.split_plan(case.B * case.Hkv, max(case.seq_lens), q.device)[0]
+        fa3_timings = None if fa3_reason else eager_and_graph_us(fa3.prepare(*call.args, **call.kwargs)[0])
         record = {"case": repr(case), "B": case.B, "Hkv": case.Hkv, "context": max(case.seq_lens),
-                  "automatic_splits": automatic, "automatic": _timings(kernels.plan(*call.args, **call.kwargs)),
-                  "pinned": {}, "vllm_fa3": None if fa3_reason else _timings(fa3.prepare(*call.args, **call.kwargs)[0]),
-                  "vllm_fa3_unavailable": fa3_reason}
+                  "automatic_splits": automatic, "automatic": eager_and_graph_us(kernels.plan(*call.args, **call.kwargs)),
+                  "pinned": {}, "vllm_fa3": fa3_timings, "vllm_fa3_unavailable": fa3_reason}
         for count in splits:
             kernels.pin(num_splits=count)
             try:  # chunks are whole split quanta: a pinned count above context / quantum runs as fewer
                 effective = kernels.split_plan(case.B * case.Hkv, max(case.seq_lens), q.device)[0]
                 if effective not in record["pinned"]:
-                    record["pinned"][effective] = _timings(kernels.plan(*call.args, **call.kwargs))
+                    record["pinned"][effective] = eager_and_graph_us(kernels.plan(*call.args, **call.kwargs))
             finally:
                 kernels.pin()
         records.append(record)

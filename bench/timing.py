@@ -88,6 +88,14 @@ def time_gpu_graph(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100
         torch.cuda.empty_cache()
 
 
+def eager_and_graph_us(fn: Callable) -> dict:
+    """{"eager_us", "graph_us", "graph_note"}: `fn` timed by time_gpu as it is launched and replayed from a CUDA graph
+    (None and the reason where it cannot be captured), medians in microseconds."""
+    eager = time_gpu(fn)
+    graph, why = time_gpu_graph(fn)
+    return {"eager_us": eager.median_ms * 1e3, "graph_us": graph.median_ms * 1e3 if graph else None, "graph_note": why}
+
+
 def time_cpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:
     """Time `fn` with time.perf_counter: one untimed call, one timed call as the estimate, warm-up calls filling
     `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each timed alone."""

@@ -137,24 +137,43 @@ def _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, ta
     return tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
 
 
+@triton.jit
+def _split_k_epilogue(partial, out_ptrs, partial_ptr, partial_offsets, mask, arrivals_ptr, tile, split, split_stride,
+                      SPLIT_K: tl.constexpr):
+    """Split-K in one launch, deterministic: each split stores its float32 partial sum at partial_ptr[split, ...]; the
+    tile's last split to arrive (counted on arrivals_ptr[tile], acquire-release) adds the SPLIT_K partials in split
+    order, stores the sum to out_ptrs and re-arms the counter (0) for the next launch."""
+    tl.store(partial_ptr + split * split_stride + partial_offsets, partial, mask=mask)
+    tl.debug_barrier()  # every thread's partial is written before the arrival is released
+    arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel", scope="gpu")
+    if arrived == SPLIT_K - 1:
+        total = tl.zeros_like(partial)
+        for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run, whoever arrives last
+            total += tl.load(partial_ptr + s * split_stride + partial_offsets, mask=mask, other=0.0,
+                             cache_modifier=".cg")
+        tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
+        tl.atomic_xchg(arrivals_ptr + tile, 0)
+
+
 # ----------------------------------------------------------------------------------------------- the kernel
 
 
 @triton.jit
 def _nf4_matmul_kernel(
     x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
-    M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
+    partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_LAYOUT: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_LAYOUT: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens [pid_m·BLOCK_M, +BLOCK_M)
     (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE. Tiles are
     [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread and a
     neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and odd
     elements of x, so nothing is interleaved in registers. DOT_LAYOUT "flat" (PATH "dot" only): [rows, elements]
-    tiles instead (_flat_dot_step)."""
-    pid_n, pid_m = tl.program_id(0), tl.program_id(1)
+    tiles instead (_flat_dot_step). SPLIT_K > 1: program pid_k takes one of SPLIT_K equal spans of K (whole steps) and
+    hands its partial sum to _split_k_epilogue."""
+    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
@@ -166,7 +185,8 @@ def _nf4_matmul_kernel(
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
+    for k0 in range(pid_k * k_span, tl.minimum(pid_k * k_span + k_span, K), BLOCK_K):
         if PATH == "dot" and DOT_LAYOUT == "flat":
             acc = _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr,
                                  rows, rows_in, tokens, M, K, stride_xm, stride_xk, stride_codes, k0, BLOCKSIZE,
@@ -202,11 +222,20 @@ def _nf4_matmul_kernel(
                 sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
                 acc += sums * absmax
     if PATH == "dot":
-        out_ptrs = out_ptr + tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
-        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=rows_in[:, None] & (tokens < M)[None, :])
+        out_offsets = tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
+        partial_offsets = tokens[None, :] * N + rows[:, None]
+        out_mask = rows_in[:, None] & (tokens < M)[None, :]
+        total = acc
     else:
-        tl.store(out_ptr + pid_m * stride_om + rows * stride_on, tl.sum(acc, axis=1).to(out_ptr.dtype.element_ty),
-                 mask=rows_in)
+        out_offsets = pid_m * stride_om + rows * stride_on  # [BLOCK_N]
+        partial_offsets = pid_m * N + rows
+        out_mask = rows_in
+        total = tl.sum(acc, axis=1)
+    if SPLIT_K == 1:
+        tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+    else:
+        _split_k_epilogue(total, out_ptr + out_offsets, partial_ptr, partial_offsets, out_mask, arrivals_ptr,
+                          pid_m * tl.num_programs(0) + pid_n, pid_k, M * N, SPLIT_K)
 
 
 # ----------------------------------------------------------------------------------------------- host side
@@ -218,6 +247,7 @@ class Tile(NamedTuple):
     num_warps: int
     num_stages: int
     dot_layout: str = "blocks"  # the dot path's tiles: "blocks" [rows, blocks, bytes] or "flat" [rows, elements]
+    split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
 
 
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
@@ -227,44 +257,97 @@ class Tile(NamedTuple):
 # (not profiled yet) is their [rows, blocks, bytes] -> [rows, bytes] reshape, a layout change on top of the dot's own
 # operand conversion. One-block-per-step tiles (BLOCK_K = 64: one absmax per row, nothing to reshape) are candidates
 # too, for the autotuner to weigh, and so are flat [rows, elements] tiles that reshape nothing (DOT_LAYOUT "flat").
+# Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every
+# tile also comes split over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
 _GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
                Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
 _DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4),
               Tile(64, 64, 4, 4), Tile(128, 64, 4, 4), Tile(128, 64, 8, 3), Tile(256, 64, 8, 3),
               Tile(64, 64, 4, 3, "flat"), Tile(128, 64, 8, 3, "flat"), Tile(32, 128, 4, 3, "flat"),
               Tile(64, 128, 8, 3, "flat"), Tile(128, 128, 8, 3, "flat")]
-_INTERPRETER_TILES = {False: Tile(4, 128, 4, 1), True: Tile(16, 64, 4, 1)}  # several programs and K steps when tiny
+_SPLITS = (2, 4, 8)
+_SPLIT_PROGRAMS_PER_SM = 4
+_CANDIDATES = {use_dot: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
+               for use_dot, tiles in ((False, _GEMV_TILES), (True, _DOT_TILES))}
+# The interpreter splits K in two where K holds two steps, so both epilogues are checked on the CPU.
+_INTERPRETER_TILES = {False: Tile(4, 128, 4, 1, split_k=2), True: Tile(16, 64, 4, 1, split_k=2)}
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
 _AUTOTUNE_MIN_WEIGHT = 1 << 22  # N·K below which the first candidate runs instead of autotuning (verification shapes)
 _DOT_BLOCK_M = 16
 _PAIR_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # x dtypes the word path reads as 32-bit pairs
+_INTERPRETER_SMS = 2
+_PINNED: dict[str, Tile] = {}
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: split-K arrival counters, zero between launches
+
+
+def pin(tile: Tile | None = None) -> None:
+    """Launch every call with `tile` instead of the autotuned or default one (None restores them)."""
+    if tile is None:
+        _PINNED.pop("tile", None)
+    else:
+        _PINNED["tile"] = Tile(*tile)
+
+
+def _num_sms(device: torch.device) -> int:
+    return _INTERPRETER_SMS if _INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tokens: int, sms: int) -> bool:
+    """Whether a tile may split K split_k ways: unsplit always; split while the grid stays under
+    _SPLIT_PROGRAMS_PER_SM programs per SM and every split gets a whole step of K."""
+    programs = triton.cdiv(N, block_n) * tokens * split_k
+    return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
 
 
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout},
-                         num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout,
+                          "SPLIT_K": tile.split_k}, num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
-    """Steps of whole quantization blocks only."""
-    return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0]
+    """Steps of whole quantization blocks only; splits of K only where _split_allowed."""
+    N, K, M = named_args["N"], named_args["K"], named_args["M"]
+    tokens = triton.cdiv(M, kwargs["BLOCK_M"])
+    sms = _num_sms(named_args["out_ptr"].device)
+    return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
+            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], N, K, tokens, sms)]
 
 
 _AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
                                        prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
-              for use_dot, tiles in ((False, _GEMV_TILES), (True, _DOT_TILES))}
+              for use_dot, tiles in _CANDIDATES.items()}
 
 
 def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
-    if _INTERPRET:
+    if "tile" in _PINNED:
+        tile = _PINNED["tile"]
+    elif _INTERPRET:
         tile = _INTERPRETER_TILES[use_dot]
     elif use_dot and dtype == torch.float32:
         tile = _FLOAT32_DOT_TILE
     elif N * K < _AUTOTUNE_MIN_WEIGHT:
-        tile = (_DOT_TILES if use_dot else _GEMV_TILES)[0]
+        tile = _CANDIDATES[use_dot][0]
     else:
         return None
     return tile._replace(block_k=max(tile.block_k, blocksize))
+
+
+def _split_buffers(tiles: list[Tile], N: int, K: int, M: int, tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial sums (splits, M, N) float32, arrival counters) for the largest split among `tiles` allowed here; 1-element
+    placeholders when none splits. The counters persist per device (every launch leaves them at zero; launches on two
+    streams at once would share them)."""
+    sms = _num_sms(device)
+    allowed = [t for t in tiles if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
+    splits = max(t.split_k for t in allowed)
+    if splits == 1:
+        placeholder = torch.empty(1, dtype=torch.float32, device=device)
+        return placeholder, placeholder
+    output_tiles = max(triton.cdiv(N, t.block_n) for t in allowed if t.split_k > 1) * tokens
+    arrivals = _ARRIVALS.get(torch.device(device))
+    if arrivals is None or arrivals.numel() < output_tiles:
+        arrivals = _ARRIVALS[torch.device(device)] = torch.zeros(max(output_tiles, 1 << 12), dtype=torch.int32,
+                                                                 device=device)
+    return torch.empty(splits, M, N, dtype=torch.float32, device=device), arrivals
 
 
 def _signed32(value: int) -> int:
@@ -288,20 +371,24 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     words = state.codes.view(torch.int32) if pairs else state.codes  # K % 8 == 0: rows of K / 8 words
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
+    tokens = triton.cdiv(M, _DOT_BLOCK_M) if use_dot else M
+    tile = _fixed_tile(use_dot, N, K, x.dtype, state.blocksize)
+    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens,
+                                               _num_sms(x.device)):
+        tile = tile._replace(split_k=1)
+    partial, arrivals = _split_buffers(_CANDIDATES[use_dot] if tile is None else [tile], N, K, M, tokens, x.device)
     address = table.data_ptr()
-    args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, M, N, K, *x2.stride(),
-            K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
+    args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
+            K, *x2.stride(), K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
     constexprs = {
         "BLOCKSIZE": state.blocksize, "DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
         "PATH": "dot" if use_dot else "words" if pairs else "bytes", "X_PAIRS": _PAIR_FORMATS[x.dtype] if pairs else "none",
         "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[x.dtype]],
         "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
-    tokens = triton.cdiv(M, _DOT_BLOCK_M) if use_dot else M
-    tile = _fixed_tile(use_dot, N, K, x.dtype, state.blocksize)
     if tile is None:
-        _AUTOTUNED[use_dot][lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), tokens)](*args, **constexprs)
+        _AUTOTUNED[use_dot][lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **constexprs)
     else:
-        _nf4_matmul_kernel[(triton.cdiv(N, tile.block_n), tokens)](
+        _nf4_matmul_kernel[(triton.cdiv(N, tile.block_n), tokens, tile.split_k)](
             *args, **constexprs, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, DOT_LAYOUT=tile.dot_layout,
-            num_warps=tile.num_warps, num_stages=tile.num_stages)
+            SPLIT_K=tile.split_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
     return out.reshape(*x.shape[:-1], N)
