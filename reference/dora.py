@@ -4,8 +4,6 @@ over the input dimension; y = x·(m ⊙ direction)ᵀ. Variants: the norm detach
 section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment."""
 from __future__ import annotations
 
-import math
-
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
@@ -20,6 +18,7 @@ from llmopt.reference.lora import (
     grads_match_reference,
     has_backward,
     lora_cases,
+    lora_cost,
     lora_features,
     lora_make_call,
     matches_reference,
@@ -163,14 +162,14 @@ DORA_PROPERTIES = [
 
 
 def dora_cost(case: LoraCase, mode: str = "fwd") -> Cost:
-    """LoRA's cost plus forming and normalizing V (out x in: 2 r out in + 3 out in FLOPs), reading W0 once more."""
-    M = math.prod(case.batch)
-    size = dtype_of(case.dtype).itemsize
-    flops = 2.0 * M * case.n_out * case.n_in + (2 * case.rank + 3) * case.n_out * case.n_in
-    weights = case.n_out * case.n_in + case.rank * (case.n_in + case.n_out) + case.n_out
-    activations = M * (case.n_in + case.n_out)
-    factor = 1 if mode == "fwd" else 2
-    return Cost(factor * flops, size * (factor * weights + factor * activations))
+    """LoRA's cost (lora_cost: W0 frozen, no dW0); the forward also forms and normalizes V = W0 + s B A (out x in:
+    2 r out in + 3 out in FLOPs, W0 read once more). The backward adds nothing of that size: the norm is detached, so
+    A and B get LoRA's gradients scaled per output row (and m an O(tokens x out) one)."""
+    lora = lora_cost(case, mode)
+    if mode != "fwd":
+        return lora
+    direction = (2 * case.rank + 3) * case.n_out * case.n_in
+    return Cost(lora.flops + direction, lora.bytes + dtype_of(case.dtype).itemsize * (case.n_out * case.n_in + case.n_out))
 
 
 DORA_BENCH_CASES = [LoraCase((tokens,), 4096, 4096, 16, 2.0, "bfloat16", x_requires_grad=True) for tokens in (16, 512)]

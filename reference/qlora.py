@@ -11,12 +11,14 @@ import torch
 from llmopt.reference.contract import Call, Contract, Cost, Property, drawing, dtype_of
 from llmopt.reference.lora import (
     AdapterSpec,
+    LoraCase,
     check_low_rank,
     check_scaling,
     check_tensors,
     deterministic,
     grads_match_reference,
     has_backward,
+    lora_cost,
     lora_linear,
     matches_reference,
     no_input_mutation,
@@ -163,15 +165,16 @@ QLORA_PROPERTIES = [
 
 
 def qlora_cost(case: QLoraCase, mode: str = "fwd") -> Cost:
-    """LoRA's FLOPs; bytes: the NF4 state instead of a dense W."""
+    """LoRA's FLOPs and bytes (lora_cost: no dW, the base frozen), the NF4 state read instead of a dense W."""
     from llmopt.reference.nf4 import NF4MatmulCase
 
     M = math.prod(case.batch)
-    size = dtype_of(case.dtype).itemsize
-    flops = 2.0 * M * (case.n_out * case.n_in + case.rank * (case.n_in + case.n_out))
+    lora = lora_cost(LoraCase(case.batch, case.n_in, case.n_out, case.rank, case.scaling, case.dtype,
+                              case.x_requires_grad), mode)
+    if mode != "fwd" and not case.x_requires_grad:
+        return lora  # the base is not read without dx
     base = nf4_matmul_stored_bytes(NF4MatmulCase((M,), case.n_out, case.n_in, case.blocksize, case.double_quant))
-    traffic = base + size * (case.rank * (case.n_in + case.n_out) + M * (case.n_in + case.n_out))
-    return Cost(flops, traffic) if mode == "fwd" else Cost(2 * flops, 2 * traffic)
+    return Cost(lora.flops, lora.bytes - dtype_of(case.dtype).itemsize * case.n_out * case.n_in + base)
 
 
 QLORA_BENCH_CASES = [QLoraCase((tokens,), 4096, 4096, 16, 2.0, "bfloat16", x_requires_grad=True, double_quant=True)

@@ -13,9 +13,10 @@ from llmopt.reference.contract import Goal
 CASE, OTHER = BENCH_CASES[0], BENCH_CASES[1]
 
 
-def _row(impl: str, case, latency_ms: float, mode: str = "fwd", roofline_pct: float = 50.0) -> dict:
+def _row(impl: str, case, latency_ms: float, mode: str = "fwd", roofline_pct: float = 50.0,
+         graph_ms: float | None = None) -> dict:
     return {"impl": impl, "case": dataclasses.asdict(case), "case_id": CONTRACT.case_id(case), "mode": mode,
-            "latency_ms": latency_ms, "roofline_pct": roofline_pct}
+            "latency_ms": latency_ms, "roofline_pct": roofline_pct, "latency_ms_graph": graph_ms}
 
 
 def _goal(**fields) -> Goal:
@@ -60,3 +61,29 @@ def test_malformed_goals_are_refused():
         _goal(baseline=None)
     with pytest.raises(ValueError, match="baseline"):
         _goal(figure="roofline_pct")
+
+
+def test_graph_timing_compares_graph_replays_only_where_both_rows_have_one():
+    rows = [_row("triton_flash", CASE, 2.0, graph_ms=0.5), _row("sdpa_flash", CASE, 1.0, graph_ms=0.6),
+            _row("triton_flash", OTHER, 2.0, graph_ms=0.5), _row("sdpa_flash", OTHER, 1.0)]  # OTHER: no library graph
+    eager = evaluate(CONTRACT, _goal(), rows, timing="eager")
+    graph = evaluate(CONTRACT, _goal(), rows, timing="graph")
+    assert [round(f, 2) for _, _, f in eager.figures] == [0.5, 0.5]
+    assert [(label, round(f, 2)) for label, _, f in graph.figures] == [
+        (CONTRACT.case_id(CASE), 1.2), (CONTRACT.case_id(OTHER) + " (eager)", 0.5)]
+    assert graph.verdict == "not met"
+    with pytest.raises(ValueError, match="timing"):
+        evaluate(CONTRACT, _goal(), rows, timing="wall")
+
+
+def test_graph_timing_scales_the_roofline_and_picks_the_best_library_on_replays():
+    goal = _goal(figure="roofline_pct", baseline=None, threshold=60.0)
+    rows = [_row("triton_flash", CASE, 1.0, roofline_pct=40.0, graph_ms=0.5)]
+    assert evaluate(CONTRACT, goal, rows, timing="eager").verdict == "not met"
+    graph = evaluate(CONTRACT, goal, rows, timing="graph")
+    assert graph.verdict == "met" and graph.figures[0][2] == pytest.approx(80.0)
+    rows = [_row("triton_flash", CASE, 1.0, graph_ms=1.0), _row("sdpa_flash", CASE, 0.9, graph_ms=2.0),
+            _row("sdpa_cudnn", CASE, 1.1, graph_ms=0.8)]
+    best = _goal(baseline="best library")
+    assert evaluate(CONTRACT, best, rows, timing="eager").figures[0][2] == pytest.approx(0.9)
+    assert evaluate(CONTRACT, best, rows, timing="graph").figures[0][2] == pytest.approx(0.8)
