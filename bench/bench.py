@@ -129,19 +129,24 @@ def _timed(impl, call: Call, mode: str, device: str, frozen: tuple[int, ...] = (
     return timing, memory, graph
 
 
+def rates(cost, latency_ms: float, peaks: dict) -> dict:
+    """The row's figures derived from a latency: TFLOP/s, GB/s and % of the roofline the peaks give (the time
+    max(flops / peak FLOP/s, bytes / peak bandwidth) over the latency)."""
+    roofline_ms = max(cost.flops / peaks["matmul_tflops"] / 1e9, cost.bytes / peaks["copy_gbps"] / 1e6)
+    return {"tflops": cost.flops / latency_ms / 1e9, "gbps": cost.bytes / latency_ms / 1e6,
+            "roofline_pct": 100 * roofline_ms / latency_ms}
+
+
 def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict, peaks: dict) -> dict:
     """One result row (ARCHITECTURE.md's schema) for `impl` on `case` in `mode`; `call` holds the validated inputs,
     `info` is machine.describe(device), `peaks` machine.measure_peaks(device)."""
     timing, memory, graph = _timed(impl, call, mode, device, contract.frozen_args)
-    cost = contract.cost(case, mode)
     ms = timing.median_ms
-    roofline_ms = max(cost.flops / peaks["matmul_tflops"] / 1e9, cost.bytes / peaks["copy_gbps"] / 1e6)
     return {
         "technique": contract.name, "impl": impl.name, "case": dataclasses.asdict(case),
         "case_id": contract.case_id(case), "mode": mode, "device": device, "gpu": info["gpu"],
         "dtype": getattr(case, "dtype", None), "latency_ms": ms, "latency_ms_p20": timing.p20_ms,
-        "latency_ms_p80": timing.p80_ms, **graph, "tflops": cost.flops / ms / 1e9, "gbps": cost.bytes / ms / 1e6,
-        "roofline_pct": 100 * roofline_ms / ms, "peak_mem_mb": memory,
+        "latency_ms_p80": timing.p80_ms, **graph, **rates(contract.cost(case, mode), ms, peaks), "peak_mem_mb": memory,
         "margin": margin(contract, impl, case, mode, device), "commit": info["commit"], "machine": info["machine"],
         "versions": info["versions"],
         "peaks": {"copy_gbps": peaks["copy_gbps"], "matmul_tflops": peaks["matmul_tflops"]},

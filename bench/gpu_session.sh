@@ -9,10 +9,12 @@
 #   bench/gpu_session.sh OUT test [PYTEST ARGS]  pytest on CUDA (GPU tier and CPU tier)
 #   bench/gpu_session.sh OUT verify TECHNIQUE [LLMOPT ARGS]  llmopt verify --device cuda, outcomes recorded
 #   bench/gpu_session.sh OUT bench TECHNIQUE [LLMOPT ARGS]   llmopt bench (every available impl side by side)
-#   bench/gpu_session.sh OUT asv [BENCH REGEX]   asv run for HEAD on this machine's name (asv results for that commit;
-#                                                stopped after LLMOPT_ASV_TIMEOUT seconds, default 400, results kept)
-#   bench/gpu_session.sh OUT asv-at SHA [BENCH REGEX]  asv run for an earlier commit, checked out and installed beside
-#                                                the tree (its own suites, its own code), then llmopt reinstalled
+#   bench/gpu_session.sh OUT asv [BENCH REGEX...]  asv runs for HEAD on this machine's name, one per regex (default: one
+#                                                per suite of bench/asv), each saving its results before the next starts
+#                                                and stopped after LLMOPT_ASV_TIMEOUT seconds (default 400): a run cut
+#                                                by a budget loses only its own suite (asv writes results at the end)
+#   bench/gpu_session.sh OUT asv-at SHA [BENCH REGEX...]  the same for an earlier commit, checked out and installed
+#                                                beside the tree (its own suites, its own code), then llmopt reinstalled
 # asv and asv-at need a git repository with the commit: the carried .git, or, where it lacks it, STAGE/llmopt.bundle (made with
 # `git bundle create .wheelhouse/cN/llmopt.bundle --all` and staged with the wheels). Set LLMOPT_COMMIT=<sha> in the
 # command when git cannot read the carried .git: benchmark rows record it.
@@ -102,17 +104,23 @@ readable_repo() {  # readable_repo COMMIT: a git repository holding COMMIT: the 
   echo /tmp/llmopt-git
 }
 
-run_asv() {  # run_asv TREE COMMIT [BENCH REGEX]: asv over the llmopt installed from TREE, results copied to keep
-  local tree=$1 commit=$2 name conf=asv.conf.json; shift 2
-  name=$(machine)
+run_asv() {  # run_asv TREE COMMIT [BENCH REGEX...]: asv over the llmopt installed from TREE, one `asv run` per regex
+  local tree=$1 commit=$2 name conf=asv.conf.json code=0 pattern; shift 2  # (default: one per suite), results copied
+  name=$(machine)                                                          # to keep after each
   if [ "$git_repo" != "$repo" ]; then  # asv reads commits from the bundle's clone
     conf=asv-host.conf.json; sed "s|\"repo\": \".\"|\"repo\": \"$git_repo\"|" "$tree/asv.conf.json" >"$tree/$conf"
   fi
-  (cd "$tree" && asv machine --yes --machine "$name" >/dev/null &&
-   timeout -k 5 "${LLMOPT_ASV_TIMEOUT:-400}" asv run --config "$conf" -E existing:python3 --set-commit-hash "$commit" --launch-method spawn \
-     --machine "$name" ${1:+--bench "$1"})
-  local code=$?
-  mkdir -p "$keep/results/asv" && cp -r "$tree/results/asv/." "$keep/results/asv/"
+  local patterns=("$@")
+  if [ ${#patterns[@]} -eq 0 ]; then
+    for suite in "$tree"/bench/asv/[a-z]*.py; do patterns+=("^$(basename "$suite" .py)\\."); done
+  fi
+  (cd "$tree" && asv machine --yes --machine "$name" >/dev/null) || return 1
+  for pattern in "${patterns[@]}"; do
+    echo "--- asv --bench $pattern"
+    (cd "$tree" && timeout -k 5 "${LLMOPT_ASV_TIMEOUT:-400}" asv run --config "$conf" -E existing:python3 \
+       --set-commit-hash "$commit" --launch-method spawn --machine "$name" --bench "$pattern") || code=1
+    mkdir -p "$keep/results/asv" && cp -r "$tree/results/asv/." "$keep/results/asv/"
+  done
   return $code
 }
 
