@@ -124,7 +124,7 @@ def test_nf4_claims_hold_their_computed_values():
 @pytest.mark.parametrize(("tokens", "layout", "split_k"), [("one", "blocks", 1), ("one", "blocks", 2),
                                                          ("several", "blocks", 1), ("several", "blocks", 2),
                                                          ("several", "flat", 1), ("several", "flat", 2)])
-def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, layout, split_k, monkeypatch):
+def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, layout, split_k):
     """The autotuner chooses on the GPU between the two tile layouts of the batch 2-16 path and between whole-K and
     split-K programs (the last split of a tile adds the partials); each must meet the contract on its own, so each runs
     here under Triton's interpreter on the contract's examples and on shapes that split (K of two steps or more)."""
@@ -138,13 +138,16 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
 
     use_dot = tokens == "several"
     tile = kernels._INTERPRETER_TILES[use_dot]._replace(dot_layout=layout, split_k=split_k)
-    monkeypatch.setitem(kernels._INTERPRETER_TILES, use_dot, tile)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
     cases = [case for case in [*nf4.nf4_matmul_examples("interpret"), *extra]
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
-    for case in cases:
-        nf4.matches_reference(impl, case, "cpu")
-        nf4.deterministic(impl, case, "cpu")
+    kernels.pin(tile)
+    try:
+        for case in cases:
+            nf4.matches_reference(impl, case, "cpu")
+            nf4.deterministic(impl, case, "cpu")
+    finally:
+        kernels.pin()

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
@@ -536,7 +537,7 @@ def _visibility(causal: bool, window: tuple[int, int]) -> _Visibility:
 
 
 def _kernel_constexprs(head_dim: int, dtype: torch.dtype, visibility: _Visibility) -> dict:
-    return {"HEAD_DIM": head_dim, "BLOCK_D": max(16, triton.next_power_of_2(head_dim)),
+    return {"HEAD_DIM": head_dim, "BLOCK_D": max(16, next_power_of_2(head_dim)),
             "HAS_LEFT": visibility.has_left, "HAS_RIGHT": visibility.has_right,
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32"}  # tf32 is ignored for 16-bit inputs
 
@@ -547,7 +548,7 @@ def _forward(q, k, v, scale: float, visibility: _Visibility):
     Hkv, M = k.shape[1], k.shape[2]
     out = torch.empty((B, Hq, N, D), dtype=q.dtype, device=q.device)  # (B, Hq, N, D)
     lse = torch.empty((B, Hq, N), dtype=torch.float32, device=q.device)  # (B, Hq, N)
-    _launch("forward", q.dtype, N * M, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
+    _launch("forward", q.dtype, N * M, lambda meta: (cdiv(N, meta["BLOCK_M"]), B * Hq),
             q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             Hq, Hq // Hkv, N, M, scale * _LOG2E, visibility.left, visibility.right,
             **_kernel_constexprs(D, q.dtype, visibility))
@@ -560,17 +561,17 @@ def _backward(grad_out, q, k, v, out, lse, scale: float, visibility: _Visibility
     Hkv, M = k.shape[1], k.shape[2]
     constexprs = _kernel_constexprs(D, q.dtype, visibility)
     delta = torch.empty_like(lse)  # (B, Hq, N)
-    _flash_bwd_delta_kernel[(triton.cdiv(N, _DELTA_BLOCK_M), B * Hq)](
+    _flash_bwd_delta_kernel[(cdiv(N, _DELTA_BLOCK_M), B * Hq)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), Hq, N,
         HEAD_DIM=D, BLOCK_D=constexprs["BLOCK_D"], BLOCK_M=_DELTA_BLOCK_M)
     dq = torch.empty((B, Hq, N, D), dtype=q.dtype, device=q.device)  # (B, Hq, N, D)
     dk = torch.empty((B, Hkv, M, D), dtype=k.dtype, device=k.device)  # (B, Hkv, M, D)
     dv = torch.empty((B, Hkv, M, D), dtype=v.dtype, device=v.device)  # (B, Hkv, M, D)
-    _launch("backward_dkdv", q.dtype, N * M, lambda meta: (triton.cdiv(M, meta["BLOCK_N"]), B * Hkv),
+    _launch("backward_dkdv", q.dtype, N * M, lambda meta: (cdiv(M, meta["BLOCK_N"]), B * Hkv),
             q, k, v, grad_out, dk, dv, lse, delta,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(), *dv.stride(),
             Hkv, Hq // Hkv, N, M, scale * _LOG2E, scale, visibility.left, visibility.right, **constexprs)
-    _launch("backward_dq", q.dtype, N * M, lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * Hq),
+    _launch("backward_dq", q.dtype, N * M, lambda meta: (cdiv(N, meta["BLOCK_M"]), B * Hq),
             q, k, v, grad_out, dq, lse, delta,
             *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
             Hq, Hq // Hkv, N, M, scale * _LOG2E, scale, visibility.left, visibility.right, **constexprs)

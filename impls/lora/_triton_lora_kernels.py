@@ -12,6 +12,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -130,13 +131,13 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
     R = t.shape[1] if low_rank is not None else 0
     args = (a, b, t, e, c, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
     constexprs = {"HAS_LOW_RANK": R > 0, "DOT_PRECISION": "ieee" if a.dtype == torch.float32 else "tf32",
-                      "BLOCK_R": max(16, triton.next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
+                      "BLOCK_R": max(16, next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
     tile = _fixed_tile(M, N, K, a.dtype)
     if tile is None:
         kernel = _AUTOTUNED[_family(M, N)]
-        kernel[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
+        kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
     else:
-        grid = (triton.cdiv(M, tile.block_m) * triton.cdiv(N, tile.block_n),)
+        grid = (cdiv(M, tile.block_m) * cdiv(N, tile.block_n),)
         _gemm_lowrank_kernel[grid](*args, **constexprs, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
                                    BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
     return c

@@ -10,6 +10,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -128,7 +129,7 @@ def quantize(w: torch.Tensor, *, blocksize: int = 64, double_quant: bool = False
     codes = torch.empty(-(-n // 2), dtype=torch.uint8, device=device)
     absmax = torch.empty(num_blocks, dtype=torch.float32, device=device)
     per_program = _blocks_per_program()
-    _nf4_quantize_kernel[(triton.cdiv(num_blocks, per_program),)](
+    _nf4_quantize_kernel[(cdiv(num_blocks, per_program),)](
         flat, codes, absmax, _thresholds(nf4_table(device)), n, num_blocks, BLOCKSIZE=blocksize, BLOCKS=per_program,
         TINY=_TINY)
     state = NF4State(codes, absmax, tuple(w.shape), w.dtype, blocksize)
@@ -149,7 +150,7 @@ def dequantize(state: NF4State) -> torch.Tensor:
     per_program = _blocks_per_program()
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
-    _nf4_dequantize_kernel[(triton.cdiv(state.blocks, per_program),)](
+    _nf4_dequantize_kernel[(cdiv(state.blocks, per_program),)](
         state.codes, state.absmax, scales, offset, *device_tables(device), out, state.numel,
         state.blocks, BLOCKSIZE=state.blocksize, BLOCKS=per_program, DOUBLE_QUANT=state.double_quant,
         DQ_BLOCKSIZE=DQ_BLOCKSIZE, enable_fp_fusion=False)

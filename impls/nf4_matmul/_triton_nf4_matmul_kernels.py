@@ -10,12 +10,14 @@ Absmax plain or double-quantized (decoded in place).
 Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE
 
@@ -295,7 +297,7 @@ def _num_sms(device: torch.device) -> int:
 def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tokens: int, sms: int) -> bool:
     """Whether a tile may split K split_k ways: unsplit always; split while the grid stays under
     _SPLIT_PROGRAMS_PER_SM programs per SM and every split gets a whole step of K."""
-    programs = triton.cdiv(N, block_n) * tokens * split_k
+    programs = cdiv(N, block_n) * tokens * split_k
     return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
 
 
@@ -307,7 +309,7 @@ def _config(tile: Tile) -> triton.Config:
 def _prune(configs, named_args, **kwargs):
     """Steps of whole quantization blocks only; splits of K only where _split_allowed."""
     N, K, M = named_args["N"], named_args["K"], named_args["M"]
-    tokens = triton.cdiv(M, kwargs["BLOCK_M"])
+    tokens = cdiv(M, kwargs["BLOCK_M"])
     sms = _num_sms(named_args["out_ptr"].device)
     return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
             and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], N, K, tokens, sms)]
@@ -332,22 +334,52 @@ def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: in
     return tile._replace(block_k=max(tile.block_k, blocksize))
 
 
-def _split_buffers(tiles: list[Tile], N: int, K: int, M: int, tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(partial sums (splits, M, N) float32, arrival counters) for the largest split among `tiles` allowed here; 1-element
-    placeholders when none splits. The counters persist per device (every launch leaves them at zero; launches on two
-    streams at once would share them)."""
+class _Plan(NamedTuple):
+    """Everything about a launch that depends only on shapes, dtypes and the pinned tile, worked out once."""
+
+    use_dot: bool
+    tokens: int  # programs along the tokens: blocks of _DOT_BLOCK_M tokens (dot) or single tokens
+    tile: Tile | None  # None: autotuned among _CANDIDATES[use_dot]
+    splits: int  # rows of the split-K partial buffer: the largest split a candidate may take here
+    output_tiles: int  # arrival counters the largest split needs
+    constexprs: dict
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_quant: bool, pairs: bool,
+          device: torch.device, pinned: Tile | None) -> _Plan:
+    use_dot = M > 1
+    tokens = cdiv(M, _DOT_BLOCK_M) if use_dot else M
     sms = _num_sms(device)
-    allowed = [t for t in tiles if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
+    tile = _fixed_tile(use_dot, N, K, dtype, blocksize)
+    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens, sms):
+        tile = tile._replace(split_k=1)
+    allowed = [t for t in (_CANDIDATES[use_dot] if tile is None else [tile])
+               if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
     splits = max(t.split_k for t in allowed)
-    if splits == 1:
+    output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
+    constexprs = {
+        "BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
+        "PATH": "dot" if use_dot else "words" if pairs else "bytes", "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
+        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[dtype]],
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
+    if tile is not None:
+        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout,
+                       "SPLIT_K": tile.split_k, "num_warps": tile.num_warps, "num_stages": tile.num_stages}
+    return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
+
+
+def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partial sums (splits, M, N) float32, arrival counters) for the plan's largest split; 1-element placeholders when
+    nothing splits. The counters persist per device (every launch leaves them at zero; launches on two streams at once
+    would share them)."""
+    if plan.splits == 1:
         placeholder = torch.empty(1, dtype=torch.float32, device=device)
         return placeholder, placeholder
-    output_tiles = max(triton.cdiv(N, t.block_n) for t in allowed if t.split_k > 1) * tokens
-    arrivals = _ARRIVALS.get(torch.device(device))
-    if arrivals is None or arrivals.numel() < output_tiles:
-        arrivals = _ARRIVALS[torch.device(device)] = torch.zeros(max(output_tiles, 1 << 12), dtype=torch.int32,
-                                                                 device=device)
-    return torch.empty(splits, M, N, dtype=torch.float32, device=device), arrivals
+    arrivals = _ARRIVALS.get(device)
+    if arrivals is None or arrivals.numel() < plan.output_tiles:
+        arrivals = _ARRIVALS[device] = torch.zeros(max(plan.output_tiles, 1 << 12), dtype=torch.int32, device=device)
+    return torch.empty(plan.splits, M, N, dtype=torch.float32, device=device), arrivals
 
 
 def _signed32(value: int) -> int:
@@ -364,31 +396,21 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     M = x2.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     table, dynamic = device_tables(x.device)
-    use_dot = M > 1
-    pairs = (not use_dot and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
+    pairs = (M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
              and state.codes.storage_offset() % 4 == 0)
+    plan = _plan(N, K, M, x.dtype, state.blocksize, state.double_quant, pairs, x.device, _PINNED.get("tile"))
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = state.codes.view(torch.int32) if pairs else state.codes  # K % 8 == 0: rows of K / 8 words
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
-    tokens = triton.cdiv(M, _DOT_BLOCK_M) if use_dot else M
-    tile = _fixed_tile(use_dot, N, K, x.dtype, state.blocksize)
-    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens,
-                                               _num_sms(x.device)):
-        tile = tile._replace(split_k=1)
-    partial, arrivals = _split_buffers(_CANDIDATES[use_dot] if tile is None else [tile], N, K, M, tokens, x.device)
+    partial, arrivals = _split_buffers(plan, N, M, x.device)
     address = table.data_ptr()
     args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
             K, *x2.stride(), K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
-    constexprs = {
-        "BLOCKSIZE": state.blocksize, "DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
-        "PATH": "dot" if use_dot else "words" if pairs else "bytes", "X_PAIRS": _PAIR_FORMATS[x.dtype] if pairs else "none",
-        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[x.dtype]],
-        "DOT_PRECISION": "ieee" if x.dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
-    if tile is None:
-        _AUTOTUNED[use_dot][lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **constexprs)
+    tokens = plan.tokens
+    if plan.tile is None:
+        _AUTOTUNED[plan.use_dot][lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args,
+                                                                                                 **plan.constexprs)
     else:
-        _nf4_matmul_kernel[(triton.cdiv(N, tile.block_n), tokens, tile.split_k)](
-            *args, **constexprs, BLOCK_N=tile.block_n, BLOCK_K=tile.block_k, DOT_LAYOUT=tile.dot_layout,
-            SPLIT_K=tile.split_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **plan.constexprs)
     return out.reshape(*x.shape[:-1], N)

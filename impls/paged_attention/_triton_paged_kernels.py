@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
@@ -214,12 +215,12 @@ def split_plan(batch_kv_programs: int, longest: int, device: torch.device) -> tu
     if "num_splits" in _PINNED:
         wanted = _PINNED["num_splits"]
     else:
-        wanted = min(_PROGRAMS_PER_SM * _num_sms(device) // batch_kv_programs, triton.cdiv(longest, quantum),
+        wanted = min(_PROGRAMS_PER_SM * _num_sms(device) // batch_kv_programs, cdiv(longest, quantum),
                      _MAX_SPLITS)
     if wanted <= 1:
         return 1, longest
-    tokens_per_split = triton.cdiv(triton.cdiv(longest, wanted), quantum) * quantum
-    return triton.cdiv(longest, tokens_per_split), tokens_per_split
+    tokens_per_split = cdiv(cdiv(longest, wanted), quantum) * quantum
+    return cdiv(longest, tokens_per_split), tokens_per_split
 
 
 # ---------------------------------------------------------------------------------------------------- host side
@@ -252,8 +253,8 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     tile = _fixed_tile(q.dtype, D, int(lengths.sum()) * Hkv * D * 2 * k_cache.element_size())
     partial_out = torch.empty((B, Hq, num_splits, D) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
     partial_lse = torch.empty((B, Hq, num_splits) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
-    block_d = max(16, triton.next_power_of_2(D))
-    constexprs = {"GROUP": group, "GROUP_ROWS": max(_MIN_GROUP_ROWS, triton.next_power_of_2(group)), "HEAD_DIM": D,
+    block_d = max(16, next_power_of_2(D))
+    constexprs = {"GROUP": group, "GROUP_ROWS": max(_MIN_GROUP_ROWS, next_power_of_2(group)), "HEAD_DIM": D,
                   "BLOCK_D": block_d, "PAGE_SIZE": block_size, "SPLIT": num_splits > 1,
                   "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}  # tf32 is ignored for 16-bit
     if tile is None:
@@ -271,7 +272,7 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
         if num_splits > 1:
             _merge_splits_kernel[(B * Hq,)](
                 partial_out, partial_lse, out, *out.stride(), Hq, num_splits,
-                HEAD_DIM=D, BLOCK_D=block_d, SPLITS_ROWS=max(2, triton.next_power_of_2(num_splits)), num_warps=4)
+                HEAD_DIM=D, BLOCK_D=block_d, SPLITS_ROWS=max(2, next_power_of_2(num_splits)), num_warps=4)
         return out
 
     return run

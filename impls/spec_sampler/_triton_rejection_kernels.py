@@ -14,6 +14,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._host import cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Elements of one (rows x vocabulary) tile; the interpreter runs each program in Python, so it takes fewer, larger ones.
@@ -122,19 +123,19 @@ def rejection_sample(draft_tokens: torch.Tensor, draft_probs: torch.Tensor, targ
     V = target_probs.shape[2]
     device = draft_tokens.device
     uniforms = torch.rand((T, K + 1), generator=generator, device=device)  # (T, K + 1) float32
-    block_v = min(triton.next_power_of_2(V), _MAX_BLOCK_V)
-    block_t = max(1, min(_TILE // block_v, triton.next_power_of_2(T)))
-    chunks = triton.cdiv(V, block_v)
+    block_v = min(next_power_of_2(V), _MAX_BLOCK_V)
+    block_t = max(1, min(_TILE // block_v, next_power_of_2(T)))
+    chunks = cdiv(V, block_v)
     acc = tl.float64 if target_probs.dtype == torch.float64 else tl.float32
     accepted = torch.empty(T, dtype=torch.int32, device=device)
     partial = torch.empty((T, chunks), dtype=torch.float64 if acc == tl.float64 else torch.float32, device=device)
     out = torch.empty((T, K + 1), dtype=torch.int64, device=device)
     inputs = (draft_tokens, *draft_tokens.stride(), draft_probs, *draft_probs.stride(), target_probs,
               *target_probs.stride(), uniforms)
-    row_blocks = triton.cdiv(T, block_t)
+    row_blocks = cdiv(T, block_t)
     _chunk_sums_kernel[(row_blocks, chunks)](*inputs, accepted, partial, T, V, K, chunks, BLOCK_T=block_t,
                                              BLOCK_V=block_v, ACC=acc, num_warps=4)
     _sample_kernel[(row_blocks,)](*inputs, accepted, partial, out, T, V, K, chunks, BLOCK_T=block_t,
-                                  BLOCK_V=block_v, BLOCK_S=triton.next_power_of_2(chunks),
-                                  BLOCK_K1=triton.next_power_of_2(K + 1), ACC=acc, num_warps=4)
+                                  BLOCK_V=block_v, BLOCK_S=next_power_of_2(chunks),
+                                  BLOCK_K1=next_power_of_2(K + 1), ACC=acc, num_warps=4)
     return out
