@@ -124,7 +124,8 @@ def _timed(impl, call: Call, mode: str, device: str, frozen: tuple[int, ...] = (
     if device == "cuda" and mode == "bwd":  # autograd runs backward kernels on the forward's stream, not the capture's
         graph["graph_note"] = "backward: not captured"
     elif device == "cuda":
-        replayed, graph["graph_note"] = time_gpu_graph(run)
+        generators = tuple(a for a in call.args if isinstance(a, torch.Generator) and a.device.type == "cuda")
+        replayed, graph["graph_note"] = time_gpu_graph(run, generators=generators)
         graph["latency_ms_graph"] = None if replayed is None else replayed.median_ms
     return timing, memory, graph
 

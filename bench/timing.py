@@ -64,13 +64,17 @@ def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, re
     return _summary([start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)])
 
 
-def time_gpu_graph(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-                   reps: int | None = None) -> tuple[Timing | None, str | None]:
+def time_gpu_graph(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None,
+                   generators: tuple = ()) -> tuple[Timing | None, str | None]:
     """(time_gpu of replaying `fn` captured in a CUDA graph, None), or (None, why) when `fn` cannot be captured (it
     synchronizes, reads a device value on the host, ...). `fn` runs a few times on a side stream first, so that lazy
-    work (compilation, autotuning, allocator growth) happens before the capture, as torch.cuda.graph's docs ask."""
+    work (compilation, autotuning, allocator growth) happens before the capture, as torch.cuda.graph's docs ask.
+    `generators`: CUDA generators `fn` draws from besides the default one, registered with the graph so that each
+    replay advances them (where this torch can; otherwise the capture fails and says so)."""
     graph = torch.cuda.CUDAGraph()
     try:
+        for generator in generators:
+            graph.register_generator_state(generator)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -1,7 +1,8 @@
 """Registered impl: vLLM 0.26.0's rejection sampler, `rejection_sample` of vllm/v1/sample/rejection_sampler.py (Triton
 kernels: the accept/reject walk per request, the recovered token per position as argmax max(0, p - q) / Exp(1)), fed
 the contract's tensors in vLLM's flattened spec-decode layout. vLLM takes target logits (log p here) and bonus tokens
-sampled outside it (from target_probs[:, k] here, as its Sampler does)."""
+sampled outside it (from target_probs[:, k] here, the way its Sampler's random_sample draws them: p / Exp(1) noise and
+an argmax, no host synchronization; out of place, since vLLM divides its own probabilities in place)."""
 from llmopt.impls import register
 
 
@@ -17,7 +18,8 @@ def _plan(draft_tokens, draft_probs, target_probs):
     """vLLM's inputs, built once: draft ids (T k,) int32, cu_num_draft_tokens (T,) int32, contiguous draft probs
     (T k, V) and target logits log p (T k, V) float32, every request random at temperature 1 with no top-k/top-p and no
     per-request generator. -> run(): bonus tokens from target_probs[:, k], then rejection_sample; (T, k + 1) int32 with
-    -1 after the emitted tokens, drawn from torch's default generators."""
+    -1 after the emitted tokens, drawn from torch's default generators. (Until 2026-12-04 the bonus came from
+    torch.multinomial, which synchronizes with the host: the H200 rows of that day include it.)"""
     import torch
     from vllm.v1.sample.logits_processor import LogitsProcessors
     from vllm.v1.sample.metadata import SamplingMetadata
@@ -40,7 +42,8 @@ def _plan(draft_tokens, draft_probs, target_probs):
         logitsprocs=LogitsProcessors())
 
     def run():
-        bonus = torch.multinomial(bonus_probs, 1).to(torch.int32)  # (T, 1)
+        noise = torch.empty_like(bonus_probs).exponential_()  # (T, V)
+        bonus = (bonus_probs / noise).argmax(dim=-1).view(T, 1).to(torch.int32)  # (T, 1), vLLM's random_sample
         return rejection_sample(draft_ids, [k] * T, k, cu_num_draft_tokens, flat_draft_probs, target_logits, bonus,
                                 metadata)
 
