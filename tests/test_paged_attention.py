@@ -227,10 +227,14 @@ def test_triton_split_kv_and_strided_cache(kernels, case, num_splits):
     expected = paged_attention(*[t.double().cpu() if t.is_floating_point() else t.cpu() for t in call.args],
                                scale=case.scale)
     for splits in (1, num_splits):
-        kernels.pin(num_splits=splits)
-        out = kernels.paged_decode(q, wide_k[:, :, ::2], v, table, lens, scale=case.scale)
-        tolerance = (2e-3 if case.dtype == "float16" else 2e-6) * max(1.0, float(expected.abs().max()))
-        torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=tolerance)
+        for merge in kernels.MERGES:  # a second kernel, or the last chunk's program (arrival counter re-armed)
+            kernels.pin(num_splits=splits, merge=merge)
+            for _ in range(2):
+                out = kernels.paged_decode(q, wide_k[:, :, ::2], v, table, lens, scale=case.scale)
+                tolerance = (2e-3 if case.dtype == "float16" else 2e-6) * max(1.0, float(expected.abs().max()))
+                torch.testing.assert_close(out.double().cpu(), expected, rtol=0, atol=tolerance)
+    with pytest.raises(ValueError, match="merge"):
+        kernels.pin(merge="atomic")
 
 
 # --------------------------------------------------------------------------------------------------- memory waste

@@ -1,6 +1,7 @@
 """Paged decode attention in Triton (PagedAttention, Kwon et al. 2023): one query per sequence over (num_blocks,
-block_size, Hkv, D) blocks; GQA-aware (one program per KV head serves its query heads); split-KV with a merge kernel
-(FlashDecoding, Dao et al. 2023) for long contexts and small batches. fp16/bf16/fp32, D <= 256, power-of-two blocks."""
+block_size, Hkv, D) blocks; GQA-aware (one program per KV head serves its query heads); split-KV (FlashDecoding, Dao
+et al. 2023) for long contexts and small batches, the chunks merged by a second kernel or ("fused" merge) by the last
+chunk's program to finish. fp16/bf16/fp32, D <= 256, power-of-two blocks."""
 from __future__ import annotations
 
 import os
@@ -65,7 +66,7 @@ def _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride
 
 @triton.jit
 def _paged_decode_kernel(
-    Q, K, V, BlockTable, SeqLens, Out, PartialOut, PartialLse,
+    Q, K, V, BlockTable, SeqLens, Out, PartialOut, PartialLse, Arrivals,
     stride_qb, stride_qh, stride_qd,
     stride_kn, stride_ks, stride_kh, stride_kd,
     stride_vn, stride_vs, stride_vh, stride_vd,
@@ -74,10 +75,13 @@ def _paged_decode_kernel(
     num_kv_heads, num_splits, tokens_per_split, qk_scale,
     GROUP: tl.constexpr, GROUP_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    FUSED_MERGE: tl.constexpr, MERGE_ROWS: tl.constexpr, SPLIT_CHUNK: tl.constexpr,
 ):
     """One program: the GROUP query heads of one (sequence, KV head) over tokens [split x tokens_per_split, ...) of
     that sequence. Without SPLIT it writes Out (B, Hq, D) in Out's dtype; with it, PartialOut (B, Hq, splits, D) fp32
-    normalised over its chunk and PartialLse (B, Hq, splits) fp32 base-2 log-sum-exp, -inf for an empty chunk."""
+    normalised over its chunk and PartialLse (B, Hq, splits) fp32 base-2 log-sum-exp, -inf for an empty chunk; with
+    FUSED_MERGE too, the chunk's program that arrives last (counted on Arrivals[sequence x KV head], acquire-release)
+    merges them into Out as _merge_splits_kernel does, in the same order, and re-arms the counter."""
     batch_kv_head = tl.program_id(0)
     split = tl.program_id(1)
     batch = batch_kv_head // num_kv_heads
@@ -114,31 +118,66 @@ def _paged_decode_kernel(
         tl.store(PartialOut + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=head_rows)
         tl.store(PartialLse + row, tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf")),
                  mask=offs_g < GROUP)
+        if FUSED_MERGE:
+            tl.debug_barrier()  # every thread's partial is written before the arrival is released
+            arrived = tl.atomic_add(Arrivals + batch_kv_head, 1, sem="acq_rel", scope="gpu")
+            if arrived == num_splits - 1:
+                merge_heads = kv_head * GROUP + tl.arange(0, MERGE_ROWS)  # [MERGE_ROWS]: the group, unpadded
+                first = (batch * num_kv_heads * GROUP + merge_heads).to(tl.int64) * num_splits
+                out_ptrs = (Out + batch.to(tl.int64) * stride_ob + merge_heads[:, None] * stride_oh
+                            + offs_d[None, :] * stride_od)
+                _merge_rows(PartialOut, PartialLse, first, tl.arange(0, MERGE_ROWS) < GROUP, offs_d, num_splits,
+                            out_ptrs, HEAD_DIM, SPLIT_CHUNK)
+                tl.atomic_xchg(Arrivals + batch_kv_head, 0)
     else:
         tl.store(Out + batch.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
                  out.to(Out.dtype.element_ty), mask=head_rows)
 
 
 @triton.jit
+def _merge_rows(PartialOut, PartialLse, first, rows_in, offs_d, num_splits, out_ptrs, HEAD_DIM: tl.constexpr,
+                SPLIT_CHUNK: tl.constexpr):
+    """out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max) in fp32 for the rows [ROWS] whose chunks start at row
+    `first` of PartialLse (and of PartialOut, rows of HEAD_DIM): SPLIT_CHUNK chunks per load, so a row costs
+    num_splits / SPLIT_CHUNK round trips to memory rather than one per chunk; fixed order, so the same sum every run.
+    Empty chunks (lse -inf) weigh 0 and the first chunk is never empty. Stores the rows_in rows to out_ptrs
+    [ROWS, BLOCK_D] in its dtype. Loads bypass L1: other SMs wrote the partials an instant ago."""
+    offs_c = tl.arange(0, SPLIT_CHUNK)
+    columns = offs_d < HEAD_DIM  # [BLOCK_D]
+    lse_max = tl.full(first.shape, float("-inf"), tl.float32)
+    for chunk in range(0, num_splits, SPLIT_CHUNK):
+        inside = rows_in[:, None] & (chunk + offs_c < num_splits)[None, :]  # [ROWS, SPLIT_CHUNK]
+        lse = tl.load(PartialLse + first[:, None] + chunk + offs_c[None, :], mask=inside, other=float("-inf"),
+                      cache_modifier=".cg")
+        lse_max = tl.maximum(lse_max, tl.max(lse, 1))
+    lse_max = tl.where(rows_in, lse_max, 0.0)  # rows past the end never see -inf - -inf
+    denominator = tl.zeros(first.shape, tl.float32)
+    acc = tl.zeros([first.shape[0], offs_d.shape[0]], tl.float32)
+    for chunk in range(0, num_splits, SPLIT_CHUNK):
+        inside = rows_in[:, None] & (chunk + offs_c < num_splits)[None, :]
+        rows = first[:, None] + chunk + offs_c[None, :]  # [ROWS, SPLIT_CHUNK] partial rows
+        weight = tl.math.exp2(tl.load(PartialLse + rows, mask=inside, other=float("-inf"), cache_modifier=".cg")
+                              - lse_max[:, None])
+        denominator += tl.sum(weight, 1)
+        partial = tl.load(PartialOut + rows[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                          mask=inside[:, :, None] & columns[None, None, :], other=0.0,
+                          cache_modifier=".cg")  # [ROWS, SPLIT_CHUNK, BLOCK_D]
+        acc += tl.sum(weight[:, :, None] * partial, 1)
+    out = acc / tl.where(rows_in, denominator, 1.0)[:, None]
+    tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=rows_in[:, None] & columns[None, :])
+
+
+@triton.jit
 def _merge_splits_kernel(PartialOut, PartialLse, Out, stride_ob, stride_oh, stride_od, num_heads, num_splits,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS_ROWS: tl.constexpr):
-    """One program per (sequence, query head): out = sum_s 2^(lse_s - max) o_s / sum_s 2^(lse_s - max), in fp32, over
-    the chunks' normalised partial outputs o_s; empty chunks (lse -inf) weigh 0 and the first chunk is never empty."""
+                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT_CHUNK: tl.constexpr):
+    """One program per (sequence, query head), merged by _merge_rows."""
     batch_head = tl.program_id(0)
-    offs_s = tl.arange(0, SPLITS_ROWS)
+    row = batch_head + tl.arange(0, 1)  # [1]
     offs_d = tl.arange(0, BLOCK_D)
-    base = batch_head.to(tl.int64) * num_splits
-    lse = tl.load(PartialLse + base + offs_s, mask=offs_s < num_splits, other=float("-inf"))  # [SPLITS_ROWS]
-    lse_max = tl.max(lse, 0)
-    denominator = tl.sum(tl.math.exp2(lse - lse_max), 0)
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for split in range(num_splits):
-        weight = tl.math.exp2(tl.load(PartialLse + base + split) - lse_max)
-        acc += weight * tl.load(PartialOut + (base + split) * HEAD_DIM + offs_d, mask=offs_d < HEAD_DIM, other=0.0)
-    batch = batch_head // num_heads
-    head = batch_head % num_heads
-    tl.store(Out + batch.to(tl.int64) * stride_ob + head * stride_oh + offs_d * stride_od,
-             (acc / denominator).to(Out.dtype.element_ty), mask=offs_d < HEAD_DIM)
+    batch, head = row // num_heads, row % num_heads
+    out_ptrs = Out + batch.to(tl.int64)[:, None] * stride_ob + head[:, None] * stride_oh + offs_d[None, :] * stride_od
+    _merge_rows(PartialOut, PartialLse, row.to(tl.int64) * num_splits, row >= 0, offs_d, num_splits, out_ptrs,
+                HEAD_DIM, SPLIT_CHUNK)
 
 
 # ----------------------------------------------------------------------------------------------- launch configs
@@ -181,13 +220,32 @@ _AUTOTUNED_KERNEL = triton.autotune(
              for t in _HALF_CONFIGS], key=_AUTOTUNE_KEY)(_paged_decode_kernel)
 
 
-def pin(tile: TileConfig | None = None, num_splits: int | None = None) -> None:
-    """Launch with `tile` and/or `num_splits` for every call instead of the defaults (None restores a default)."""
-    for key, value in (("tile", tile), ("num_splits", num_splits)):
+MERGES = ("launch", "fused")  # split chunks merged by a second kernel, or by the last chunk's program
+_DEFAULT_MERGE = "launch"  # the H200 (2026-12-04) measured it with a merge loading one chunk per round trip; the
+# chunked loads of _merge_rows and the "fused" merge are not measured yet (bench/paged_splits compares both)
+_SPLIT_CHUNK_ELEMENTS = 16  # merge rows x chunks loaded at once (each a BLOCK_D row of fp32)
+_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: fused-merge arrival counters, zero between launches
+
+
+def pin(tile: TileConfig | None = None, num_splits: int | None = None, merge: str | None = None) -> None:
+    """Launch with `tile`, `num_splits` and/or `merge` (one of MERGES) for every call instead of the defaults (None
+    restores a default)."""
+    if merge is not None and merge not in MERGES:
+        raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+    for key, value in (("tile", tile), ("num_splits", num_splits), ("merge", merge)):
         if value is None:
             _PINNED.pop(key, None)
         else:
-            _PINNED[key] = TileConfig(*value) if key == "tile" else int(value)
+            _PINNED[key] = TileConfig(*value) if key == "tile" else int(value) if key == "num_splits" else value
+
+
+def _arrivals(device: torch.device, counters: int) -> torch.Tensor:
+    """The device's fused-merge arrival counters, at least `counters` of them, zero (every launch leaves them at zero;
+    launches on two streams at once would share them)."""
+    arrivals = _ARRIVALS.get(device)
+    if arrivals is None or arrivals.numel() < counters:
+        arrivals = _ARRIVALS[device] = torch.zeros(max(counters, 1 << 12), dtype=torch.int32, device=device)
+    return arrivals
 
 
 def _fixed_tile(dtype: torch.dtype, head_dim: int, kv_bytes: int) -> TileConfig | None:
@@ -242,7 +300,7 @@ def _check_inputs(q, k_cache, v_cache, block_table, seq_lens) -> None:
 def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     """Everything that does not depend on the data, done once: the split plan (reads max(seq_lens) from the device),
     the partial-result buffers and the launch grid. Returns run() -> out (B, Hq, D) in q's dtype, which launches the
-    decode kernel and, when split, the merge kernel. Shapes as in paged_decode."""
+    decode kernel and, when split with the "launch" merge, the merge kernel. Shapes as in paged_decode."""
     _check_inputs(q, k_cache, v_cache, block_table, seq_lens)
     B, Hq, D = q.shape
     block_size, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -251,12 +309,17 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     lengths = seq_lens.long()
     num_splits, tokens_per_split = split_plan(B * Hkv, int(lengths.max()), q.device)
     tile = _fixed_tile(q.dtype, D, int(lengths.sum()) * Hkv * D * 2 * k_cache.element_size())
+    fused = num_splits > 1 and _PINNED.get("merge", _DEFAULT_MERGE) == "fused"
     partial_out = torch.empty((B, Hq, num_splits, D) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
     partial_lse = torch.empty((B, Hq, num_splits) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
+    arrivals = _arrivals(q.device, B * Hkv) if fused else partial_lse
     block_d = max(16, next_power_of_2(D))
+    merge_rows = next_power_of_2(group)
+    split_chunk = max(1, min(_SPLIT_CHUNK_ELEMENTS // merge_rows, next_power_of_2(num_splits)))
     constexprs = {"GROUP": group, "GROUP_ROWS": max(_MIN_GROUP_ROWS, next_power_of_2(group)), "HEAD_DIM": D,
                   "BLOCK_D": block_d, "PAGE_SIZE": block_size, "SPLIT": num_splits > 1,
-                  "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32"}  # tf32 is ignored for 16-bit
+                  "DOT_PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",  # tf32 is ignored for 16-bit
+                  "FUSED_MERGE": fused, "MERGE_ROWS": merge_rows, "SPLIT_CHUNK": split_chunk}
     if tile is None:
         kernel = _AUTOTUNED_KERNEL
     else:
@@ -266,13 +329,13 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     def run():
         out = torch.empty_like(q, memory_format=torch.contiguous_format)  # (B, Hq, D)
         kernel[(B * Hkv, num_splits)](
-            q, k_cache, v_cache, block_table, seq_lens, out, partial_out, partial_lse,
+            q, k_cache, v_cache, block_table, seq_lens, out, partial_out, partial_lse, arrivals,
             *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_table.stride(), seq_lens.stride(0),
             *out.stride(), Hkv, num_splits, tokens_per_split, scale * _LOG2E, **constexprs)
-        if num_splits > 1:
+        if num_splits > 1 and not fused:
             _merge_splits_kernel[(B * Hq,)](
                 partial_out, partial_lse, out, *out.stride(), Hq, num_splits,
-                HEAD_DIM=D, BLOCK_D=block_d, SPLITS_ROWS=max(2, next_power_of_2(num_splits)), num_warps=4)
+                HEAD_DIM=D, BLOCK_D=block_d, SPLIT_CHUNK=split_chunk, num_warps=4)
         return out
 
     return run
