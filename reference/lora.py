@@ -427,21 +427,17 @@ LORA_PROPERTIES = [
 
 
 def lora_cost(case: LoraCase, mode: str = "fwd") -> Cost:
-    """Forward 2 M (out in + r (in + out)) FLOPs; reads x, W, A, B, writes y. Backward (W frozen, so no dW): dt = dy B
-    and dB = dyᵀ t (2 M out r each), dA = dtᵀ x (2 M r in) and, when x requires grad, dx = dy W + dt A (2 M in (out + r));
-    reads dy, x, A, B (and W for dx), writes dA, dB (and dx)."""
+    """Forward 2 M (out in + r (in + out)) FLOPs; reads x, W, A, B, writes y. Backward, as the benchmark takes it
+    (gradients of every input but the frozen W, so no dW): dt = dy B and dB = dyᵀ t (2 M out r each), dA = dtᵀ x
+    (2 M r in), dx = dy W + dt A (2 M in (out + r)); reads dy, x, W, A, B, writes dx, dA, dB."""
     M = math.prod(case.batch)
     size = dtype_of(case.dtype).itemsize
     adapter = case.rank * (case.n_in + case.n_out)
     if mode == "fwd":
         flops = 2.0 * M * (case.n_out * case.n_in + adapter)
         return Cost(flops, size * (case.n_out * case.n_in + adapter + M * (case.n_in + case.n_out)))
-    flops = 2.0 * M * case.rank * (2 * case.n_out + case.n_in)
-    moved = 2 * adapter + M * (case.n_in + case.n_out)  # dy, x, A, B in; dA, dB out
-    if case.x_requires_grad:
-        flops += 2.0 * M * case.n_in * (case.n_out + case.rank)
-        moved += case.n_out * case.n_in + M * case.n_in  # W in, dx out
-    return Cost(flops, size * moved)
+    flops = 2.0 * M * (case.rank * (2 * case.n_out + case.n_in) + case.n_in * (case.n_out + case.rank))
+    return Cost(flops, size * (case.n_out * case.n_in + 2 * adapter + M * (2 * case.n_in + case.n_out)))
 
 
 LORA_BENCH_CASES = [LoraCase((tokens,), 4096, n_out, 16, 2.0, "bfloat16", x_requires_grad=True)

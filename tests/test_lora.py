@@ -120,3 +120,23 @@ def test_validation_names_the_expected_layout(mutate, expected):
         check_lora_call(Call(mutate(list(call.args)), call.kwargs))
     with pytest.raises(ValueError, match="scaling"):
         check_lora_call(Call(call.args, {"scaling": True}))
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_the_cost_counts_the_products_autograd_runs(mode):
+    """lora_cost's FLOPs are the matrix products the reference runs (torch's FlopCounterMode), forward and the
+    benchmark's backward (every input but the frozen W differentiated: no dW); QLoRA's are LoRA's."""
+    from llmopt.reference import lora, qlora
+    from torch.utils.flop_counter import FlopCounterMode
+
+    case = lora.LoraCase((3, 5), 24, 40, 4, 2.0, "float64", x_requires_grad=True)
+    x, W, A, B = lora.lora_make_call(case, "cpu").args
+    x, A, B = (t.detach().requires_grad_() for t in (x, A, B))
+    with FlopCounterMode(display=False) as forward:
+        y = lora.lora_linear(x, W, A, B, scaling=case.scaling)
+    with FlopCounterMode(display=False) as backward:
+        torch.autograd.grad(y, (x, A, B), torch.randn_like(y))
+    counted = forward if mode == "fwd" else backward
+    assert lora.lora_cost(case, mode).flops == counted.get_total_flops()
+    quantized = qlora.QLoraCase(case.batch, case.n_in, case.n_out, case.rank, case.scaling, "float32", True)
+    assert qlora.qlora_cost(quantized, mode).flops == lora.lora_cost(case, mode).flops
