@@ -6,8 +6,9 @@ Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 element
 "bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
 rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens, on [rows, blocks, bytes] tiles (DOT_LAYOUT "blocks")
 or on flat [rows, elements] tiles that read each byte and absmax once per element from L1 ("flat"; nothing reshaped).
-Absmax plain or double-quantized (decoded in place).
-Requires K % blocksize == 0 (a block never spans two rows)."""
+Absmax plain or double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds
+the float32 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two
+rows)."""
 from __future__ import annotations
 
 import functools
@@ -261,6 +262,9 @@ class Tile(NamedTuple):
 # too, for the autotuner to weigh, and so are flat [rows, elements] tiles that reshape nothing (DOT_LAYOUT "flat").
 # Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every
 # tile also comes split over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
+# On the H200 (2026-12-04, bench/nf4_tiles): split-K took 7-20% off the 2-16-token path on the three smaller weights and
+# never won a one-token shape; no "flat" tile won; the best 2-16-token tiles still ran ~10x the dense bf16 time, so the
+# cost is in decoding into the dot's operands, not in the grid (to be profiled).
 _GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
                Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
 _DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4),
