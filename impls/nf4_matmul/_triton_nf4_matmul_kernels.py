@@ -18,6 +18,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._arrivals import arrival_counters, last_to_arrive
 from llmopt.impls._host import cdiv
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE
@@ -144,18 +145,15 @@ def _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, ta
 def _split_k_epilogue(partial, out_ptrs, partial_ptr, partial_offsets, mask, arrivals_ptr, tile, split, split_stride,
                       SPLIT_K: tl.constexpr):
     """Split-K in one launch, deterministic: each split stores its float32 partial sum at partial_ptr[split, ...]; the
-    tile's last split to arrive (counted on arrivals_ptr[tile], acquire-release) adds the SPLIT_K partials in split
-    order, stores the sum to out_ptrs and re-arms the counter (0) for the next launch."""
+    tile's last split to arrive (last_to_arrive on arrivals_ptr[tile]) adds the SPLIT_K partials in split order and
+    stores the sum to out_ptrs."""
     tl.store(partial_ptr + split * split_stride + partial_offsets, partial, mask=mask)
-    tl.debug_barrier()  # every thread's partial is written before the arrival is released
-    arrived = tl.atomic_add(arrivals_ptr + tile, 1, sem="acq_rel", scope="gpu")
-    if arrived == SPLIT_K - 1:
+    if last_to_arrive(arrivals_ptr, tile, SPLIT_K):
         total = tl.zeros_like(partial)
         for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run, whoever arrives last
             total += tl.load(partial_ptr + s * split_stride + partial_offsets, mask=mask, other=0.0,
                              cache_modifier=".cg")
         tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
-        tl.atomic_xchg(arrivals_ptr + tile, 0)
 
 
 # ----------------------------------------------------------------------------------------------- the kernel
@@ -283,7 +281,6 @@ _DOT_BLOCK_M = 16
 _PAIR_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # x dtypes the word path reads as 32-bit pairs
 _INTERPRETER_SMS = 2
 _PINNED: dict[str, Tile] = {}
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: split-K arrival counters, zero between launches
 
 
 def pin(tile: Tile | None = None) -> None:
@@ -375,15 +372,12 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
 
 def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(partial sums (splits, M, N) float32, arrival counters) for the plan's largest split; 1-element placeholders when
-    nothing splits. The counters persist per device (every launch leaves them at zero; launches on two streams at once
-    would share them)."""
+    nothing splits."""
     if plan.splits == 1:
         placeholder = torch.empty(1, dtype=torch.float32, device=device)
         return placeholder, placeholder
-    arrivals = _ARRIVALS.get(device)
-    if arrivals is None or arrivals.numel() < plan.output_tiles:
-        arrivals = _ARRIVALS[device] = torch.zeros(max(plan.output_tiles, 1 << 12), dtype=torch.int32, device=device)
-    return torch.empty(plan.splits, M, N, dtype=torch.float32, device=device), arrivals
+    return (torch.empty(plan.splits, M, N, dtype=torch.float32, device=device),
+            arrival_counters(device, plan.output_tiles))
 
 
 def _signed32(value: int) -> int:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.impls._arrivals import arrival_counters, last_to_arrive
 from llmopt.impls._host import cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -80,8 +81,8 @@ def _paged_decode_kernel(
     """One program: the GROUP query heads of one (sequence, KV head) over tokens [split x tokens_per_split, ...) of
     that sequence. Without SPLIT it writes Out (B, Hq, D) in Out's dtype; with it, PartialOut (B, Hq, splits, D) fp32
     normalised over its chunk and PartialLse (B, Hq, splits) fp32 base-2 log-sum-exp, -inf for an empty chunk; with
-    FUSED_MERGE too, the chunk's program that arrives last (counted on Arrivals[sequence x KV head], acquire-release)
-    merges them into Out as _merge_splits_kernel does, in the same order, and re-arms the counter."""
+    FUSED_MERGE too, the chunk's program that arrives last (last_to_arrive on Arrivals[sequence x KV head]) merges
+    them into Out as _merge_splits_kernel does, in the same order."""
     batch_kv_head = tl.program_id(0)
     split = tl.program_id(1)
     batch = batch_kv_head // num_kv_heads
@@ -118,17 +119,14 @@ def _paged_decode_kernel(
         tl.store(PartialOut + row[:, None] * HEAD_DIM + offs_d[None, :], out, mask=head_rows)
         tl.store(PartialLse + row, tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf")),
                  mask=offs_g < GROUP)
-        if FUSED_MERGE:
-            tl.debug_barrier()  # every thread's partial is written before the arrival is released
-            arrived = tl.atomic_add(Arrivals + batch_kv_head, 1, sem="acq_rel", scope="gpu")
-            if arrived == num_splits - 1:
+        if FUSED_MERGE:  # noqa: SIM102 - a constexpr: without the fused merge no counter is touched
+            if last_to_arrive(Arrivals, batch_kv_head, num_splits):
                 merge_heads = kv_head * GROUP + tl.arange(0, MERGE_ROWS)  # [MERGE_ROWS]: the group, unpadded
                 first = (batch * num_kv_heads * GROUP + merge_heads).to(tl.int64) * num_splits
                 out_ptrs = (Out + batch.to(tl.int64) * stride_ob + merge_heads[:, None] * stride_oh
                             + offs_d[None, :] * stride_od)
                 _merge_rows(PartialOut, PartialLse, first, tl.arange(0, MERGE_ROWS) < GROUP, offs_d, num_splits,
                             out_ptrs, HEAD_DIM, SPLIT_CHUNK)
-                tl.atomic_xchg(Arrivals + batch_kv_head, 0)
     else:
         tl.store(Out + batch.to(tl.int64) * stride_ob + heads[:, None] * stride_oh + offs_d[None, :] * stride_od,
                  out.to(Out.dtype.element_ty), mask=head_rows)
@@ -224,7 +222,6 @@ MERGES = ("launch", "fused")  # split chunks merged by a second kernel, or by th
 _DEFAULT_MERGE = "launch"  # the H200 (2026-12-04) measured it with a merge loading one chunk per round trip; the
 # chunked loads of _merge_rows and the "fused" merge are not measured yet (bench/paged_splits compares both)
 _SPLIT_CHUNK_ELEMENTS = 16  # merge rows x chunks loaded at once (each a BLOCK_D row of fp32)
-_ARRIVALS: dict[torch.device, torch.Tensor] = {}  # per device: fused-merge arrival counters, zero between launches
 
 
 def pin(tile: TileConfig | None = None, num_splits: int | None = None, merge: str | None = None) -> None:
@@ -238,14 +235,6 @@ def pin(tile: TileConfig | None = None, num_splits: int | None = None, merge: st
         else:
             _PINNED[key] = TileConfig(*value) if key == "tile" else int(value) if key == "num_splits" else value
 
-
-def _arrivals(device: torch.device, counters: int) -> torch.Tensor:
-    """The device's fused-merge arrival counters, at least `counters` of them, zero (every launch leaves them at zero;
-    launches on two streams at once would share them)."""
-    arrivals = _ARRIVALS.get(device)
-    if arrivals is None or arrivals.numel() < counters:
-        arrivals = _ARRIVALS[device] = torch.zeros(max(counters, 1 << 12), dtype=torch.int32, device=device)
-    return arrivals
 
 
 def _fixed_tile(dtype: torch.dtype, head_dim: int, kv_bytes: int) -> TileConfig | None:
@@ -312,7 +301,7 @@ def plan(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     fused = num_splits > 1 and _PINNED.get("merge", _DEFAULT_MERGE) == "fused"
     partial_out = torch.empty((B, Hq, num_splits, D) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
     partial_lse = torch.empty((B, Hq, num_splits) if num_splits > 1 else (1,), dtype=torch.float32, device=q.device)
-    arrivals = _arrivals(q.device, B * Hkv) if fused else partial_lse
+    arrivals = arrival_counters(q.device, B * Hkv) if fused else partial_lse
     block_d = max(16, next_power_of_2(D))
     merge_rows = next_power_of_2(group)
     split_chunk = max(1, min(_SPLIT_CHUNK_ELEMENTS // merge_rows, next_power_of_2(num_splits)))
@@ -346,5 +335,5 @@ def paged_decode(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     strides, block_size a power of two; block_table (B, max_blocks) int32; seq_lens (B,) int32, each >= 1. Returns
     (B, Hq, D) in q's dtype (float16, bfloat16 or float32; float32 dots in IEEE fp32). Query head h reads KV head
     h // (Hq // Hkv); only the first ceil(L / block_size) table entries of a row and the first L slots are read.
-    Deterministic: the split merge sums in chunk order, no atomics."""
+    Deterministic: the split merge sums in chunk order (the fused merge's atomics only count arrivals)."""
     return plan(q, k_cache, v_cache, block_table, seq_lens, scale=scale)()
