@@ -168,8 +168,9 @@ def dora_cost(case: LoraCase, mode: str = "fwd") -> Cost:
     lora = lora_cost(case, mode)
     if mode != "fwd":
         return lora
-    direction = (2 * case.rank + 3) * case.n_out * case.n_in
-    return Cost(lora.flops + direction, lora.bytes + dtype_of(case.dtype).itemsize * (case.n_out * case.n_in + case.n_out))
+    direction_flops = (2 * case.rank + 3) * case.n_out * case.n_in
+    w0_and_m_bytes = dtype_of(case.dtype).itemsize * (case.n_out * case.n_in + case.n_out)
+    return Cost(lora.flops + direction_flops, lora.bytes + w0_and_m_bytes)
 
 
 DORA_BENCH_CASES = [LoraCase((tokens,), 4096, 4096, 16, 2.0, "bfloat16", x_requires_grad=True) for tokens in (16, 512)]

@@ -169,8 +169,7 @@ def qlora_cost(case: QLoraCase, mode: str = "fwd") -> Cost:
     from llmopt.reference.nf4 import NF4MatmulCase
 
     M = math.prod(case.batch)
-    lora = lora_cost(LoraCase(case.batch, case.n_in, case.n_out, case.rank, case.scaling, case.dtype,
-                              case.x_requires_grad), mode)
+    lora = lora_cost(LoraCase(case.batch, case.n_in, case.n_out, case.rank, case.scaling, case.dtype), mode)
     base = nf4_matmul_stored_bytes(NF4MatmulCase((M,), case.n_out, case.n_in, case.blocksize, case.double_quant))
     return Cost(lora.flops, lora.bytes - dtype_of(case.dtype).itemsize * case.n_out * case.n_in + base)
 
