@@ -138,6 +138,15 @@ def test_hf_dynamic_cache_holds_the_formula():
                                                                                                   batch, 2)
 
 
+def test_hf_llama_prepared_decode_is_its_call():
+    """The benchmark times hf_llama's prepared run (the model built beforehand): it must compute what the call does."""
+    pytest.importorskip("transformers")
+    impl = discover("kv_cache")["hf_llama"]
+    call = make_call(dataclasses.replace(GQA, dtype="float32"), "cpu")
+    run, to_contract = impl.prepare(*call.args, **call.kwargs)
+    assert torch.equal(to_contract(run()), impl.fn(*call.args, **call.kwargs))
+
+
 def test_claims():
     ledger = {c.id: c for c in claims()}
     table = [c for i, c in ledger.items() if i.startswith("kv_cache.llama3_70b.")]

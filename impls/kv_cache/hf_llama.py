@@ -1,6 +1,6 @@
 """Hugging Face transformers' LlamaForCausalLM, built locally from a LlamaConfig (no hub) and loaded with the
-contract's weights (named as Llama names them): prefill, then token-by-token decode through its DynamicCache.
-Not float64: Llama's RMSNorm computes in float32 and its RoPE tables are float32 whatever the model's dtype."""
+contract's weights (named as Llama names them): prefill, then token-by-token decode through its DynamicCache;
+`prepare` builds the model outside the timed region, so a benchmark times the decode alone. Not float64: Llama's RMSNorm computes in float32 and its RoPE tables are float32 whatever the model's dtype."""
 from __future__ import annotations
 
 from llmopt.impls import register
@@ -25,19 +25,29 @@ def llama_model(weights: dict, config, max_positions: int):
 
 def hf_decode(weights, config, tokens, *, prompt_len):
     """(logits (B, T, vocab) in the weights' dtype, the DynamicCache after the last token)."""
+    return decode(llama_model(weights, config, tokens.shape[1]), tokens, prompt_len)
+
+
+def decode(model, tokens, prompt_len: int):
+    """Prefill tokens[:, :prompt_len] (B, T) int64, then one token at a time through a fresh DynamicCache:
+    (logits (B, T, vocab) in the model's dtype, the cache)."""
     import torch
     from transformers import DynamicCache
 
-    model = llama_model(weights, config, tokens.shape[1])
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         steps = [model(input_ids=tokens[:, :prompt_len], past_key_values=cache, use_cache=True).logits]
         for t in range(prompt_len, tokens.shape[1]):
             steps.append(model(input_ids=tokens[:, t:t + 1], past_key_values=cache, use_cache=True).logits)
-    return torch.cat(steps, dim=1).to(weights["lm_head.weight"].dtype), cache
+    return torch.cat(steps, dim=1).to(model.lm_head.weight.dtype), cache
+
+
+def prepare(weights, config, tokens, *, prompt_len):
+    model = llama_model(weights, config, tokens.shape[1])
+    return (lambda: decode(model, tokens, prompt_len)[0]), lambda logits: logits
 
 
 @register("kv_cache", "hf_llama", kind="library", devices=("cpu", "cuda"), requires=("transformers",),
-          supports={"dtypes": ("float32", "bfloat16", "float16")})
+          prepare=prepare, supports={"dtypes": ("float32", "bfloat16", "float16")})
 def hf_llama(weights, config, tokens, *, prompt_len):
     return hf_decode(weights, config, tokens, prompt_len=prompt_len)[0]
