@@ -4,11 +4,9 @@ the 16 levels up in an L1-resident table and multiplies in registers, the block'
 Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step, the
 8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
 "bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
-rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens, on [rows, blocks, bytes] tiles (DOT_LAYOUT "blocks")
-or on flat [rows, elements] tiles that read each byte and absmax once per element from L1 ("flat"; nothing reshaped).
-Absmax plain or double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds
-the float32 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two
-rows)."""
+rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens on [rows, blocks, bytes] tiles. Absmax plain or
+double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
+partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
 import functools
@@ -121,27 +119,6 @@ def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
 
 
 @triton.jit
-def _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, rows, rows_in,
-                   tokens, M, K, stride_xm, stride_xk, stride_codes, k0, BLOCKSIZE: tl.constexpr,
-                   DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-                   BLOCK_K: tl.constexpr):
-    """acc [BLOCK_N, BLOCK_M] += ŵ[rows, k0:k0 + BLOCK_K] · x[tokens, k0:k0 + BLOCK_K]ᵀ on flat tiles: element c reads
-    byte c // 2 (high nibble when c is even) and the absmax of block c // BLOCKSIZE, each an L1 hit after its first
-    read, so the dequantized tile is built in the dot's own [rows, elements] order."""
-    cols = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-    inside = rows_in[:, None] & (cols < K)[None, :]  # [BLOCK_N, BLOCK_K]
-    packed = tl.load(codes_ptr + rows[:, None] * stride_codes + (cols // 2)[None, :], mask=inside, other=0)
-    codes = (packed.to(tl.int32) >> (4 - 4 * (cols % 2))[None, :]) & 15
-    absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
-                          rows[:, None] * (K // BLOCKSIZE) + (cols // BLOCKSIZE)[None, :], inside, DOUBLE_QUANT,
-                          DQ_BLOCKSIZE)  # [BLOCK_N, BLOCK_K]
-    x = tl.load(x_ptr + tokens[:, None] * stride_xm + cols[None, :] * stride_xk,
-                mask=(tokens < M)[:, None] & (cols < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-    w = (tl.load(table_ptr + codes) * absmax).to(x.dtype)  # [BLOCK_N, BLOCK_K], rounded once as in "blocks"
-    return tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
 def _split_k_epilogue(partial, out_ptrs, partial_ptr, partial_offsets, mask, arrivals_ptr, tile, split, split_stride,
                       SPLIT_K: tl.constexpr):
     """Split-K in one launch, deterministic: each split stores its float32 partial sum at partial_ptr[split, ...]; the
@@ -165,14 +142,13 @@ def _nf4_matmul_kernel(
     partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_LAYOUT: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens [pid_m·BLOCK_M, +BLOCK_M)
     (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE. Tiles are
     [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread and a
     neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and odd
-    elements of x, so nothing is interleaved in registers. DOT_LAYOUT "flat" (PATH "dot" only): [rows, elements]
-    tiles instead (_flat_dot_step). SPLIT_K > 1: program pid_k takes one of SPLIT_K equal spans of K (whole steps) and
+    elements of x, so nothing is interleaved in registers. SPLIT_K > 1: program pid_k takes one of SPLIT_K equal spans of K (whole steps) and
     hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
@@ -188,11 +164,7 @@ def _nf4_matmul_kernel(
         acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
     for k0 in range(pid_k * k_span, tl.minimum(pid_k * k_span + k_span, K), BLOCK_K):
-        if PATH == "dot" and DOT_LAYOUT == "flat":
-            acc = _flat_dot_step(acc, x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr,
-                                 rows, rows_in, tokens, M, K, stride_xm, stride_xk, stride_codes, k0, BLOCKSIZE,
-                                 DOUBLE_QUANT, DQ_BLOCKSIZE, DOT_PRECISION, BLOCK_K)
-        elif PATH == "words":
+        if PATH == "words":
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
                                            step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
             acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, table_lo, table_hi, rows,
@@ -247,28 +219,28 @@ class Tile(NamedTuple):
     block_k: int
     num_warps: int
     num_stages: int
-    dot_layout: str = "blocks"  # the dot path's tiles: "blocks" [rows, blocks, bytes] or "flat" [rows, elements]
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
 
 
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
 # of codes per thread per row per step, rows wrapping so a thread reuses its decoded x for two rows; thousands of
-# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles. On the H100
-# (2026-11-25) the dot path ran 3-5x behind bitsandbytes with tiles of several quantization blocks per step; a suspect
-# (not profiled yet) is their [rows, blocks, bytes] -> [rows, bytes] reshape, a layout change on top of the dot's own
-# operand conversion. One-block-per-step tiles (BLOCK_K = 64: one absmax per row, nothing to reshape) are candidates
-# too, for the autotuner to weigh, and so are flat [rows, elements] tiles that reshape nothing (DOT_LAYOUT "flat").
-# Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every
-# tile also comes split over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
-# On the H200 (2026-12-04, bench/nf4_tiles): split-K took 7-20% off the 2-16-token path on the three smaller weights and
-# never won a one-token shape; no "flat" tile won; the best 2-16-token tiles still ran ~10x the dense bf16 time, so the
-# cost is in decoding into the dot's operands, not in the grid (to be profiled).
+# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles. Weights of few
+# rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes split
+# over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
+# On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on the three smaller weights and never won a
+# one-token shape. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens on
+# 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
+# kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one (their shared memory fell
+# from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
+# dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates; the
+# one-token tiles get one-stage variants too. Tiles of [rows, elements] that read each byte and absmax per element
+# ran 2-6x slower than these in every sweep and were dropped.
 _GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
-               Tile(4, 512, 2, 4), Tile(16, 256, 4, 4)]
-_DOT_TILES = [Tile(64, 128, 4, 3), Tile(128, 128, 4, 3), Tile(64, 256, 4, 3), Tile(128, 256, 8, 3), Tile(32, 256, 4, 4),
-              Tile(64, 64, 4, 4), Tile(128, 64, 4, 4), Tile(128, 64, 8, 3), Tile(256, 64, 8, 3),
-              Tile(64, 64, 4, 3, "flat"), Tile(128, 64, 8, 3, "flat"), Tile(32, 128, 4, 3, "flat"),
-              Tile(64, 128, 8, 3, "flat"), Tile(128, 128, 8, 3, "flat")]
+               Tile(4, 512, 2, 4), Tile(16, 256, 4, 4), Tile(16, 256, 4, 1), Tile(8, 512, 2, 1), Tile(32, 256, 4, 1),
+               Tile(8, 1024, 4, 1)]
+_DOT_TILES = [Tile(64, 256, 4, 1), Tile(64, 128, 4, 1), Tile(128, 128, 8, 1), Tile(32, 256, 4, 1),
+              Tile(128, 256, 8, 1), Tile(64, 512, 4, 1), Tile(128, 64, 4, 1), Tile(64, 256, 4, 2),
+              Tile(128, 128, 4, 3), Tile(256, 64, 8, 3)]
 _SPLITS = (2, 4, 8)
 _SPLIT_PROGRAMS_PER_SM = 4
 _CANDIDATES = {use_dot: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
@@ -303,8 +275,7 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 
 
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout,
-                          "SPLIT_K": tile.split_k}, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k}, num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -365,8 +336,7 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
         "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[dtype]],
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
     if tile is not None:
-        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "DOT_LAYOUT": tile.dot_layout,
-                       "SPLIT_K": tile.split_k, "num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "num_warps": tile.num_warps, "num_stages": tile.num_stages}
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 
