@@ -21,32 +21,41 @@ _MIN_GROUP_ROWS = 16  # tl.dot needs at least 16 rows: the query heads of a grou
 
 
 @triton.jit
+def _table_entries(table_row, stride_tn, offs_n, end, PAGE_SIZE: tl.constexpr):
+    """The physical blocks of tokens offs_n [BLOCK_N] as int64; tokens at or past `end` read no table entry (0)."""
+    return tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tn, mask=offs_n < end, other=0).to(tl.int64)
+
+
+@triton.jit
 def _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride_kn, stride_ks, stride_kd,
                   stride_vn, stride_vs, stride_vd, offs_d, start, end, qk_scale,
                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, PAGE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
                   MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Online softmax over the tokens [start, end) in tiles of BLOCK_N: acc [GROUP_ROWS, BLOCK_D] (unnormalised
     output), l_i (running sum) and m_i (running max, log2 domain) [GROUP_ROWS]. Token t lives in slot t % PAGE_SIZE of
-    block table_row[t // PAGE_SIZE]. MASKED tiles (the last, partial one) bound every load by `end`, so nothing past
-    it is read: neither table entries nor cache slots."""
+    block table_row[t // PAGE_SIZE]. One memory round trip per tile: the tile's table entries were read during the
+    previous tile, and its K and V rows are requested together before the first dot needs K. MASKED tiles (the last,
+    partial one) bound every K/V load by `end`, and no table entry at or past `end` is read, so nothing past it is:
+    neither table entries nor cache slots."""
+    arange_n = tl.arange(0, BLOCK_N)
+    pages = _table_entries(table_row, stride_tn, start + arange_n, end, PAGE_SIZE)  # [BLOCK_N]
     for tile_start in range(start, end, BLOCK_N):
-        offs_n = tile_start + tl.arange(0, BLOCK_N)
-        if MASKED:
-            valid = offs_n < end
-            pages = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tn, mask=valid, other=0)
-        else:
-            pages = tl.load(table_row + (offs_n // PAGE_SIZE) * stride_tn)
-        pages = pages.to(tl.int64)
+        offs_n = tile_start + arange_n
         slots = offs_n % PAGE_SIZE
         k_ptrs = k_base + pages[:, None] * stride_kn + slots[:, None] * stride_ks + offs_d[None, :] * stride_kd
         v_ptrs = v_base + pages[:, None] * stride_vn + slots[:, None] * stride_vs + offs_d[None, :] * stride_vd
         if MASKED:
+            valid = offs_n < end
             rows = valid[:, None] & (offs_d[None, :] < HEAD_DIM)
             k = tl.load(k_ptrs, mask=rows, other=0.0)  # [BLOCK_N, BLOCK_D]
+            v = tl.load(v_ptrs, mask=rows, other=0.0)  # [BLOCK_N, BLOCK_D]
         elif HEAD_DIM == BLOCK_D:
             k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         else:
             k = tl.load(k_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+        pages = _table_entries(table_row, stride_tn, offs_n + BLOCK_N, end, PAGE_SIZE)  # the next tile's
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [GROUP_ROWS, BLOCK_N]
         if MASKED:
             scores = tl.where(valid[None, :], scores, float("-inf"))
@@ -54,12 +63,6 @@ def _attend_tiles(acc, l_i, m_i, q, table_row, stride_tn, k_base, v_base, stride
         p = tl.math.exp2(scores - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=rows, other=0.0)  # [BLOCK_N, BLOCK_D]
-        elif HEAD_DIM == BLOCK_D:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -197,7 +200,8 @@ class TileConfig(NamedTuple):
 # of a verification) run the first. float32 dots run on CUDA cores and hold operand rows in registers: 16-token
 # tiles, spill-free up to D = 256. Head dims above 128 halve the 16-bit tile.
 _HALF_CONFIGS = (TileConfig(64, 4, 3), TileConfig(128, 8, 3), TileConfig(32, 4, 3), TileConfig(64, 8, 3),
-                 TileConfig(128, 4, 3), TileConfig(256, 8, 3))
+                 TileConfig(128, 4, 3), TileConfig(256, 8, 3), TileConfig(64, 4, 1), TileConfig(128, 8, 1),
+                 TileConfig(64, 4, 2), TileConfig(128, 8, 2))
 _WIDE_HEAD_CONFIG = TileConfig(32, 4, 3)
 _FLOAT32_CONFIG = TileConfig(16, 4, 2)
 _INTERPRETER_CONFIG = TileConfig(16, 4, 1)
