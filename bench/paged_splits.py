@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -67,14 +68,18 @@ def sweep(cases=CASES, splits=SPLITS) -> list[dict]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="directory for paged_splits.json")
+    parser.add_argument("--cases", default="", help="only the cases whose repr matches this regex")
+    parser.add_argument("--splits", default=",".join(map(str, SPLITS)), help="split counts, comma-separated")
     args = parser.parse_args(argv)
+    cases = [case for case in CASES if re.search(args.cases, repr(case))]
+    splits = tuple(int(count) for count in args.splits.split(","))
     if not torch.cuda.is_available():
         print("paged_splits needs a CUDA device", file=sys.stderr)
         return 2
     from llmopt.bench.machine import describe
 
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": describe("cuda"), "records": sweep()}
+    result = {"machine": describe("cuda"), "records": sweep(cases, splits)}
     (args.out / RESULT_FILE).write_text(json.dumps(result, indent=1))
     return 0
 
