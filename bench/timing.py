@@ -126,9 +126,11 @@ def time_fn(fn: Callable, device: str, *, warmup_ms: float = 25.0, rep_ms: float
 
 def peak_memory_mb(fn: Callable, device: str) -> float | None:
     """MB (1e6 B) of CUDA memory one call of `fn` allocates at its peak beyond what was allocated before it, its
-    output included; None on the CPU, where there is no allocator counter to read."""
+    output included; None on the CPU, where there is no allocator counter to read. A first call runs unmeasured:
+    it may autotune (Triton's benchmarking allocates a 256 MB cache-flush buffer) or build lazily cached state."""
     if device != "cuda":
         return None
+    fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()

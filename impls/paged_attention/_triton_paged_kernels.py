@@ -223,8 +223,9 @@ _AUTOTUNED_KERNEL = triton.autotune(
 
 
 MERGES = ("launch", "fused")  # split chunks merged by a second kernel, or by the last chunk's program
-_DEFAULT_MERGE = "launch"  # the H200 (2026-12-04) measured it with a merge loading one chunk per round trip; the
-# chunked loads of _merge_rows and the "fused" merge are not measured yet (bench/paged_splits compares both)
+_DEFAULT_MERGE = "fused"  # H100, 2026-12-05 (bench/paged_splits, CUDA-graph replays): the last chunk's program
+# merging was faster than a merge launch in 30 of 33 split counts x cases, e.g. batch 1 x 64k GQA 112.0 vs 116.3 µs at
+# 64 splits, batch 1 x 4k 19.3 vs 20.8 µs; the slower three were batch 16 at 16k with 8-16 splits (up to 4%)
 _SPLIT_CHUNK_ELEMENTS = 16  # merge rows x chunks loaded at once (each a BLOCK_D row of fp32)
 
 
