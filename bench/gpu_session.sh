@@ -114,6 +114,9 @@ run_asv() {  # run_asv TREE COMMIT [BENCH REGEX...]: asv over the llmopt install
   if [ ${#patterns[@]} -eq 0 ]; then
     for suite in "$tree"/bench/asv/[a-z]*.py; do patterns+=("^$(basename "$suite" .py)\\."); done
   fi
+  # each command re-sends the tree: asv merges into the results it finds there, so seed them with what earlier
+  # commands of this session saved (else a second run at the same commit replaces the first's file)
+  [ -d "$keep/results/asv" ] && mkdir -p "$tree/results/asv" && cp -r "$keep/results/asv/." "$tree/results/asv/"
   (cd "$tree" && asv machine --yes --machine "$name" >/dev/null) || return 1
   for pattern in "${patterns[@]}"; do
     echo "--- asv --bench $pattern"

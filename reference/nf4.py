@@ -641,7 +641,8 @@ def nf4_claims() -> list[Claim]:
         what = ("1M N(0, 1) samples" if source == "gaussian" else
                 f"the {len(minilm)} encoder weight matrices of all-MiniLM-L6-v2 ({w.numel()} values)")
         ledger.append(Claim(
-            f"nf4.error.{source}", "NF4 quantizes normally distributed weights with less error than uniform INT4",
+            f"nf4.error.{source}", "NF4 quantizes " + ("normally distributed" if source == "gaussian" else
+                                                       "real pretrained") + " weights with less error than INT4",
             "NF4 < INT4 error", "SQNR dB", ours,
             f"blockwise absmax (64) nearest-level quantization of {what}: bitsandbytes' NF4 table, the seed's "
             f"codebook, symmetric INT4 k/7", "cpu", "confirmed" if better else "wrong"))
