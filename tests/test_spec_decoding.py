@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 from _known_wrong_coverage import KNOWN_WRONG, assert_rejects
+from hypothesis import given, settings
 from llmopt.bench import spec_e2e
 from llmopt.bench.asv._suite import technique_suite
 from llmopt.bench.verify import DEFAULT_EXAMPLES
@@ -169,10 +170,13 @@ DENSE = spec.examples("cpu")[1]
 assert DENSE.family == "dense"
 
 
+# the rule bugs of the issue, each a sampler in tests/known_wrong/spec_sampler.py
+RULE_BUGS = ("residual_q_minus_p", "acceptance_q_over_p", "unnormalized_residual_cdf", "one_uniform_for_all_positions",
+             "bonus_from_draft")
+
+
 @pytest.mark.parametrize("prop,func", [
-    *(("emitted_law", func) for func in ("residual_q_minus_p", "acceptance_q_over_p", "unnormalized_residual_cdf",
-                                         "one_uniform_for_all_positions", "bonus_from_draft", "resample_from_target",
-                                         "pads_with_zero", "first_row_for_all")),
+    *(("emitted_law", func) for func in (*RULE_BUGS, "resample_from_target", "pads_with_zero", "first_row_for_all")),
     ("one_hot_target_is_greedy", "acceptance_q_over_p"),
     ("one_hot_target_is_greedy", "bonus_from_draft"),
     ("reproducible_with_generator", "ignores_generator"),
@@ -192,6 +196,79 @@ def test_the_acceptance_check_alone_rejects_wrong_acceptance():
             spec.acceptance_test(DENSE, out, starts)
     out, _, starts = spec.draw_samples(discover("spec_sampler")["torch_batched"], DENSE, "cpu")
     spec.acceptance_test(DENSE, out, starts)
+
+
+def _power_case(V: int, k: int, seed: int) -> spec.SpecCase:
+    rows, _ = spec.trial_budget(V, "cpu")
+    return spec.SpecCase(V, k, rows, rows, "sparse", "float32", "expanded", seed)
+
+
+# Small-support cases at the two largest odd vocabularies (V - 1 in every target row; shared rows as stride-0 views) on
+# which every rule bug changes the law: fractional acceptance at k >= 2 positions (one uniform for all), rejections whose
+# residual mass is well below 1 (an unnormalized inverse CDF), all k drafts kept often and a last draft row far from the
+# bonus row (bonus from the draft). One call of the contract's rows: a quarter of its trial budget at these V (the full
+# budget would add a minute on 2 CPU cores), so what fails here fails within the budget, at the same level ALPHA.
+POWER_CASES = [_power_case(32001, 2, 21), _power_case(128257, 3, 51)]
+
+
+def _vocabulary(case: spec.SpecCase) -> str:
+    return f"V{case.V}"
+
+
+@pytest.mark.parametrize("case", POWER_CASES, ids=_vocabulary)
+def test_power_cases_expose_every_rule_bug(case):
+    """What the power cases are chosen for, from their exact tables and law."""
+    target, draft = spec._tables(case)
+    k, V = case.k, case.V
+    assert k >= 2 and bool((target[:, V - 1] > 0).all()) and (target > 0).sum(1).max() <= 6
+    alphas = spec.acceptance_rate(target[:k], draft)
+    assert bool(((alphas > 0.2) & (alphas < 0.8)).all())
+    assert float(spec.case_law(case).m_law[0, k]) > 0.1  # all k drafts kept
+    assert float((draft[k - 1] - target[k]).abs().sum()) / 2 > 0.5  # total variation of the draft from the bonus row
+
+
+@pytest.mark.parametrize("case", POWER_CASES, ids=_vocabulary)
+@pytest.mark.parametrize("bug", RULE_BUGS)
+def test_each_rule_bug_fails_the_law_at_the_largest_vocabularies(bug, case):
+    """The emitted-law property's statistical tests (G-test of the emitted sequences, Bernstein test of the accepted
+    count, each at ALPHA) reject every rule bug at V = 32001 and 128257. Every call passes validation and the layout
+    check first (draw_samples), so the failure is the law's, not a bad call or a crash."""
+    impl = load_user_impl("spec_sampler", f"{KNOWN_WRONG / 'spec_sampler.py'}:{bug}")
+    out, drafts, starts = spec.draw_samples(impl, case, "cpu")
+    with pytest.raises(PropertyFailed):
+        spec.sequence_test(case, out, drafts, starts)
+        spec.acceptance_test(case, out, starts)
+
+
+def _reseeded(sampler, seed: int) -> Impl:
+    """`sampler` drawing from its own generator seeded `seed` instead of the one the harness passes."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def reseeded(draft_tokens, draft_probs, target_probs, _):
+        return sampler(draft_tokens, draft_probs, target_probs, generator)
+
+    return _user(reseeded)
+
+
+@pytest.mark.parametrize("case", POWER_CASES, ids=_vocabulary)
+def test_torch_batched_passes_the_power_cases_across_seeds(case):
+    """The same cases with five seeds of the sampler's generator: torch_batched passes the emitted-law property every
+    time, so the rejections above are the bugs', not the test's."""
+    sampler = discover("spec_sampler")["torch_batched"].fn
+    for seed in range(5):
+        spec.emitted_law(_reseeded(sampler, seed), case, "cpu")
+
+
+def test_hypothesis_cases_above_v_1000_have_small_supports():
+    """Above V = 1000 the contract draws a few thousand trials, too few for full-support rows (a dense V = 2049 case
+    passes a shared acceptance uniform and a bonus from the draft): its strategy draws only sparse and one-hot cases
+    there."""
+    @settings(max_examples=50)
+    @given(spec.cases(discover("spec_sampler")["torch_batched"], "cuda"))
+    def small_support(case):
+        assert case.V <= 1000 or case.family in ("sparse", "one_hot")
+
+    small_support()
 
 
 def _call(T=4, k=2, V=5):
