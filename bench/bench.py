@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 from llmopt.bench.machine import describe, measure_peaks
-from llmopt.bench.results import append_rows, results_dir
+from llmopt.bench.results import SKIPPED_FILE, append_rows, results_dir
 from llmopt.bench.timing import peak_memory_mb, time_fn, time_gpu_graph
 from llmopt.impls import Unsupported
 from llmopt.reference.contract import Call, Outcome, PropertyFailed
@@ -29,12 +29,30 @@ class Skipped(Exception):
 
 
 class BenchRows(list):
-    """The rows of one run (a list of row dicts) and, in `.skipped`, what was not measured and why:
-    {"impl", "case_id", "mode", "reason"}, a None field meaning the note covers all of them."""
+    """The rows of one run (a list of row dicts) and, in `.skipped`, what was not measured and why (skip_note)."""
 
     def __init__(self):
         super().__init__()
         self.skipped: list[dict] = []
+
+
+def skip_note(technique: str, impl: str | None, case_id: str | None, mode: str | None, reason: str,
+              info: dict) -> dict:
+    """What a run did not measure and why: {"technique", "impl", "case_id", "mode", "reason", "commit", "machine",
+    "time"}, a None impl, case_id or mode meaning the note covers all of them."""
+    return {"technique": technique, "impl": impl, "case_id": case_id, "mode": mode, "reason": reason,
+            "commit": info["commit"], "machine": info["machine"],
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def record_skips(notes: list[dict], device: str, out=None) -> None:
+    """Append skip notes to results_dir(device, out)/skipped.jsonl, beside the run's rows."""
+    append_rows(results_dir(device, out) / SKIPPED_FILE, notes)
+
+
+def describe_skip(note: dict) -> str:
+    """impl, case and mode of a skip note (those it names), then its reason."""
+    return " ".join(str(note[key]) for key in ("impl", "case_id", "mode", "reason") if note[key] is not None)
 
 
 def bench_cases(contract, device: str, quick: bool = False) -> list:
@@ -178,7 +196,8 @@ def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, mo
     """Benchmark `impls` on the contract's cases (bench_cases) on `device` ("cpu" or "cuda") in each of `modes`
     (default: the contract's bench_modes), only the cases whose case_id matches the regular expression `cases` if given,
     after measuring the machine's peaks once. Rows are appended to results_dir(device, out)/<technique>.jsonl and
-    returned; what was skipped, and why, is in the result's `.skipped`. `progress(line)` hears of each."""
+    returned; what was skipped, and why, is in the result's `.skipped` and appended to skipped.jsonl beside the rows.
+    `progress(line)` hears of each."""
     say = progress or (lambda line: None)
     modes = contract.bench_modes if modes is None else modes
     info, peaks = describe(device), measure_peaks(device)
@@ -188,10 +207,11 @@ def run_bench(contract, impls, device: str, *, quick: bool = False, out=None, mo
     result = BenchRows()
 
     def skip(impl, case, mode, reason):
-        note = {"impl": None if impl is None else impl.name,
-                "case_id": None if case is None else contract.case_id(case), "mode": mode, "reason": reason}
+        note = skip_note(contract.name, None if impl is None else impl.name,
+                         None if case is None else contract.case_id(case), mode, reason, info)
         result.skipped.append(note)
-        say("skip " + " ".join(str(v) for v in note.values() if v is not None))
+        record_skips([note], device, out)
+        say("skip " + describe_skip(note))
 
     usable = []
     for impl in impls:

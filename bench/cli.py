@@ -107,7 +107,7 @@ def _record_verify(outcome, device: str, out) -> None:
                                    "unsupported": p.unsupported, "counts": p.counts, "message": p.message}
                           for p in outcome.properties},
            "commit": info["commit"], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    results.append_rows(results.results_dir(device, out) / "verify.jsonl", [row])
+    results.append_rows(results.results_dir(device, out) / results.VERIFY_FILE, [row])
 
 
 def _record_unavailable(technique: str, name: str, reason: str, device: str, out) -> None:
@@ -117,7 +117,7 @@ def _record_unavailable(technique: str, name: str, reason: str, device: str, out
     row = {"technique": technique, "impl": name, "device": device, "mode": None, "machine": info["machine"],
            "status": "unavailable", "reason": reason, "properties": {}, "commit": info["commit"],
            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    results.append_rows(results.results_dir(device, out) / "verify.jsonl", [row])
+    results.append_rows(results.results_dir(device, out) / results.VERIFY_FILE, [row])
 
 
 def _isolated(impls, command: list[str], extra: list[str]) -> bool | None:
@@ -191,12 +191,18 @@ def cmd_verify(args) -> int:
 
 def bench_technique(technique: str, names, device: str, *, quick: bool, out, cases=None, progress=None,
                     exclude=()) -> list[dict]:
-    from llmopt.bench.bench import run_bench
+    from llmopt.bench.bench import describe_skip, record_skips, run_bench, skip_note
 
     contract = _contract(technique)
     impls, unavailable = _selected_impls(technique, names, device, exclude)
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
+    if unavailable:
+        from llmopt.bench.machine import describe
+
+        info = describe(device)
+        record_skips([skip_note(technique, name, None, None, f"unavailable on {device}: {reason}", info)
+                      for name, reason in unavailable], device, out)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     isolated = _isolated(impls, ["bench", technique],
                          _flags(device=device, out=out, cases=cases) + (["--quick"] if quick else []))
@@ -208,7 +214,7 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, cas
     rows = run_bench(contract, impls, device, quick=quick, out=out, cases=cases, progress=progress)
     _print_rows(technique, rows)
     for note in rows.skipped:
-        console.print("[yellow]skipped[/] " + " ".join(str(v) for v in note.values() if v is not None), markup=True)
+        console.print("[yellow]skipped[/] " + describe_skip(note), markup=True)
     return rows
 
 

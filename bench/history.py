@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llmopt import impls as registry
-from llmopt.bench.results import VERIFY_FILE, read_rows
+from llmopt.bench.results import NOT_ROWS, read_rows
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def machine_rows(root: Path, machine: str) -> list[dict]:
     """The benchmark rows of results/<machine>/; ValueError naming the machines there when it has none."""
     rows = read_rows(root, machine=machine)
     if not rows:
-        known = sorted({path.parent.name for path in root.glob("*/*.jsonl") if path.name != VERIFY_FILE})
+        known = sorted({path.parent.name for path in root.glob("*/*.jsonl") if path.name not in NOT_ROWS})
         raise ValueError(f"no benchmark rows for machine {machine!r} under {root}; "
                          f"machines with rows: {', '.join(known) or 'none'}")
     return rows

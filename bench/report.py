@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from llmopt.bench.goals import goal_lines
-from llmopt.bench.results import read_rows, read_verify_rows
+from llmopt.bench.results import read_rows, read_skipped, read_verify_rows
 from llmopt.reference import get_contract
 
 # Compute-bound techniques whose cases have a sequence length: TFLOP/s plotted against it. Every other technique (the
@@ -164,8 +164,20 @@ def _plot(technique: str, rows: list[dict], title: str, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def _bench_section(technique: str, machine: str, rows: list[dict], root: Path) -> list[str]:
-    """The latest commit's rows of one technique on one machine: tables and plots."""
+def _skipped_lines(notes: list[dict], label: dict[str, str]) -> list[str]:
+    """What the run did not measure, and why: one line per skip note (impl, case, mode it names)."""
+    if not notes:
+        return []
+    lines = ["Not measured in this run:", ""]
+    for note in notes:
+        what = [note["impl"] or "every impl", label.get(note["case_id"], note["case_id"]) or "every case",
+                note["mode"] or "every mode"]
+        lines.append(f"- {', '.join(what)}: {note['reason']}")
+    return lines + [""]
+
+
+def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list[dict], root: Path) -> list[str]:
+    """The latest commit's rows of one technique on one machine, and its run's skip notes: tables and plots."""
     newest = max(rows, key=lambda r: r["time"])
     rows = _latest([r for r in rows if r["commit"] == newest["commit"]],
                    lambda r: (r["impl"], r["case_id"], r["mode"]))
@@ -178,6 +190,7 @@ def _bench_section(technique: str, machine: str, rows: list[dict], root: Path) -
     baseline, speedups = _speedup_table(technique, rows, label)
     lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
     lines += speedups
+    lines += _skipped_lines([n for n in skipped if n["commit"] == newest["commit"]], label)
     lines += goal_lines(get_contract(technique), rows, label)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         path = root / "plots" / f"{technique}-{machine}-{mode}.png"
@@ -198,8 +211,11 @@ def write_report(root: str | Path) -> Path:
              "% roofline: the time the measured peaks allow over the latency; margin: the timed output's error over "
              "what the contract allows (<= 1 passes; - where not computed)."), ""]
     lines += _verify_section(read_verify_rows(root))
+    skipped = defaultdict(list)
+    for note in read_skipped(root):
+        skipped[note["technique"], note["machine"]].append(note)
     for (technique, machine), rows in sorted(by_section.items()):
-        lines += _bench_section(technique, machine, rows, root)
+        lines += _bench_section(technique, machine, rows, skipped[technique, machine], root)
     path = root / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

@@ -1,5 +1,6 @@
-"""Where measurements live: results/<machine>/<technique>.jsonl (benchmark rows) and results/<machine>/verify.jsonl
-(verification outcomes), one JSON object per line, appended; CPU-only runs go to the ignored results/local/.
+"""Where measurements live: results/<machine>/<technique>.jsonl (benchmark rows), results/<machine>/verify.jsonl
+(verification outcomes) and results/<machine>/skipped.jsonl (what a benchmark run did not measure, and why), one JSON
+object per line, appended; CPU-only runs go to the ignored results/local/.
 Also reads them back, and the best measured fraction of the datasheet peak that the contracts' claims cite."""
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, machine_name
 
 RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 VERIFY_FILE = "verify.jsonl"
+SKIPPED_FILE = "skipped.jsonl"
+NOT_ROWS = (VERIFY_FILE, SKIPPED_FILE)  # the files of a machine folder that hold no benchmark rows
 
 
 def results_dir(device: str, out: str | Path | None = None) -> Path:
@@ -33,13 +36,19 @@ def read_rows(root: str | Path | None = None, technique: str | None = None, mach
     """Benchmark rows under `root` (default results/), of one technique and/or machine folder when given."""
     folder = Path(root) if root is not None else RESULTS_ROOT
     paths = folder.glob(f"{machine or '*'}/{technique or '*'}.jsonl")
-    return _read_jsonl(path for path in paths if path.name != VERIFY_FILE)
+    return _read_jsonl(path for path in paths if path.name not in NOT_ROWS)
 
 
 def read_verify_rows(root: str | Path | None = None, machine: str | None = None) -> list[dict]:
     """Verification outcomes under `root` (default results/), of one machine folder when given."""
     folder = Path(root) if root is not None else RESULTS_ROOT
     return _read_jsonl(folder.glob(f"{machine or '*'}/{VERIFY_FILE}"))
+
+
+def read_skipped(root: str | Path | None = None, machine: str | None = None) -> list[dict]:
+    """Skip notes of benchmark runs under `root` (default results/), of one machine folder when given."""
+    folder = Path(root) if root is not None else RESULTS_ROOT
+    return _read_jsonl(folder.glob(f"{machine or '*'}/{SKIPPED_FILE}"))
 
 
 def best_fraction_of_peak(technique: str, impl_names, root: str | Path | None = None) -> dict | None:

@@ -9,7 +9,7 @@ import pytest
 from llmopt.bench.bench import run_bench
 from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, gpu_slug
 from llmopt.bench.report import write_report
-from llmopt.bench.results import append_rows, best_fraction_of_peak, read_rows
+from llmopt.bench.results import append_rows, best_fraction_of_peak, read_rows, read_skipped
 from llmopt.impls import Impl, discover
 from llmopt.reference.attention import CONTRACT, AttentionCase, attention
 
@@ -30,8 +30,9 @@ def test_run_bench_rows_follow_the_schema(tmp_path):
     assert [(r["impl"], r["mode"]) for r in rows] == [("sdpa_math", "fwd"), ("sdpa_math", "bwd"),
                                                       ("forward_only_naive", "fwd")]
     assert {(s["impl"], s["mode"]) for s in rows.skipped} == {("cuda_only_naive", None), ("forward_only_naive", "bwd")}
-    assert all(s["reason"] for s in rows.skipped)
-    assert json.loads(json.dumps(list(rows))) == read_rows(tmp_path, "attention")
+    assert all(s["reason"] and (s["technique"], s["machine"]) == ("attention", "local") for s in rows.skipped)
+    assert read_skipped(tmp_path) == rows.skipped  # recorded beside the rows, and never read as rows
+    assert json.loads(json.dumps(list(rows))) == read_rows(tmp_path, "attention") == read_rows(tmp_path)
     for row in rows:
         assert set(row) == ROW_FIELDS
         assert set(row["peaks"]) == {"copy_gbps", "matmul_tflops"} and min(row["peaks"].values()) > 0
@@ -74,8 +75,19 @@ def test_report_has_tables_and_plots(tmp_path):
                                               "max_margin": 0.5}}, "commit": "abc", "time": time}
         for status, time in (("failing", "2026-11-24T10:00:00Z"), ("verified", "2026-11-25T10:00:00Z"))])
 
+    append_rows(tmp_path / "h100" / "skipped.jsonl", [
+        {"technique": "attention", "impl": impl, "case_id": case_id, "mode": "fwd", "reason": reason, "commit": commit,
+         "machine": "h100", "time": "2026-11-25T10:00:00Z"}
+        for impl, case_id, reason, commit in (
+            ("mine", "B=4,N=4096,causal=True", "out of memory", "abc"),
+            ("theirs", None, "unavailable on cuda: library 'theirs' is not installed", "abc"),
+            ("mine", "B=4,N=4096,causal=False", "a skip of an older run", "old"))])
+
     report = write_report(tmp_path).read_text()
 
+    assert "- mine, B=4,N=4096,causal=True, fwd: out of memory" in report
+    assert "- theirs, every case, fwd: unavailable on cuda: library 'theirs' is not installed" in report
+    assert "a skip of an older run" not in report
     assert "| attention | mine | **verified** (cuda; max margin 0.50) |" in report
     assert "## attention on h100" in report and "## lora on h100" in report and "commit `abc`" in report
     assert "Speedup over sdpa_flash" in report and "| B=4,N=4096,causal=False | fwd | 1.00x | 1.50x |" in report
