@@ -120,10 +120,10 @@ def _record_unavailable(technique: str, name: str, reason: str, device: str, out
     results.append_rows(results.results_dir(device, out) / results.VERIFY_FILE, [row])
 
 
-def _isolated(impls, command: list[str], extra: list[str]) -> bool | None:
+def _isolated(impls, command: list[str], extra: list[str]) -> dict[str, int] | None:
     """On CUDA with several impls, run `llmopt COMMAND --impl NAME EXTRA` per impl in its own process: a kernel that
-    faults leaves a sticky CUDA error that would fail every impl after it. True when all exited 0; None when not
-    isolating (one impl, or not CUDA)."""
+    faults leaves a sticky CUDA error that would fail every impl after it. The exit code of each impl's process; None
+    when not isolating (one impl, or not CUDA)."""
     import os
     import subprocess
 
@@ -134,13 +134,18 @@ def _isolated(impls, command: list[str], extra: list[str]) -> bool | None:
     env = dict(os.environ)
     if command[0] == "bench" and PEAKS_ENV not in env:
         env[PEAKS_ENV] = json.dumps(measure_peaks("cuda"))
-    codes = []
+    codes = {}
     for impl in impls:
         argv = [sys.executable, "-m", "llmopt.bench.cli", *command, "--impl", impl.name, *extra]
-        codes.append(subprocess.run(argv, check=False, env=env).returncode)
-        if codes[-1] not in (0, FAILED):
-            console.print(f"[red]{impl.name}: its process ended with code {codes[-1]} (crash or fault)[/]")
-    return all(code == 0 for code in codes)
+        codes[impl.name] = subprocess.run(argv, check=False, env=env).returncode
+        if _crashed(codes[impl.name]):
+            console.print(f"[red]{impl.name}: its process ended with code {codes[impl.name]} (crash or fault)[/]")
+    return codes
+
+
+def _crashed(code: int) -> bool:
+    """An exit code that is neither success nor a reported failure: the process crashed or faulted."""
+    return code not in (0, FAILED)
 
 
 def _flags(**values) -> list[str]:
@@ -166,7 +171,7 @@ def verify_technique(technique: str, names, device: str, *, max_examples=None, s
                    out=record_to if record else None) + [a for p in only or [] for a in ("--property", p)]
     isolated = _isolated(impls, ["verify", technique], extra)
     if isolated is not None:
-        return isolated
+        return all(code == 0 for code in isolated.values())
     ok = True
     for impl in impls:
         console.print(f"[bold]{technique}[/] / [bold]{impl.name}[/] on {device} ({impl.runs_on(device)})")
@@ -197,15 +202,18 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, cas
     impls, unavailable = _selected_impls(technique, names, device, exclude)
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
-    if unavailable:
-        from llmopt.bench.machine import describe
-
-        info = describe(device)
-        record_skips([skip_note(technique, name, None, None, f"unavailable on {device}: {reason}", info)
-                      for name, reason in unavailable], device, out)
+    skipped = [(name, f"unavailable on {device}: {reason}") for name, reason in unavailable]
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     isolated = _isolated(impls, ["bench", technique],
                          _flags(device=device, out=out, cases=cases) + (["--quick"] if quick else []))
+    if isolated is not None:  # what a crashed process did not measure has no skip note of its own
+        skipped += [(name, f"its process ended with code {code} (crash or fault)")
+                    for name, code in isolated.items() if _crashed(code)]
+    if skipped:
+        from llmopt.bench.machine import describe
+
+        info = describe(device)
+        record_skips([skip_note(technique, name, None, None, reason, info) for name, reason in skipped], device, out)
     if isolated is not None:  # the children wrote their rows: this run's are those since `started`
         from llmopt.bench import results
 

@@ -164,11 +164,17 @@ def _plot(technique: str, rows: list[dict], title: str, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def _skipped_lines(notes: list[dict], label: dict[str, str]) -> list[str]:
-    """What the run did not measure, and why: one line per skip note (impl, case, mode it names)."""
+def _skipped_lines(notes: list[dict], rows: list[dict], label: dict[str, str]) -> list[str]:
+    """What the commit's runs did not measure, and why: one line per distinct skip note (the impl, case and mode it
+    names), leaving out notes about something another run at that commit measured."""
+    def measured(note: dict) -> bool:
+        return any(all(note[key] in (None, row[key]) for key in ("impl", "case_id", "mode")) for row in rows)
+
+    notes = list({tuple(n[key] for key in ("impl", "case_id", "mode", "reason")): n for n in notes
+                  if not measured(n)}.values())
     if not notes:
         return []
-    lines = ["Not measured in this run:", ""]
+    lines = ["Not measured at this commit:", ""]
     for note in notes:
         what = [note["impl"] or "every impl", label.get(note["case_id"], note["case_id"]) or "every case",
                 note["mode"] or "every mode"]
@@ -190,7 +196,7 @@ def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list
     baseline, speedups = _speedup_table(technique, rows, label)
     lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
     lines += speedups
-    lines += _skipped_lines([n for n in skipped if n["commit"] == newest["commit"]], label)
+    lines += _skipped_lines([n for n in skipped if n["commit"] == newest["commit"]], rows, label)
     lines += goal_lines(get_contract(technique), rows, label)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         path = root / "plots" / f"{technique}-{machine}-{mode}.png"

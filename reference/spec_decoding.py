@@ -441,12 +441,15 @@ def _example(V, k, family, dtype="float32", seed=0, mode="cpu"):
 
 
 LARGEST_VOCABULARY = [_example(128257, 2, "sparse", seed=8), _example(128257, 2, "one_hot", seed=9)]
+# Full support at a large vocabulary, GPU only: every 4096-wide chunk of the Triton sampler carries probability (the
+# hypothesis cases above V = 1000 have small supports, for power); tested by its marginals and acceptance count.
+DENSE_LARGE_VOCABULARY = _example(32001, 3, "dense", seed=10)
 
 
 def examples(mode: str) -> list[SpecCase]:
-    """The regression grid: the odd vocabularies 7, 1000, 32001 and, on the GPU, 128257 (on the CPU every impl and
-    known-wrong sampler would pay for it: tests/test_spec_decoding.py runs it for torch_batched), every family, k from
-    1 to 4; under the interpreter V <= 33."""
+    """The regression grid: the odd vocabularies 7, 1000, 32001 and, on the GPU, 128257 and a dense 32001 (on the CPU
+    every impl and known-wrong sampler would pay for them: tests/test_spec_decoding.py runs 128257 for torch_batched),
+    every family, k from 1 to 4; under the interpreter V <= 33."""
     if mode == "interpret":
         return [_example(7, 3, "markov", "float64", 1, mode), _example(33, 4, "sparse", seed=2, mode=mode),
                 _example(7, 2, "one_hot", seed=3, mode=mode)]
@@ -459,7 +462,7 @@ def examples(mode: str) -> list[SpecCase]:
         _example(33, 1, "sparse", seed=6),
         _example(32001, 2, "sparse", seed=7),
     ]
-    return grid + (LARGEST_VOCABULARY if mode == "cuda" else [])
+    return grid + ([*LARGEST_VOCABULARY, DENSE_LARGE_VOCABULARY] if mode == "cuda" else [])
 
 
 # --------------------------------------------------------------------------------------------------- the laws of cases

@@ -79,15 +79,18 @@ def test_report_has_tables_and_plots(tmp_path):
         {"technique": "attention", "impl": impl, "case_id": case_id, "mode": "fwd", "reason": reason, "commit": commit,
          "machine": "h100", "time": "2026-11-25T10:00:00Z"}
         for impl, case_id, reason, commit in (
-            ("mine", "B=4,N=4096,causal=True", "out of memory", "abc"),
+            ("mine", "B=2,N=8192,causal=True", "out of memory", "abc"),  # a case no row has
             ("theirs", None, "unavailable on cuda: library 'theirs' is not installed", "abc"),
-            ("mine", "B=4,N=4096,causal=False", "a skip of an older run", "old"))])
+            ("mine", "B=4,N=4096,causal=False", "a skip of an older run", "old"),
+            ("theirs", None, "unavailable on cuda: library 'theirs' is not installed", "abc"),  # twice: listed once
+            ("sdpa_flash", "B=4,N=4096,causal=True", "a skip another run at this commit made up for", "abc"))])
 
     report = write_report(tmp_path).read_text()
 
-    assert "- mine, B=4,N=4096,causal=True, fwd: out of memory" in report
+    assert "- mine, B=2,N=8192,causal=True, fwd: out of memory" in report
     assert "- theirs, every case, fwd: unavailable on cuda: library 'theirs' is not installed" in report
-    assert "a skip of an older run" not in report
+    assert "a skip of an older run" not in report and "made up for" not in report
+    assert report.count("library 'theirs' is not installed") == 1
     assert "| attention | mine | **verified** (cuda; max margin 0.50) |" in report
     assert "## attention on h100" in report and "## lora on h100" in report and "commit `abc`" in report
     assert "Speedup over sdpa_flash" in report and "| B=4,N=4096,causal=False | fwd | 1.00x | 1.50x |" in report

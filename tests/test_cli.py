@@ -75,3 +75,25 @@ def test_console_script_exit_code():
                           check=False, capture_output=True, text=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "minimal failing case" in done.stdout
+
+
+def test_isolated_bench_records_what_unavailable_and_crashed_impls_did_not_measure(tmp_path, monkeypatch):
+    """On CUDA each impl benchmarks in its own process: an unavailable impl and one whose process crashed (no rows, no
+    notes of its own) each leave a skip note saying why; an impl that ran leaves none. Processes and machine faked."""
+    from llmopt.bench import cli
+    from llmopt.bench.results import read_skipped
+    from llmopt.impls import discover
+
+    registered = discover("attention")
+    monkeypatch.setattr(cli, "_selected_impls", lambda *args: ([registered["sdpa_flash"], registered["triton_flash"]],
+                                                               [("vllm_fa3", "library 'vllm' is not installed")]))
+    monkeypatch.setattr("llmopt.bench.machine.measure_peaks", lambda device: {"copy_gbps": 1.0, "matmul_tflops": 1.0})
+    monkeypatch.setattr("llmopt.bench.machine.describe", lambda device: {"commit": "abc", "machine": "h100"})
+    exit_codes = {"sdpa_flash": 0, "triton_flash": -11}
+    monkeypatch.setattr(subprocess, "run", lambda argv, **kwargs: subprocess.CompletedProcess(
+        argv, exit_codes[argv[argv.index("--impl") + 1]]))
+    cli.bench_technique("attention", None, "cuda", quick=False, out=tmp_path / "h100")
+
+    notes = {note["impl"]: note["reason"] for note in read_skipped(tmp_path)}
+    assert notes == {"vllm_fa3": "unavailable on cuda: library 'vllm' is not installed",
+                     "triton_flash": "its process ended with code -11 (crash or fault)"}

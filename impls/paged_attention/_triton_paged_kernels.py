@@ -192,10 +192,11 @@ class TileConfig(NamedTuple):
     num_stages: int
 
 
-# Compiled for sm_90 with Triton 3.6 (bf16, D = 128, block 16): the K/V loads are cp.async, single-buffered (the
-# table load ahead of them takes a pipeline stage), so the bytes in flight per SM come from occupancy x tile size:
+# Compiled for sm_90 with Triton 3.6 (bf16, D = 128, block 16; before the table entries were read a tile ahead): the
+# K/V loads are cp.async, single-buffered, so the bytes in flight per SM come from occupancy x tile size:
 # 64 x 4 warps: 128 registers, 39 KB shared, 4 programs per SM, 128 KB in flight; 128 x 8 warps: 117 registers,
 # 74 KB, 2 programs, 128 KB; 256 x 8 warps: 144 KB, 1 program. No register spills beyond 12 bytes in any of them.
+# The 1- and 2-stage variants leave the pipelining to _attend_tiles' own look-ahead; not yet compiled for a report.
 # Calls reading at least _AUTOTUNE_MIN_BYTES of K/V autotune among these; smaller ones (latency-bound, and every case
 # of a verification) run the first. float32 dots run on CUDA cores and hold operand rows in registers: 16-token
 # tiles, spill-free up to D = 256. Head dims above 128 halve the 16-bit tile.
