@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from collections.abc import Callable
 from functools import partial
 
 import torch
 from llmopt.bench.machine import describe, measure_peaks
-from llmopt.bench.results import SKIPPED_FILE, append_rows, results_dir
+from llmopt.bench.results import SKIPPED_FILE, append_rows, results_dir, utc_now
 from llmopt.bench.timing import peak_memory_mb, time_fn, time_gpu_graph
 from llmopt.impls import Unsupported
 from llmopt.reference.contract import Call, Outcome, PropertyFailed
@@ -42,7 +41,7 @@ def skip_note(technique: str, impl: str | None, case_id: str | None, mode: str |
     "time"}, a None impl, case_id or mode meaning the note covers all of them."""
     return {"technique": technique, "impl": impl, "case_id": case_id, "mode": mode, "reason": reason,
             "commit": info["commit"], "machine": info["machine"],
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "time": utc_now()}
 
 
 def record_skips(notes: list[dict], device: str, out=None) -> None:
@@ -169,7 +168,7 @@ def measure(contract, impl, case, call: Call, mode: str, device: str, info: dict
         "margin": margin(contract, impl, case, mode, device), "commit": info["commit"], "machine": info["machine"],
         "versions": info["versions"],
         "peaks": {"copy_gbps": peaks["copy_gbps"], "matmul_tflops": peaks["matmul_tflops"]},
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "time": utc_now(),
     }
 
 

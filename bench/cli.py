@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -106,7 +105,7 @@ def _record_verify(outcome, device: str, out) -> None:
            "properties": {p.name: {"status": p.status, "examples": p.examples, "max_margin": p.max_margin,
                                    "unsupported": p.unsupported, "counts": p.counts, "message": p.message}
                           for p in outcome.properties},
-           "commit": info["commit"], "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "commit": info["commit"], "time": results.utc_now()}
     results.append_rows(results.results_dir(device, out) / results.VERIFY_FILE, [row])
 
 
@@ -116,7 +115,7 @@ def _record_unavailable(technique: str, name: str, reason: str, device: str, out
     info = machine.describe(device)
     row = {"technique": technique, "impl": name, "device": device, "mode": None, "machine": info["machine"],
            "status": "unavailable", "reason": reason, "properties": {}, "commit": info["commit"],
-           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+           "time": results.utc_now()}
     results.append_rows(results.results_dir(device, out) / results.VERIFY_FILE, [row])
 
 
@@ -196,6 +195,7 @@ def cmd_verify(args) -> int:
 
 def bench_technique(technique: str, names, device: str, *, quick: bool, out, cases=None, progress=None,
                     exclude=()) -> list[dict]:
+    from llmopt.bench import results
     from llmopt.bench.bench import describe_skip, record_skips, run_bench, skip_note
 
     contract = _contract(technique)
@@ -203,7 +203,7 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, cas
     for name, reason in unavailable:
         console.print(f"[yellow]skip[/] {technique}/{name}: unavailable on {device}: {reason}")
     skipped = [(name, f"unavailable on {device}: {reason}") for name, reason in unavailable]
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    started = results.utc_now()
     isolated = _isolated(impls, ["bench", technique],
                          _flags(device=device, out=out, cases=cases) + (["--quick"] if quick else []))
     if isolated is not None:  # what a crashed process did not measure has no skip note of its own
@@ -215,8 +215,6 @@ def bench_technique(technique: str, names, device: str, *, quick: bool, out, cas
         info = describe(device)
         record_skips([skip_note(technique, name, None, None, reason, info) for name, reason in skipped], device, out)
     if isolated is not None:  # the children wrote their rows: this run's are those since `started`
-        from llmopt.bench import results
-
         folder = results.results_dir(device, out)
         return [r for r in results.read_rows(folder.parent, technique, folder.name) if r["time"] >= started]
     rows = run_bench(contract, impls, device, quick=quick, out=out, cases=cases, progress=progress)

@@ -5,6 +5,7 @@ Also reads them back, and the best measured fraction of the datasheet peak that 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, machine_name
@@ -13,6 +14,12 @@ RESULTS_ROOT = Path(__file__).resolve().parent.parent / "results"
 VERIFY_FILE = "verify.jsonl"
 SKIPPED_FILE = "skipped.jsonl"
 NOT_ROWS = (VERIFY_FILE, SKIPPED_FILE)  # the files of a machine folder that hold no benchmark rows
+
+
+def utc_now() -> str:
+    """The time a row or note is written, as results/ records it: ISO 8601 UTC to the second, e.g. 2026-12-05T19:35:02Z
+    (sorts as text)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def results_dir(device: str, out: str | Path | None = None) -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from llmopt.bench.results import utc_now
 from llmopt.reference.spec_decoding import expected_tokens_per_step, predicted_speedup
 
 RESULT_FILE = "spec_e2e.json"
@@ -185,7 +186,7 @@ def run_e2e(out_dir: str | Path, *, pairs=PAIRS, ks=(1, 2, 4, 8), new_tokens: in
     earlier = json.loads(path.read_text()) if path.exists() else {"rows": [], "models": {}}
     kept = [row for row in earlier["rows"] if row["pair"] not in pairs]
     document = {"machine": info["machine"], "gpu": info["gpu"], "versions": info["versions"], "commit": info["commit"],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "device": device,
+                "time": utc_now(), "device": device,
                 "models": {**{pair: earlier["models"][pair] for pair in {row["pair"] for row in kept}}, **models},
                 "target_config": target_config, "draft_config": draft_config, "prompt_length": prompt_length,
                 "rows": kept + rows}
