@@ -22,15 +22,19 @@ def zero_claims(params: float = 7e9, gpus: int = 8) -> list:
         ours = (replicated + sharded / gpus) * params / 1e9
         verdict = "confirmed" if abs(ours - ZERO_SEED_GB[stage]) < 0.005 else "wrong"
         claims.append(Claim(
-            f"zero.memory.{stage.replace(' ', '')}", f"per-GPU memory of Adam training state, 7B parameters on {gpus} GPUs,"
-            f" ZeRO {stage}", f"{ZERO_SEED_GB[stage]} GB", "GB", f"{ours:.2f} GB = ({replicated} + {sharded}/{gpus}) bytes x 7e9",
+            f"zero.memory.{stage.replace(' ', '')}",
+            f"per-GPU memory of Adam training state, 7B parameters on {gpus} GPUs,"
+            f" ZeRO {stage}", f"{ZERO_SEED_GB[stage]} GB", "GB",
+            f"{ours:.2f} GB = ({replicated} + {sharded}/{gpus}) bytes x 7e9",
             "ZeRO paper's mixed-precision accounting (2 + 2 + 12 bytes per parameter); arithmetic, no sharded run",
             "-", verdict))
     claims.append(Claim(
-        "zero.bytes_per_parameter", "Adam in fp32 stores 16 bytes per parameter: fp32 weights (4) + fp32 gradients (4) + "
+        "zero.bytes_per_parameter",
+        "Adam in fp32 stores 16 bytes per parameter: fp32 weights (4) + fp32 gradients (4) + "
         "two fp32 moments (4 + 4), which the stage formulas then shard", "16 B, stage 1 = 4Φ + 12Φ/N", "bytes/param",
         "16 bytes either way, but with the seed's fp32 split stage 1 (moments sharded) would be 8Φ + 8Φ/N "
-        f"({(8 + 8 / gpus) * params / 1e9:.0f} GB at 7B x {gpus}), not 4Φ + 12Φ/N: the formulas assume 2-byte weights and "
+        f"({(8 + 8 / gpus) * params / 1e9:.0f} GB at 7B x {gpus}), not 4Φ + 12Φ/N: "
+        "the formulas assume 2-byte weights and "
         "gradients with a 4-byte master copy", "bytes per tensor as stated", "-", "wrong"))
     return claims
 

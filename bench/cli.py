@@ -359,7 +359,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=str(_repo_root() / "results" / "claims.md"))
     s.set_defaults(func=cmd_claims)
 
-    s = sub.add_parser("gate", help="exit 1 when the newest commit's normalised figures regressed (speedup, %% roofline)")
+    s = sub.add_parser("gate",
+                       help="exit 1 when the newest commit's normalised figures regressed (speedup, %% roofline)")
     s.add_argument("--machine", default=None, help="results/<machine> to check (default: this machine's)")
     s.add_argument("--root", default=str(_repo_root() / "results"))
     s.add_argument("--threshold", type=float, default=0.10, help="relative drop that fails (default 0.10)")

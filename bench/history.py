@@ -94,7 +94,8 @@ def gate(root: Path, machine: str, threshold: float = 0.10) -> int:
     for m in moved:
         technique, impl, figure, case, mode = m.key
         print(f"{m.change:>+8.1%}  {m.before:>8.3g}  {m.after:>8.3g}  "
-              f"{m.before_commit[:10] + ' -> ' + m.after_commit[:10]:<25}  {technique} / {impl}: {figure}, {mode}, {case}")
+              f"{m.before_commit[:10] + ' -> ' + m.after_commit[:10]:<25}  "
+              f"{technique} / {impl}: {figure}, {mode}, {case}")
     if not moves:
         print(f"PASS: nothing to compare: no figure of commit {newest[:12]} was measured at an earlier commit")
     elif regressed:

@@ -56,7 +56,8 @@ def sweep(cases) -> list[dict]:
         records.append(record)
         ours, bnb = record["triton_nf4_matmul"], record["bnb_matmul_4bit"]
         print(f"{case.N}x{case.K} M={case.M} dq={case.double_quant}: ours {ours.get('tile')} eager "
-              f"{ours.get('eager_us', float('nan')):.1f} graph {ours.get('graph_us') or float('nan'):.1f} us; bnb eager "
+              f"{ours.get('eager_us', float('nan')):.1f} graph {ours.get('graph_us') or float('nan'):.1f} us; "
+              "bnb eager "
               f"{bnb.get('eager_us', float('nan')):.1f} graph {bnb.get('graph_us') or float('nan'):.1f} us", flush=True)
         del call
         torch.cuda.empty_cache()

@@ -40,7 +40,8 @@ def sweep(cases=CASES, splits=SPLITS) -> list[dict]:
         automatic = kernels.split_plan(case.B * case.Hkv, max(case.seq_lens), q.device)[0]
         fa3_timings = None if fa3_reason else eager_and_graph_us(fa3.prepare(*call.args, **call.kwargs)[0])
         record = {"case": repr(case), "B": case.B, "Hkv": case.Hkv, "context": max(case.seq_lens),
-                  "automatic_splits": automatic, "automatic": eager_and_graph_us(kernels.plan(*call.args, **call.kwargs)),
+                  "automatic_splits": automatic,
+                  "automatic": eager_and_graph_us(kernels.plan(*call.args, **call.kwargs)),
                   "pinned": {}, "vllm_fa3": fa3_timings, "vllm_fa3_unavailable": fa3_reason}
         for count in splits:
             for merge in kernels.MERGES:

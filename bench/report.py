@@ -98,11 +98,12 @@ def _margin_text(margin) -> str:
 def _bench_table(rows: list[dict], label: dict[str, str]) -> list[str]:
     body = [[label[r["case_id"]], r["mode"], r["impl"],
              f"{_number(r['latency_ms'])} ({_number(r['latency_ms_p20'])}-{_number(r['latency_ms_p80'])})",
-             "-" if r.get("latency_ms_graph") is None else _number(r["latency_ms_graph"]), _number(r["tflops"]), _number(r["gbps"]), _number(r["roofline_pct"]),
+             "-" if r.get("latency_ms_graph") is None else _number(r["latency_ms_graph"]),
+             _number(r["tflops"]), _number(r["gbps"]), _number(r["roofline_pct"]),
              "-" if r["peak_mem_mb"] is None else _number(r["peak_mem_mb"]), _margin_text(r["margin"])]
             for r in rows]
-    return _table(["case", "mode", "impl", "ms median (p20-p80)", "CUDA graph ms", "TFLOP/s", "GB/s", "% roofline", "peak MB",
-                   "margin"], body)
+    return _table(["case", "mode", "impl", "ms median (p20-p80)", "CUDA graph ms", "TFLOP/s", "GB/s", "% roofline",
+                   "peak MB", "margin"], body)
 
 
 def _speedup_table(technique: str, rows: list[dict], label: dict[str, str]) -> tuple[str, list[str]]:

@@ -110,17 +110,20 @@ def check_qkv(call: Call) -> None:
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape (B, Hkv, M, D), got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(f"batch and head dim must match: expected {layout}; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+        raise ValueError(f"batch and head dim must match: expected {layout}; "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"Hq = {q.shape[1]} is not a multiple of Hkv = {k.shape[1]}: expected {layout}")
     window = call.kwargs.get("window", (-1, -1))
-    if not (isinstance(window, (tuple, list)) and len(window) == 2 and all(isinstance(w, int) and w >= -1 for w in window)):
+    if not (isinstance(window, (tuple, list)) and len(window) == 2
+            and all(isinstance(w, int) and w >= -1 for w in window)):
         raise ValueError(f"window must be (left, right) ints >= -1 (-1 unbounded), got {window!r}")
     scale = call.kwargs.get("scale")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise ValueError(f"scale must be a finite number or None (D ** -0.5), got {scale!r}")
     if not isinstance(call.kwargs.get("causal", False), bool):
-        raise ValueError(f"causal must be a bool, got {call.kwargs['causal']!r}")  # noqa: TRY004 - the contract's errors are ValueErrors
+        # TRY004: the contract's errors are ValueErrors
+        raise ValueError(f"causal must be a bool, got {call.kwargs['causal']!r}")  # noqa: TRY004
 
 
 # --------------------------------------------------------------------------------------------------- the cases
@@ -317,8 +320,8 @@ def matches_reference(impl, case, device):
     _, out = _call_impl(impl, case, device)
     (stick, _), (eager, _) = ORACLE(case, device, False)
     magnitude = float(stick.abs().max()) * score_conditioning(case, device)
-    return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype), eager_float32=_eager32(case, device),
-                                    magnitude=magnitude)
+    return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype),
+                                    eager_float32=_eager32(case, device), magnitude=magnitude)
 
 
 def _has_backward(impl, case) -> bool:
@@ -384,7 +387,8 @@ def no_input_mutation(impl, case, device):
     check_qkv(call)
     impl.fn(*call.args, **call.kwargs)
     for name, t, saved in zip("qkv", call.args, before):
-        tolerance.exact(f"{name} (and the buffer it views) after the call", t._base if t._base is not None else t, saved)
+        tolerance.exact(f"{name} (and the buffer it views) after the call",
+                        t._base if t._base is not None else t, saved)
 
 
 def empty_rows_are_zero(impl, case, device):
@@ -459,7 +463,8 @@ def claims() -> list[Claim]:
 
     case = AttentionCase(2, 4, 2, 97, 255, 40, causal=True, dtype="float64", seed=11)
     q, k, v = make_call(case, "cpu").args
-    gap = float((attention_tiled(q, k, v, causal=True, block_m=32, block_n=16) - attention(q, k, v, causal=True)).abs().max())
+    gap = float((attention_tiled(q, k, v, causal=True, block_m=32, block_n=16)
+                 - attention(q, k, v, causal=True)).abs().max())
     ledger = [
         Claim("attention.exact", "FlashAttention is mathematically exact: tiling + online softmax equal standard "
               "attention", "exact", "", f"max |tiled - naive| = {gap:.1e} in float64", "reference/attention.py: "

@@ -30,7 +30,8 @@ class Drawing(NamedTuple):
 
 
 def drawing(impl, mode: str, dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")) -> Drawing:
-    """The Drawing of `impl` in `mode` ("cpu", "cuda", "interpret"); `dtypes`: the contract's, when the impl names none."""
+    """The Drawing of `impl` in `mode` ("cpu", "cuda", "interpret"); `dtypes`: the contract's, when the impl names
+    none."""
     small = mode == "interpret"
     return Drawing(lambda feature: impl.supports.get(feature, True) is not False, small,
                    [d for d in impl.supports.get("dtypes", dtypes) if not (small and d == "bfloat16")])

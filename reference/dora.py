@@ -1,7 +1,7 @@
 """DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"; seed section 3.3) as peft defines it for an
 (out, in) weight: magnitude m (out,), one per output feature, times the direction W0 + scaling·B·A divided by its norm
-over the input dimension; y = x·(m ⊙ direction)ᵀ. Variants: the norm detached in the backward (peft, and the paper's
-section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment."""
+over the input dimension; y = x·(m ⊙ direction)ᵀ. Variants: the norm detached in the backward (peft, and the
+paper's section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment."""
 from __future__ import annotations
 
 import torch
@@ -116,9 +116,9 @@ def dora_examples(mode: str) -> list[LoraCase]:
 # --------------------------------------------------------------------------------------------------- the properties
 
 def dora_magnitudes(call: Call, dout: torch.Tensor, trained: tuple[int, ...]) -> dict:
-    """Term magnitudes (lora.term_magnitudes) of y = x·((m / ||V||) ⊙ (W0 + scaling·B·A))ᵀ with ||V|| held at its true
-    value: a formulation that does not form V first (peft's: base and adapter outputs scaled separately by m / ||V||)
-    rounds at the scale of the two contributions, which cancel when the adapter opposes W0."""
+    """Term magnitudes (lora.term_magnitudes) of y = x·((m / ||V||) ⊙ (W0 + scaling·B·A))ᵀ with ||V|| held at its
+    true value: a formulation that does not form V first (peft's: base and adapter outputs scaled separately by
+    m / ||V||) rounds at the scale of the two contributions, which cancel when the adapter opposes W0."""
     norm = _direction(*call.args[1:4], call.kwargs["scaling"])[1]
 
     def with_true_norm(x, W0, A, B, m, *, scaling):
@@ -132,8 +132,8 @@ DORA_SPEC = AdapterSpec(dora_linear, dora_make_call, check_dora_call, trainable=
 
 
 def equals_base_at_init(impl, case, device):
-    """At initialization (B = 0, m = ||W0|| rounded to the dtype) the output is x·W0ᵀ within the noise of the reference
-    DoRA computed in the dtype."""
+    """At initialization (B = 0, m = ||W0|| rounded to the dtype) the output is x·W0ᵀ within the noise of the
+    reference DoRA computed in the dtype."""
     x, W0, A, B, _ = dora_make_call(case, device).args
     call = Call((x, W0, A, torch.zeros_like(B), initial_magnitude(W0.double()).to(W0.dtype)), {"scaling": case.scaling})
     check_dora_call(call)

@@ -220,7 +220,8 @@ def check_decode_call(call: Call) -> None:
                          f"{len(call.args)} positional arguments and keywords {sorted(call.kwargs)}")
     weights, config, tokens = call.args
     if not isinstance(config, DecoderConfig):
-        raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")  # noqa: TRY004 - the contract's errors are ValueErrors
+        # TRY004: the contract's errors are ValueErrors
+        raise ValueError(f"config must be a DecoderConfig, got {type(config).__name__}")  # noqa: TRY004
     if config.n_kv_heads < 1 or config.n_heads % config.n_kv_heads:
         raise ValueError(f"n_heads = {config.n_heads} must be a multiple of n_kv_heads = {config.n_kv_heads}")
     if config.head_dim % 2 or config.cache_chunk < 1:

@@ -1,8 +1,8 @@
-"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"; seed section 3.1): a frozen weight W and a
-trainable low-rank update, y = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ with scaling = α/r. Variants: the merged deployment W + scaling·B·A
-(and unmerge), rank 0 (no adapter). The contract `lora`, the adapter-contract machinery dora and qlora share (float64
-stick, gradients of the trainable tensors only, merge equivalence), and the seed's claims on LLaMA-7B: trainable
-parameters counted by peft on the meta device, fine-tuning memory of full, LoRA and QLoRA training."""
+"""LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models"; seed section 3.1): a frozen weight W and
+a trainable low-rank update, y = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ with scaling = α/r. Variants: the merged deployment
+W + scaling·B·A (and unmerge), rank 0 (no adapter). The contract `lora`, the adapter-contract machinery dora and qlora
+share (float64 stick, gradients of the trainable tensors only, merge equivalence), and the seed's claims on LLaMA-7B:
+trainable parameters counted by peft on the meta device, fine-tuning memory of full, LoRA and QLoRA training."""
 from __future__ import annotations
 
 import math
@@ -17,8 +17,8 @@ from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, Pro
 
 
 def lora_linear(x, W, A, B, *, scaling):
-    """x (..., in), W (out, in) frozen, A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ, in x's dtype.
-    r = 0 is no adapter: x·Wᵀ."""
+    """x (..., in), W (out, in) frozen, A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ, in x's
+    dtype. r = 0 is no adapter: x·Wᵀ."""
     return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
 
 
@@ -38,7 +38,8 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_tensors(named: dict, layout: str) -> torch.Tensor:
-    """Each value a floating tensor of one dtype on one device (ValueError naming `layout` otherwise); returns the first."""
+    """Each value a floating tensor of one dtype on one device (ValueError naming `layout` otherwise); returns the
+    first."""
     first = next(iter(named.values()))
     for name, t in named.items():
         if not isinstance(t, torch.Tensor) or t.dtype not in DTYPES:
@@ -371,8 +372,8 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
 def term_magnitudes(fn: Callable, call: Call, dout: torch.Tensor, trained: tuple[int, ...]) -> dict:
     """The scale of the terms the output and each trained gradient sum, for the rounding floor: `fn` and its gradients
     evaluated in float64 at |inputs|, |scaling|, |dout|, where no term cancels: the Σ|terms| of the classic bound
-    |fl(Σ) - Σ| <= γ_n Σ|terms|. The base and adapter contributions of a strong adapter cancel, and gradients sum over
-    tokens with both signs: their rounding scales with these, not with the result."""
+    |fl(Σ) - Σ| <= γ_n Σ|terms|. The base and adapter contributions of a strong adapter cancel, and gradients sum
+    over tokens with both signs: their rounding scales with these, not with the result."""
     absolute = [a.abs().requires_grad_(i in trained) if _is_float_tensor(a) else a for i, a in enumerate(call.args)]
     out = fn(*absolute, **{k: abs(v) for k, v in call.kwargs.items()})
     grads = torch.autograd.grad(out, [absolute[i] for i in trained], dout.abs()) if trained else ()
@@ -485,7 +486,8 @@ def checked_nf4_layer_bytes() -> int:
     nf4_stored_bytes((1024, 1024)) or the accounting is wrong."""
     from llmopt.reference.nf4 import nf4_quantize, random_weight
 
-    stored = nf4_quantize(random_weight(1024, 1024, "normal", 0.02, 0).to(torch.bfloat16), double_quant=True).stored_bytes()
+    stored = nf4_quantize(random_weight(1024, 1024, "normal", 0.02, 0).to(torch.bfloat16),
+                          double_quant=True).stored_bytes()
     if stored != nf4_stored_bytes((1024, 1024)):
         raise AssertionError(f"NF4 accounting: a quantized 1024x1024 layer stores {stored} bytes, the formula says "
                              f"{nf4_stored_bytes((1024, 1024))}")
@@ -526,7 +528,8 @@ def lora_claims() -> list[Claim]:
             f"{percent:.3f}% ({trainable / 1e6:.2f}M trainable over the {base / 1e9:.3f}B base parameters)",
             "peft get_peft_model(LoraConfig(r, target_modules=7 projections)).get_nb_trainable_parameters() on "
             "LlamaForCausalLM(LlamaConfig(hidden 4096, intermediate 11008, 32 layers, vocab 32000)) on the meta "
-            "device; the seed counts 2·4096·r for every projection, but gate/up/down are 4096x11008: r·(4096 + 11008)",
+            "device; the seed counts 2·4096·r for every projection, but gate/up/down are 4096x11008: "
+            "r·(4096 + 11008)",
             "cpu", "confirmed" if seed_low <= percent <= seed_high else "wrong"))
     memory = finetuning_memory(model, counts[16][0])
     seed_totals = {"full": ("~100 GB (14 GB weights + ~84 GB optimizer)", 100), "lora": ("~14.2 GB", 14.2),

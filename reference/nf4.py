@@ -1,8 +1,8 @@
 """NF4 blockwise 4-bit weight quantization in bitsandbytes' format (QLoRA, Dettmers et al. 2023, "QLoRA: Efficient
 Finetuning of Quantized LLMs"; seed section 3.2): each element becomes the nearest of 16 NormalFloat levels after
 division by its block's absmax. Variants: double quantization of the absmax (8-bit dynamic map, blocks of 256, mean
-offset) and the matmul x·ŵᵀ with the dequantized weight. Two contracts: `nf4` (quantize + dequantize, bit-exact against
-bitsandbytes' codes) and `nf4_matmul`."""
+offset) and the matmul x·ŵᵀ with the dequantized weight. Two contracts: `nf4` (quantize + dequantize, bit-exact
+against bitsandbytes' codes) and `nf4_matmul`."""
 from __future__ import annotations
 
 import dataclasses
@@ -143,15 +143,16 @@ def nf4(w: torch.Tensor, *, blocksize: int = 64, double_quant: bool = False) -> 
 
 
 def nf4_matmul(x: torch.Tensor, state: NF4State) -> torch.Tensor:
-    """The `nf4_matmul` contract's call: x (..., K), state of a weight (N, K) -> (..., N) = x · ŵᵀ, ŵ dequantized in x's
-    dtype (dequantize-then-matmul, computed in x's dtype)."""
+    """The `nf4_matmul` contract's call: x (..., K), state of a weight (N, K) -> (..., N) = x · ŵᵀ, ŵ dequantized
+    in x's dtype (dequantize-then-matmul, computed in x's dtype)."""
     return x @ nf4_dequantize(state, x.dtype).mT
 
 
 # --------------------------------------------------------------------------------------------------- the signatures
 
 
-def state_layout_error(state, shape: tuple, dtype: torch.dtype, blocksize: int, double_quant: bool, device) -> str | None:
+def state_layout_error(state, shape: tuple, dtype: torch.dtype, blocksize: int, double_quant: bool,
+                       device) -> str | None:
     """Why `state` is not an NF4State of a weight with this shape, dtype, blocksize and double quantization on
     `device`, in bitsandbytes' layout; None when it is."""
     if not isinstance(state, NF4State):
@@ -164,7 +165,8 @@ def state_layout_error(state, shape: tuple, dtype: torch.dtype, blocksize: int, 
     expected = {"codes": (torch.uint8, (-(-n // 2),)),
                 "absmax": (torch.uint8 if double_quant else torch.float32, (blocks,))}
     if double_quant:
-        expected |= {"absmax_scales": (torch.float32, (-(-blocks // DQ_BLOCKSIZE),)), "absmax_offset": (torch.float32, ())}
+        expected |= {"absmax_scales": (torch.float32, (-(-blocks // DQ_BLOCKSIZE),)),
+                     "absmax_offset": (torch.float32, ())}
     elif state.double_quant or state.absmax_offset is not None:
         return "double quantization fields are set on a state without double quantization"
     for name, (want_dtype, want_shape) in expected.items():
@@ -190,7 +192,8 @@ def check_nf4_call(call: Call) -> None:
     if call.kwargs.get("blocksize", 64) not in BLOCKSIZES:
         raise ValueError(f"blocksize must be one of {BLOCKSIZES}, got {call.kwargs['blocksize']!r}")
     if not isinstance(call.kwargs.get("double_quant", False), bool):
-        raise ValueError(f"double_quant must be a bool, got {call.kwargs['double_quant']!r}")  # noqa: TRY004 - the contract's errors are ValueErrors
+        # TRY004: the contract's errors are ValueErrors
+        raise ValueError(f"double_quant must be a bool, got {call.kwargs['double_quant']!r}")  # noqa: TRY004
 
 
 def check_nf4_matmul_call(call: Call) -> None:
@@ -241,7 +244,8 @@ def nf4_features(case: NF4Case) -> set[str]:
     return needs
 
 
-def random_weight(rows: int, cols: int, distribution: str, scale: float, seed: int, device: str = "cpu") -> torch.Tensor:
+def random_weight(rows: int, cols: int, distribution: str, scale: float, seed: int,
+                  device: str = "cpu") -> torch.Tensor:
     """(rows, cols) float64 weight of a case on `device`, drawn there (a 28672 x 8192 weight drawn on the host and
     copied over took seconds per case), deterministic in the seed on each device."""
     gen = torch.Generator(device).manual_seed(seed)
@@ -318,7 +322,8 @@ def _quantized(impl, case: NF4Case, device: str):
     problem = state_layout_error(state, tuple(w.shape), w.dtype, case.blocksize, case.double_quant, device)
     if problem:
         raise PropertyFailed(f"state layout: {problem}")
-    if not isinstance(w_hat, torch.Tensor) or w_hat.shape != w.shape or w_hat.dtype != w.dtype or w_hat.device != w.device:
+    if (not isinstance(w_hat, torch.Tensor) or w_hat.shape != w.shape or w_hat.dtype != w.dtype
+            or w_hat.device != w.device):
         raise PropertyFailed(f"dequantized: expected {w.dtype} {tuple(w.shape)} on {w.device}, got "
                              f"{getattr(w_hat, 'dtype', type(w_hat))} {tuple(getattr(w_hat, 'shape', ()))}")
     return w, state, w_hat
@@ -327,7 +332,8 @@ def _quantized(impl, case: NF4Case, device: str):
 def offset_allowance(absmax: torch.Tensor) -> float:
     """How far a float32 mean of the (non-negative) absmax may lie from the exact mean: pairwise or tree summation
     errs by at most ceil(log2 n) roundings of the running sum, plus the division's."""
-    return (math.ceil(math.log2(max(absmax.numel(), 2))) + 2) * torch.finfo(torch.float32).eps * float(absmax.double().mean())
+    return ((math.ceil(math.log2(max(absmax.numel(), 2))) + 2) * torch.finfo(torch.float32).eps
+            * float(absmax.double().mean()))
 
 
 def layout_and_scales(impl, case, device):
@@ -345,7 +351,8 @@ def layout_and_scales(impl, case, device):
     gap = abs(float(state.absmax_offset) - float(absmax.double().mean()))
     if gap > offset_allowance(absmax):
         raise PropertyFailed(f"absmax_offset {float(state.absmax_offset)!r} is {gap:.3e} from the mean of the absmax "
-                             f"{float(absmax.double().mean())!r}; float32 summation allows {offset_allowance(absmax):.3e}")
+                             f"{float(absmax.double().mean())!r}; "
+                             f"float32 summation allows {offset_allowance(absmax):.3e}")
     tolerance.exact("absmax_scales", state.absmax_scales, blockwise_absmax(absmax - state.absmax_offset, DQ_BLOCKSIZE))
     return None
 
@@ -598,7 +605,8 @@ def blockwise_error(w: torch.Tensor, table: torch.Tensor, blocksize: int = 64) -
     codes = nearest_code(normalize(flat, absmax, blocksize), table)
     dequantized = table[codes] * _expand(absmax, blocksize, flat.numel())
     rmse = float((flat.double() - dequantized.double()).pow(2).mean().sqrt())
-    return {"relative_rmse": rmse / float(flat.double().pow(2).mean().sqrt()), "sqnr_db": tolerance.sqnr_db(flat, dequantized)}
+    return {"relative_rmse": rmse / float(flat.double().pow(2).mean().sqrt()),
+            "sqnr_db": tolerance.sqnr_db(flat, dequantized)}
 
 
 def minilm_weights() -> dict[str, torch.Tensor] | None:

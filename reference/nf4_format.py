@@ -33,8 +33,9 @@ def nf4_table(device="cpu") -> torch.Tensor:
 
 @cache
 def _dynamic_table() -> torch.Tensor:
-    # Signed dynamic type, 7 exponent bits, 8 bits: for decade e = 0..6, the 2**e midpoints of linspace(0.1, 1, 2**e + 1)
-    # (float32) times 10**(e - 6), with both signs; then 0 and 1. 256 distinct values, ascending.
+    # Signed dynamic type, 7 exponent bits, 8 bits: for decade e = 0..6, the 2**e midpoints of
+    # linspace(0.1, 1, 2**e + 1) (float32) times 10**(e - 6), with both signs; then 0 and 1.
+    # 256 distinct values, ascending.
     values = [0.0, 1.0]
     for e in range(7):
         bounds = torch.linspace(0.1, 1, 2**e + 1, dtype=torch.float32)
@@ -44,7 +45,8 @@ def _dynamic_table() -> torch.Tensor:
 
 
 def dynamic_table(device="cpu") -> torch.Tensor:
-    """(256,) float32, ascending: bitsandbytes' create_dynamic_map(signed=True), the map of the double-quantized absmax."""
+    """(256,) float32, ascending: bitsandbytes' create_dynamic_map(signed=True), the map of the double-quantized
+    absmax."""
     return _dynamic_table().to(device)
 
 

@@ -1,7 +1,7 @@
 """QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs"; seed section 3.2): LoRA over a frozen
-base stored in NF4, y = x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ with ŵ the dequantized NF4 weight (bitsandbytes' format, with or
-without double quantization). The contract `qlora`: the base enters only as its NF4State, so an impl is held to the
-exact dequantized values (the float64 stick multiplies by them) and never to the unquantized weight."""
+base stored in NF4, y = x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ with ŵ the dequantized NF4 weight (bitsandbytes' format,
+with or without double quantization). The contract `qlora`: the base enters only as its NF4State, so an impl is held to
+the exact dequantized values (the float64 stick multiplies by them) and never to the unquantized weight."""
 from __future__ import annotations
 
 import math
@@ -41,7 +41,8 @@ from llmopt.reference.nf4_format import NF4State
 
 def qlora_linear(x, state, A, B, *, scaling):
     """x (..., in), state: NF4State of the frozen (out, in) base, A (r, in), B (out, r) -> (..., out) =
-    x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ, ŵ dequantized to x's dtype (float64: the exact float32 values). r = 0: x·ŵᵀ."""
+    x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ, ŵ dequantized to x's dtype (float64: the exact float32 values).
+    r = 0: x·ŵᵀ."""
     return lora_linear(x, nf4_dequantize(state, x.dtype), A, B, scaling=scaling)
 
 

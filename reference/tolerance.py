@@ -33,8 +33,8 @@ def noise_relative(
     magnitude: float | None = None,
 ) -> float:
     """Check `out` (impl, computed in `dtype`) against `stick` (the reference in float64), allowing
-    k x max|eager - stick| + FLOOR_ULPS[dtype] x eps(dtype) x max|stick|, where `eager` is the reference computed eagerly
-    in `dtype`. When the eager error is not finite, `eager_float32()` gives the bound instead: never infinite.
+    k x max|eager - stick| + FLOOR_ULPS[dtype] x eps(dtype) x max|stick|, where `eager` is the reference computed
+    eagerly in `dtype`. When the eager error is not finite, `eager_float32()` gives the bound instead: never infinite.
     Positions where the stick is finite must be finite. `magnitude` replaces max|stick| in the floor where rounding
     scales with more than the result: the terms of a sum that cancels (a gradient through a softmax over one key is
     exactly 0, its terms are not), or a conditioning factor. Returns margin = error / allowed; raises PropertyFailed."""
@@ -47,7 +47,8 @@ def noise_relative(
     bad = finite & ~torch.isfinite(out64)
     if bad.any():
         where = tuple(int(i) for i in bad.nonzero()[0])
-        raise PropertyFailed(f"{what}: {int(bad.sum())} non-finite values where the reference is finite, first at {where}")
+        raise PropertyFailed(f"{what}: {int(bad.sum())} non-finite values where the reference is finite, "
+                             f"first at {where}")
     if not torch.equal(finite, torch.isfinite(out64)) or (stick[~finite] != out64[~finite]).any():
         raise PropertyFailed(f"{what}: non-finite reference values are not reproduced")
     error = _max_abs((out64 - stick)[finite])
@@ -83,7 +84,8 @@ def _argmax_index(diff: torch.Tensor, finite: torch.Tensor) -> tuple[int, ...]:
 def exact(what: str, out: torch.Tensor, expected: torch.Tensor) -> None:
     """Bitwise equality (shape, dtype and every value; NaNs must match position)."""
     if tuple(out.shape) != tuple(expected.shape) or out.dtype != expected.dtype:
-        raise PropertyFailed(f"{what}: got {tuple(out.shape)} {out.dtype}, expected {tuple(expected.shape)} {expected.dtype}")
+        raise PropertyFailed(f"{what}: got {tuple(out.shape)} {out.dtype}, "
+                             f"expected {tuple(expected.shape)} {expected.dtype}")
     out, expected = out.detach().cpu(), expected.detach().cpu()
     same = (out == expected) | (out.isnan() & expected.isnan()) if out.is_floating_point() else out == expected
     if not bool(same.all()):
@@ -133,7 +135,8 @@ def chi2_sf(statistic: float, dof: int) -> float:
                                          torch.tensor(statistic / 2, dtype=torch.float64)))
 
 
-def g_test(what: str, observed: torch.Tensor, expected_probs: torch.Tensor, alpha: float, *, min_expected: float = 5.0) -> float:
+def g_test(what: str, observed: torch.Tensor, expected_probs: torch.Tensor, alpha: float, *,
+           min_expected: float = 5.0) -> float:
     """Goodness of fit of counts `observed` to `expected_probs` (G-test, outcomes with fewer than `min_expected`
     expected counts pooled into one bin; an observation where the probability is 0 fails at once). Raises
     PropertyFailed when p < alpha; returns the p-value. The false-failure rate is alpha."""
@@ -157,6 +160,7 @@ def g_test(what: str, observed: torch.Tensor, expected_probs: torch.Tensor, alph
     statistic = 2 * float(torch.where(obs > 0, obs * torch.log(obs / exp), torch.zeros_like(obs)).sum())
     p = chi2_sf(statistic, int(keep.sum()) - 1)
     if p < alpha:
-        raise PropertyFailed(f"{what}: G = {statistic:.1f} on {int(keep.sum()) - 1} dof, p = {p:.2e} < alpha = {alpha:.1e} "
+        raise PropertyFailed(f"{what}: G = {statistic:.1f} on {int(keep.sum()) - 1} dof, "
+                             f"p = {p:.2e} < alpha = {alpha:.1e} "
                              f"({int(total)} draws)")
     return p

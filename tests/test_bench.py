@@ -14,8 +14,8 @@ from llmopt.impls import Impl, discover
 from llmopt.reference.attention import CONTRACT, AttentionCase, attention
 
 ROW_FIELDS = {"technique", "impl", "case", "case_id", "mode", "device", "gpu", "dtype", "latency_ms", "latency_ms_p20",
-              "latency_ms_p80", "latency_ms_graph", "graph_note", "tflops", "gbps", "roofline_pct", "peak_mem_mb", "margin", "commit", "machine",
-              "versions", "peaks", "time"}
+              "latency_ms_p80", "latency_ms_graph", "graph_note", "tflops", "gbps", "roofline_pct", "peak_mem_mb",
+              "margin", "commit", "machine", "versions", "peaks", "time"}
 TINY = AttentionCase(B=1, Hq=2, Hkv=1, N=33, M=33, D=16, causal=True)
 
 

@@ -9,7 +9,8 @@ from llmopt.reference.contract import VERDICTS
 
 # The groups the ledger must hold (by id prefix), whatever their verdict today.
 REQUIRED = ("kv_cache.llama3_70b.", "lora.trainable.", "zero.memory.", "lora.memory.qlora", "nf4.bits_per_parameter.",
-            "attention.utilization.fa1", "attention.utilization.fa2", "attention.utilization.fa3", "spec_decoding.speedup",
+            "attention.utilization.fa1", "attention.utilization.fa2", "attention.utilization.fa3",
+            "spec_decoding.speedup",
             "paged_attention.vllm_throughput", "checkpointing.overhead", "checkpointing.memory",
             "linear_attention.crossover")
 

@@ -1,6 +1,7 @@
-"""Every contract over every impl available here: each impl holds the whole contract within verify's default
-budget (on CUDA each in its own process, known library failures expected); every known-wrong impl in tests/known_wrong/<technique>.py is rejected by `llmopt verify` (exit 1), and every
-correct one in tests/known_right/<technique>.py passes (exit 0)."""
+"""Every contract over every impl available here: each impl holds the whole contract within verify's default budget (on
+CUDA each in its own process, known library failures expected); every known-wrong impl in
+tests/known_wrong/<technique>.py is rejected by `llmopt verify` (exit 1), and every correct one in
+tests/known_right/<technique>.py passes (exit 0)."""
 from __future__ import annotations
 
 import importlib.util

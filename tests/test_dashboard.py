@@ -1,6 +1,6 @@
-"""The asv dashboard: `asv publish` renders results/asv/ (or LLMOPT_ASV_RESULTS) into a temporary folder; its graphs must
-hold at least two commits of attention history on one machine, and headless Chromium, served the pages on 127.0.0.1,
-must render the attention benchmarks and their history graph (DOM and a screenshot)."""
+"""The asv dashboard: `asv publish` renders results/asv/ (or LLMOPT_ASV_RESULTS) into a temporary folder; its graphs
+must hold at least two commits of attention history on one machine, and headless Chromium, served the pages on
+127.0.0.1, must render the attention benchmarks and their history graph (DOM and a screenshot)."""
 from __future__ import annotations
 
 import functools
@@ -19,8 +19,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(os.environ.get("LLMOPT_ASV_RESULTS", REPO / "results" / "asv"))
 GRAPH = "attention.Attention.track_ms"
-# asv's pages load these scripts from CDNs, unreachable from a closed network: the test serves Debian's copies
-# (packages libjs-jquery, libjs-jquery-flot, libjs-jquery-stupidtable, libjs-bootstrap, node-blueimp-md5) in their place.
+# asv's pages load these scripts from CDNs, unreachable from a closed network: the test serves Debian's copies (packages
+# libjs-jquery, libjs-jquery-flot, libjs-jquery-stupidtable, libjs-bootstrap, node-blueimp-md5) in their place.
 # flot's orderBars plugin, which only places bars side by side, has no Debian package and is left out.
 DEBIAN_JS = Path("/usr/share/javascript")
 CDN_COPIES = {"jquery-3.3.1.min.js": "jquery/jquery.min.js", "jquery.flot.min.js": "jquery-flot/jquery.flot.min.js",
@@ -28,7 +28,8 @@ CDN_COPIES = {"jquery-3.3.1.min.js": "jquery/jquery.min.js", "jquery.flot.min.js
               "jquery.flot.selection.min.js": "jquery-flot/jquery.flot.selection.min.js",
               "jquery.flot.categories.min.js": "jquery-flot/jquery.flot.categories.min.js",
               "stupidtable.min.js": "jquery-stupidtable/stupidtable.min.js", "md5.min.js": "blueimp-md5/md5.min.js",
-              "bootstrap.min.js": "bootstrap/js/bootstrap.min.js", "bootstrap.min.css": "bootstrap/css/bootstrap.min.css"}
+              "bootstrap.min.js": "bootstrap/js/bootstrap.min.js",
+              "bootstrap.min.css": "bootstrap/css/bootstrap.min.css"}
 CHROMIUM = shutil.which("chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

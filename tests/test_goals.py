@@ -46,7 +46,8 @@ def test_roofline_goal_and_modes():
     rows = [_row("triton_flash", CASE, 1.0, "fwd", 80.0), _row("triton_flash", CASE, 1.0, "bwd", 40.0)]
     goal = _goal(figure="roofline_pct", baseline=None, threshold=60.0)
     assert evaluate(CONTRACT, goal, rows).verdict == "not met"
-    assert evaluate(CONTRACT, dataclasses.replace(goal, applies=lambda case, mode: mode == "fwd"), rows).verdict == "met"
+    assert evaluate(CONTRACT, dataclasses.replace(goal, applies=lambda case, mode: mode == "fwd"),
+                    rows).verdict == "met"
 
 
 def test_nothing_measured_is_not_met():

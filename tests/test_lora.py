@@ -39,10 +39,11 @@ def test_each_qlora_property_rejects_a_known_wrong_layer(prop, func):
     assert_rejects("qlora", prop, func)
 
 
-def _merge_rounding(dtype: torch.dtype, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: float) -> torch.Tensor:
+def _merge_rounding(dtype: torch.dtype, W: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                    scaling: float) -> torch.Tensor:
     """Elementwise bound on the rounding of W + scaling·B·A computed in `dtype` (or in float32 and rounded to dtype):
-    the r-term product errs by at most r·eps·scaling·(|B|·|A|) (the classic γ_r bound), the sum and the final rounding
-    by eps·(|W| + |result|)."""
+    the r-term product errs by at most r·eps·scaling·(|B|·|A|) (the classic γ_r bound), the sum and the final
+    rounding by eps·(|W| + |result|)."""
     eps, r = torch.finfo(dtype).eps, A.shape[0]
     terms = abs(scaling) * (B.double().abs() @ A.double().abs())
     exact = W.double() + scaling * (B.double() @ A.double())

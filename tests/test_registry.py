@@ -63,4 +63,5 @@ def test_call_time_refusal_is_unsupported_and_declining_everything_is_not_verifi
 
 
 def test_discovery_lists_the_attention_impls():
-    assert {"sdpa_math", "sdpa_flash", "flex", "triton_flash", "fa4", "vllm_fa3", "flash_attn2"} <= set(discover("attention"))
+    assert ({"sdpa_math", "sdpa_flash", "flex", "triton_flash", "fa4", "vllm_fa3", "flash_attn2"}
+            <= set(discover("attention")))

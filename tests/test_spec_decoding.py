@@ -204,10 +204,11 @@ def _power_case(V: int, k: int, seed: int) -> spec.SpecCase:
 
 
 # Small-support cases at the two largest odd vocabularies (V - 1 in every target row; shared rows as stride-0 views) on
-# which every rule bug changes the law: fractional acceptance at k >= 2 positions (one uniform for all), rejections whose
-# residual mass is well below 1 (an unnormalized inverse CDF), all k drafts kept often and a last draft row far from the
-# bonus row (bonus from the draft). One call of the contract's rows: a quarter of its trial budget at these V (the full
-# budget would add a minute on 2 CPU cores), so what fails here fails within the budget, at the same level ALPHA.
+# which every rule bug changes the law: fractional acceptance at k >= 2 positions (one uniform for all), rejections
+# whose residual mass is well below 1 (an unnormalized inverse CDF), all k drafts kept often and a last draft row far
+# from the bonus row (bonus from the draft). One call of the contract's rows: a quarter of its trial budget at these V
+# (the full budget would add a minute on 2 CPU cores), so what fails here fails within the budget, at the same level
+# ALPHA.
 POWER_CASES = [_power_case(32001, 2, 21), _power_case(128257, 3, 51)]
 
 
@@ -384,8 +385,9 @@ def test_e2e_script_writes_rows_and_the_claim_reads_them(tmp_path):
         assert row["predicted_tokens_per_step"] == spec.expected_tokens_per_step(row["alpha"], 2)
         assert 1 <= row["tokens_per_step"] <= 3 and row["tokens_per_s"] > 0
     assert rows[0]["equals_target_greedy"]
-    spec_e2e.run_e2e(tmp_path / "local", pairs=("independent",), ks=(1,), new_tokens=4, reps=0, device="cpu", quick=True,
-                     dtype=torch.float64, progress=lambda line: None)  # another pair: the earlier rows are kept
+    # another pair: the earlier rows are kept
+    spec_e2e.run_e2e(tmp_path / "local", pairs=("independent",), ks=(1,), new_tokens=4, reps=0, device="cpu",
+                     quick=True, dtype=torch.float64, progress=lambda line: None)
     pairs = [row["pair"] for row in json.loads((tmp_path / "local" / spec_e2e.RESULT_FILE).read_text())["rows"]]
     assert pairs == ["damped_self_draft"] * 2 + ["independent"] * 2
     assert spec_e2e.speedup_claim(tmp_path).verdict == "not yet checked"  # CPU runs (results/local) do not count

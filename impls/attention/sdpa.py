@@ -41,7 +41,8 @@ def _plan(backend_name, q, k, v, causal, scale, window):
         i = _arange(N, q).unsqueeze(1) + (M - N)
         j = _arange(M, q).unsqueeze(0)
         keep = (j <= i) if causal else (j >= 0)
-        keep = keep & ((j >= i - window[0]) if window[0] >= 0 else True) & ((j <= i + window[1]) if window[1] >= 0 else True)
+        keep = (keep & ((j >= i - window[0]) if window[0] >= 0 else True)
+                & ((j <= i + window[1]) if window[1] >= 0 else True))
         kwargs["attn_mask"] = keep
     elif causal and N == M:
         kwargs["is_causal"] = True

@@ -1,6 +1,7 @@
 """Hugging Face transformers' LlamaForCausalLM, built locally from a LlamaConfig (no hub) and loaded with the
 contract's weights (named as Llama names them): prefill, then token-by-token decode through its DynamicCache;
-`prepare` builds the model outside the timed region, so a benchmark times the decode alone. Not float64: Llama's RMSNorm computes in float32 and its RoPE tables are float32 whatever the model's dtype."""
+`prepare` builds the model outside the timed region, so a benchmark times the decode alone. Not float64: Llama's
+RMSNorm computes in float32 and its RoPE tables are float32 whatever the model's dtype."""
 from __future__ import annotations
 
 from llmopt.impls import register

@@ -80,9 +80,9 @@ _SKINNY = [Tile(16, 32, 256, 4, 4), Tile(16, 64, 256, 4, 4), Tile(16, 64, 128, 4
            Tile(32, 64, 128, 4, 4)]
 _WIDE = [Tile(128, 128, 64, 4, 4), Tile(128, 128, 64, 8, 3), Tile(128, 256, 64, 8, 3), Tile(64, 128, 64, 4, 4),
          Tile(128, 64, 64, 4, 4), Tile(64, 256, 64, 8, 3)]
-# A rank-wide output with many rows (the shrink t = x·Aᵀ at many tokens, the backward's dB = dyᵀ·t: N = r): 128-wide
-# N tiles padded r = 16 eightfold and left a few dozen programs (the H100's LoRA backward at 8192 tokens ran 1.6x behind
-# peft), so narrow N tiles and more of them along M.
+# A rank-wide output with many rows (the shrink t = x·Aᵀ at many tokens, the backward's dB = dyᵀ·t: N = r):
+# 128-wide N tiles padded r = 16 eightfold and left a few dozen programs (the H100's LoRA backward at 8192 tokens ran
+# 1.6x behind peft), so narrow N tiles and more of them along M.
 _NARROW = [Tile(64, 16, 128, 4, 4), Tile(128, 16, 128, 4, 4), Tile(64, 32, 128, 4, 4), Tile(32, 16, 256, 4, 4),
            Tile(128, 32, 64, 4, 4)]
 _FAMILIES = {"skinny": _SKINNY, "narrow": _NARROW, "wide": _WIDE}
@@ -99,8 +99,8 @@ def _config(tile: Tile) -> triton.Config:
                          num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
-# The autotuner keys on the problem (M, N, K) and the tensors' dtypes only, not on HAS_LOW_RANK: a call with the low-rank
-# term and one without run the same tile, so B = 0 reproduces the no-adapter output bit for bit.
+# The autotuner keys on the problem (M, N, K) and the tensors' dtypes only, not on HAS_LOW_RANK: a call with the
+# low-rank term and one without run the same tile, so B = 0 reproduces the no-adapter output bit for bit.
 _AUTOTUNED = {name: triton.autotune(configs=[_config(t) for t in tiles], key=["M", "N", "K"])(_gemm_lowrank_kernel)
               for name, tiles in _FAMILIES.items()}
 
@@ -170,8 +170,8 @@ class _LoraLinear(torch.autograd.Function):
 
 
 def lora_linear(x, W, A, B, *, scaling):
-    """x (..., in), W (out, in), A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ; differentiable in x, A,
-    B (W is frozen: no gradient is computed for it)."""
+    """x (..., in), W (out, in), A (r, in), B (out, r) -> (..., out) = x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ;
+    differentiable in x, A, B (W is frozen: no gradient is computed for it)."""
     if x.dtype not in _DTYPES:
         raise ValueError(f"triton_lora takes float16/bfloat16/float32, got {x.dtype}")
     return _LoraLinear.apply(x, W, A, B, float(scaling))

@@ -5,7 +5,8 @@ from llmopt.impls import register
 
 
 def use_tensor(module, name, tensor):
-    """Make `tensor` itself (not a copy in a new Parameter) the module's `name`, so autograd reaches the caller's tensor."""
+    """Make `tensor` itself (not a copy in a new Parameter) the module's `name`, so autograd reaches the caller's
+    tensor."""
     delattr(module, name)
     setattr(module, name, tensor)
 

@@ -1,5 +1,5 @@
-"""Registered impl: in-house fused Triton LoRA linear, forward and backward (dx, dA, dB), never forming B·A; the kernels
-live in _triton_lora_kernels (imported on first call, so registering needs no Triton)."""
+"""Registered impl: in-house fused Triton LoRA linear, forward and backward (dx, dA, dB), never forming B·A; the
+kernels live in _triton_lora_kernels (imported on first call, so registering needs no Triton)."""
 from llmopt.impls import register
 
 

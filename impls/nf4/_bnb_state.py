@@ -1,6 +1,6 @@
-"""NF4State <-> bitsandbytes' (packed codes, QuantState): one layout, bitsandbytes keeping the packed bytes as (bytes, 1)
-and the double-quantized absmax in a nested QuantState (absmax codes, per-256 scales in state2, the mean as offset).
-Imports bitsandbytes only when called."""
+"""NF4State <-> bitsandbytes' (packed codes, QuantState): one layout, bitsandbytes keeping the packed bytes as
+(bytes, 1) and the double-quantized absmax in a nested QuantState (absmax codes, per-256 scales in state2, the mean
+as offset). Imports bitsandbytes only when called."""
 from __future__ import annotations
 
 import torch

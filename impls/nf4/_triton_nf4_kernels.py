@@ -53,7 +53,8 @@ def _nf4_quantize_kernel(w_ptr, codes_ptr, absmax_ptr, thresholds_ptr, n, num_bl
 @triton.jit
 def _absmax_quantize_kernel(absmax_ptr, offset_ptr, codes_ptr, scales_ptr, thresholds_ptr, num_blocks,
                             DQ_BLOCKSIZE: tl.constexpr, TINY: tl.constexpr):
-    """One double-quantization block per program: absmax - offset, its scale max|.|, 8-bit codes into the dynamic map."""
+    """One double-quantization block per program: absmax - offset, its scale max|.|, 8-bit codes into the dynamic
+    map."""
     pid = tl.program_id(0)
     index = pid * DQ_BLOCKSIZE + tl.arange(0, DQ_BLOCKSIZE)  # [DQ_BLOCKSIZE]
     inside = index < num_blocks

@@ -1,8 +1,8 @@
-"""Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al. 2023),
-never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads, looks
-the 16 levels up in an L1-resident table and multiplies in registers, the block's absmax applied once per block sum.
-Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step, the
-8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
+"""Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al.
+2023), never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads,
+looks the 16 levels up in an L1-resident table and multiplies in registers, the block's absmax applied once per block
+sum. Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step,
+the 8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
 "bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
 rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens on [rows, blocks, bytes] tiles. Absmax plain or
 double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
@@ -144,12 +144,12 @@ def _nf4_matmul_kernel(
     X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens [pid_m·BLOCK_M, +BLOCK_M)
-    (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE. Tiles are
-    [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread and a
-    neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and odd
-    elements of x, so nothing is interleaved in registers. SPLIT_K > 1: program pid_k takes one of SPLIT_K equal spans of K (whole steps) and
-    hands its partial sum to _split_k_epilogue."""
+    """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
+    [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
+    Tiles are [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread
+    and a neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and
+    odd elements of x, so nothing is interleaved in registers. SPLIT_K > 1: program pid_k takes one of SPLIT_K equal
+    spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
@@ -225,8 +225,8 @@ class Tile(NamedTuple):
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
 # of codes per thread per row per step, rows wrapping so a thread reuses its decoded x for two rows; thousands of
 # programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles. Weights of few
-# rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes split
-# over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
+# rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes
+# split over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
 # On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on the three smaller weights and never won a
 # one-token shape. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens on
 # 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
@@ -275,7 +275,8 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 
 
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k}, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k},
+                         num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -332,11 +333,13 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = {
         "BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
-        "PATH": "dot" if use_dot else "words" if pairs else "bytes", "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
+        "PATH": "dot" if use_dot else "words" if pairs else "bytes",
+        "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
         "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[dtype]],
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
     if tile is not None:
-        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
+                       "num_warps": tile.num_warps, "num_stages": tile.num_stages}
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 

@@ -6,7 +6,8 @@ from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
 
 def dense_weight(state) -> torch.Tensor:
-    """(N, K) in state.dtype: NF4 level of each nibble (high first) times its block's absmax, in float32, rounded once."""
+    """(N, K) in state.dtype: NF4 level of each nibble (high first) times its block's absmax, in float32, rounded
+    once."""
     absmax = state.absmax
     if state.double_quant:
         scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]

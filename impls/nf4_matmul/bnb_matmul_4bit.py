@@ -1,5 +1,6 @@
-"""bitsandbytes' matmul_4bit with an NF4 state (its fused 4-bit GEMV/GEMM kernels on CUDA, dequantize + linear on CPU),
-the state handed over as Linear4bit holds it: packed bytes transposed, a QuantState (nested with double quantization)."""
+"""bitsandbytes' matmul_4bit with an NF4 state (its fused 4-bit GEMV/GEMM kernels on CUDA, dequantize + linear on
+CPU), the state handed over as Linear4bit holds it: packed bytes transposed, a QuantState (nested with double
+quantization)."""
 from llmopt.impls import register
 from llmopt.impls.nf4.bnb import run_eagerly_on_cpu
 

@@ -27,7 +27,8 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
 
 
 @register("paged_attention", "fa4_paged", kind="library", devices=("cuda",), requires=("flash_attn",),
-          available=fa4_unavailable_reason, prepare=prepare, supports={"dtypes": HALF, "check": check_half_and_head_dim},
+          available=fa4_unavailable_reason, prepare=prepare,
+          supports={"dtypes": HALF, "check": check_half_and_head_dim},
           examples_budget={"cuda": 12})
 def fa4_paged(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     run, _ = prepare(q, k_cache, v_cache, block_table, seq_lens, scale=scale)

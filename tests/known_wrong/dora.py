@@ -15,7 +15,8 @@ def norm_over_outputs(x, W0, A, B, m, *, scaling):
 
 
 def norm_not_detached(x, W0, A, B, m, *, scaling):
-    """Differentiates the norm (the DoRA paper's formula without its section 4.3 detach): same forward, different dA, dB."""
+    """Differentiates the norm (the DoRA paper's formula without its section 4.3 detach): same forward, different
+    dA, dB."""
     V = _direction(W0, A, B, scaling)
     return x @ ((m / torch.linalg.vector_norm(V, dim=1))[:, None] * V).mT
 

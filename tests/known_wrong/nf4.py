@@ -45,7 +45,8 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
 
 
 def seed_symmetric_codebook(w, *, blocksize=64, double_quant=False):
-    """Uses the seed's levels Φ⁻¹((i + 0.5)/16) scaled to [-1, 1]: symmetric, no exact zero, not bitsandbytes' table."""
+    """Uses the seed's levels Φ⁻¹((i + 0.5)/16) scaled to [-1, 1]: symmetric, no exact zero, not bitsandbytes'
+    table."""
     quantiles = torch.special.ndtri((torch.arange(16, dtype=torch.float64) + 0.5) / 16)
     return _codec(w, blocksize, double_quant, table=(quantiles / quantiles.max()).float())
 
@@ -66,7 +67,8 @@ def block_boundary_off_by_one(w, *, blocksize=64, double_quant=False):
 
 
 def dequantizes_in_output_dtype(w, *, blocksize=64, double_quant=False):
-    """Decodes as level.to(dtype) × absmax.to(dtype): two roundings in half precision instead of one float32 product."""
+    """Decodes as level.to(dtype) × absmax.to(dtype): two roundings in half precision instead of one float32
+    product."""
     return _codec(w, blocksize, double_quant, decode_in_dtype=True)
 
 

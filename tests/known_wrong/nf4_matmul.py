@@ -1,5 +1,5 @@
-"""Known-wrong NF4 matmuls, each with one classic bug; `llmopt verify nf4_matmul --impl FILE:FUNC` must reject every one.
-Each decodes the state the way a kernel author might and multiplies, with its one mistake."""
+"""Known-wrong NF4 matmuls, each with one classic bug; `llmopt verify nf4_matmul --impl FILE:FUNC` must reject every
+one. Each decodes the state the way a kernel author might and multiplies, with its one mistake."""
 import torch
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
@@ -39,7 +39,8 @@ def absmax_indexed_by_row(x, state):
 
 
 def half_precision_accumulation(x, state):
-    """Dequantizes in float32 but accumulates the dot products in the input's half precision (fp16/bf16) in chunks of 16."""
+    """Dequantizes in float32 but accumulates the dot products in the input's half precision (fp16/bf16) in chunks
+    of 16."""
     weight = _weight(state).to(x.dtype)
     out = torch.zeros(*x.shape[:-1], state.shape[0], dtype=x.dtype)
     for k in range(0, x.shape[-1], 16):
