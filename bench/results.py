@@ -46,16 +46,20 @@ def read_rows(root: str | Path | None = None, technique: str | None = None, mach
     return _read_jsonl(path for path in paths if path.name not in NOT_ROWS)
 
 
+def _read_machine_file(name: str, root: str | Path | None, machine: str | None) -> list[dict]:
+    """The lines of results/<machine>/`name` under `root` (default results/), of one machine folder when given."""
+    folder = Path(root) if root is not None else RESULTS_ROOT
+    return _read_jsonl(folder.glob(f"{machine or '*'}/{name}"))
+
+
 def read_verify_rows(root: str | Path | None = None, machine: str | None = None) -> list[dict]:
     """Verification outcomes under `root` (default results/), of one machine folder when given."""
-    folder = Path(root) if root is not None else RESULTS_ROOT
-    return _read_jsonl(folder.glob(f"{machine or '*'}/{VERIFY_FILE}"))
+    return _read_machine_file(VERIFY_FILE, root, machine)
 
 
 def read_skipped(root: str | Path | None = None, machine: str | None = None) -> list[dict]:
     """Skip notes of benchmark runs under `root` (default results/), of one machine folder when given."""
-    folder = Path(root) if root is not None else RESULTS_ROOT
-    return _read_jsonl(folder.glob(f"{machine or '*'}/{SKIPPED_FILE}"))
+    return _read_machine_file(SKIPPED_FILE, root, machine)
 
 
 def best_fraction_of_peak(technique: str, impl_names, root: str | Path | None = None) -> dict | None:
