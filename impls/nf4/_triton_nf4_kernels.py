@@ -102,14 +102,10 @@ _DEVICE_TABLES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def device_tables(device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(NF4 levels (16,), dynamic map (256,)) float32 on `device`, made once per device, each its own allocation
-    (the fused matmul relies on the NF4 table starting at a 256-byte boundary)."""
+    """(NF4 levels (16,), dynamic map (256,)) float32 on `device`, made once per device."""
     device = torch.device(device)
     if device not in _DEVICE_TABLES:
-        tables = (nf4_table(device).clone(), dynamic_table(device).clone())
-        if device.type == "cuda" and tables[0].data_ptr() % 256:
-            raise RuntimeError("the NF4 level table is not 256-byte aligned")
-        _DEVICE_TABLES[device] = tables
+        _DEVICE_TABLES[device] = (nf4_table(device).clone(), dynamic_table(device).clone())
     return _DEVICE_TABLES[device]
 
 

@@ -1,10 +1,10 @@
 """Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al.
-2023), never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads,
-looks the 16 levels up in an L1-resident table and multiplies in registers, the block's absmax applied once per block
-sum. Variants (PATH): "words", one bf16/fp16 token: a 32-bit word of codes (8 elements) against 4 pairs of x per step,
-the 8 lookups and FMAs in inline PTX (table address = byte-permute of the nibble into the table's 256-aligned address);
-"bytes", one token of any dtype or layout: the same in plain Triton on byte tiles; "dot", 2+ tokens: levels × absmax
-rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens on [rows, blocks, bytes] tiles. Absmax plain or
+2023), never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads
+and multiplies in registers, the block's absmax applied once per word of codes. Variants (PATH): "words", one
+bf16/fp16 token: 32-bit words of codes (8 elements) in inline PTX against x decoded once per thread, each byte of codes
+looked up in a shared-memory table of both its levels (one conflict-free 8-byte load per byte); "bytes", one token of
+any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens: levels ×
+absmax rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens on [rows, blocks, bytes] tiles. Absmax plain or
 double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
@@ -25,36 +25,40 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # ----------------------------------------------------------------------------------------------- one token, words
 
+# Byte table: entry b (0..255, one byte of codes) holds the float32 levels of its two elements, (level[b >> 4],
+# level[b & 15]), stored _TABLE_COPIES times side by side (128 bytes an entry) so that the 16 lanes of a half-warp,
+# which an 8-byte shared-memory load serves together, each read their own copy: no bank conflicts for any bytes.
+_TABLE_COPIES = 16
+_TABLE_BYTES = 256 * _TABLE_COPIES * 8
+
+
+def _table_setup_asm(threads: int) -> str:
+    """PTX that declares the byte table in shared memory, fills it from the 16 levels at $1 (global, float32; thread t
+    stores slots t, t + threads, ... of 8 bytes), waits for the whole program and returns the table's address in $0."""
+    if 256 % threads or threads < 16:
+        raise ValueError(f"the byte table's fill needs 16 <= threads <= 256 dividing 256, got {threads}")
+    lines = [f".shared .align 128 .b8 table[{_TABLE_BYTES}];", ".reg .b32 t, c, q, a;", ".reg .b64 p;",
+             ".reg .f32 h, l;", "mov.u32 t, %tid.x;", "shr.u32 c, t, 4;", "mov.u32 $0, table;",
+             "mad.lo.u32 a, t, 8, $0;"]
+    for k in range(_TABLE_BYTES // 8 // threads):  # slot i = t + threads·k: entry i >> 4, copy i & 15
+        high = (threads * k) >> 8  # = i >> 8 for every t < threads (threads divides 256)
+        lines += [f"add.u32 q, c, {(threads // 16 * k) % 16};", "and.b32 q, q, 15;",  # (i >> 4) & 15
+                  "mul.wide.u32 p, q, 4;", "add.u64 p, p, $1;", "ld.global.nc.f32 l, [p];",
+                  f"ld.global.nc.f32 h, [$1+{4 * high}];", f"st.shared.v2.f32 [a+{8 * threads * k}], {{h, l}};"]
+    lines.append("bar.sync 0;")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
 # $0: Σ over the word's 8 elements of level · x. $1: the word (byte j: element 2j high nibble, 2j + 1 low nibble);
-# $2..$5: x pairs j = 0..3 (element 2j in the low half); $6, $7: the level table's address, low and high 32 bits (the
-# low byte is 0: the table is 256-aligned, so the address of level c is the low word with its low byte replaced by 4c).
-_WORD_DOT = """{{
-    .reg .b32 h, l, a;
-    .reg .f32 v, s, xe, xo;
-    .reg .b64 p;
-    shr.b32 h, $1, 2;
-    and.b32 h, h, 0x3C3C3C3C;
-    shl.b32 l, $1, 2;
-    and.b32 l, l, 0x3C3C3C3C;
-    {x0}
-    prmt.b32 a, h, $6, 0x7650; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; mul.f32 s, v, xe;
-    prmt.b32 a, l, $6, 0x7650; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
-    {x1}
-    prmt.b32 a, h, $6, 0x7651; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
-    prmt.b32 a, l, $6, 0x7651; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
-    {x2}
-    prmt.b32 a, h, $6, 0x7652; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
-    prmt.b32 a, l, $6, 0x7652; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xo, s;
-    {x3}
-    prmt.b32 a, h, $6, 0x7653; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 s, v, xe, s;
-    prmt.b32 a, l, $6, 0x7653; mov.b64 p, {{a, $7}}; ld.global.nc.f32 v, [p]; fma.rn.f32 $0, v, xo, s;
-}}"""
-_PAIR_DECODE = {  # x pair register $n -> xe (element 2j), xo (element 2j + 1) as float32
-    "bf16": "shl.b32 xe, ${n}, 16; and.b32 xo, ${n}, 0xFFFF0000;",  # a bf16 is the high half of its float32
-    "fp16": "{{ .reg .b16 el, eh; mov.b32 {{el, eh}}, ${n}; cvt.f32.f16 xe, el; cvt.f32.f16 xo, eh; }}",
-}
-_WORD_DOT_ASM = {fmt: _WORD_DOT.format(**{f"x{j}": decode.format(n=2 + j) for j in range(4)})
-                 for fmt, decode in _PAIR_DECODE.items()}
+# $2..$9: x of elements 0..7 as float32; $10: the byte table's address. Per byte: its entry's address (lane's copy),
+# one 8-byte load of both levels, two FMAs.
+_WORD_DOT_BYTE = """bfe.u32 a, $1, {shift}, 8; mad.lo.u32 a, a, {entry}, b;
+    ld.shared.v2.f32 {{h, l}}, [a]; fma.rn.f32 s, h, ${even}, s; fma.rn.f32 s, l, ${odd}, s;"""
+_WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
+                 "    mov.u32 b, %laneid; and.b32 b, b, 15; mad.lo.u32 b, b, 8, $10; mov.f32 s, 0f00000000;\n    "
+                 + "\n    ".join(_WORD_DOT_BYTE.format(shift=8 * j, entry=8 * _TABLE_COPIES, even=2 + 2 * j,
+                                                        odd=3 + 2 * j) for j in range(4))
+                 + "\n    mov.f32 $0, s;\n}")
 
 
 @triton.jit
@@ -68,54 +72,53 @@ def _pair_values(pair, X_PAIRS: tl.constexpr):
 
 
 @triton.jit
-def _byte_dot(words, pair, BYTE: tl.constexpr, table_ptr, X_PAIRS: tl.constexpr):
+def _byte_dot(words, even, odd, BYTE: tl.constexpr, table_ptr):
     """level(high nibble of byte BYTE) · x[2j] + level(low nibble) · x[2j + 1], with plain loads."""
-    even, odd = _pair_values(pair, X_PAIRS)
     high = tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15))
     low = tl.load(table_ptr + ((words >> (8 * BYTE)) & 15))
     return high * even + low * odd
 
 
 @triton.jit
-def _word_dot(words, p0, p1, p2, p3, table_ptr, table_lo, table_hi, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr):
-    """Σ over the 8 elements of each word of codes of level · x (float32); x as 4 bf16/fp16 pairs p0..p3. Inline PTX
-    on the GPU (WORD_DOT_ASM, the same sum), plain loads otherwise (Triton's interpreter)."""
+def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM: tl.constexpr):
+    """Σ over the 8 elements of each word of codes of level · x (float32); x0..x7 float32. Inline PTX on the GPU
+    (WORD_DOT_ASM over the byte table in shared memory at byte_table, the same sum), plain loads otherwise (Triton's
+    interpreter)."""
     if WORD_DOT_ASM != "":
-        return tl.inline_asm_elementwise(
-            WORD_DOT_ASM, "=f,r,r,r,r,r,r,r",
-            [words, p0, p1, p2, p3, table_lo, table_hi], dtype=tl.float32, is_pure=True, pack=1)
-    return (_byte_dot(words, p0, 0, table_ptr, X_PAIRS) + _byte_dot(words, p1, 1, table_ptr, X_PAIRS)
-            + _byte_dot(words, p2, 2, table_ptr, X_PAIRS) + _byte_dot(words, p3, 3, table_ptr, X_PAIRS))
+        return tl.inline_asm_elementwise(WORD_DOT_ASM, "=f,r,f,f,f,f,f,f,f,f,r",
+                                         [words, x0, x1, x2, x3, x4, x5, x6, x7, byte_table], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    return (_byte_dot(words, x0, x1, 0, table_ptr) + _byte_dot(words, x2, x3, 1, table_ptr)
+            + _byte_dot(words, x4, x5, 2, table_ptr) + _byte_dot(words, x6, x7, 3, table_ptr))
 
 
 @triton.jit
-def _words_step(acc, words_ptr, stride_words, x_pairs_ptr, table_ptr, table_lo, table_hi, rows, rows_in, x_row, k0,
-                absmax,
-                step_blocks, step_in, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, BLOCKSIZE: tl.constexpr,
-                BLOCKS_PER_STEP: tl.constexpr):
-    """acc [BLOCK_N, BLOCKS_PER_STEP] += absmax · Σ_block level·x over one step of K, codes read as int32 words."""
+def _words_step(acc, words_ptr, stride_words, x_pairs_ptr, table_ptr, byte_table, rows, rows_in, x_row, k0, absmax,
+                step_blocks, step_in, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, BLOCKSIZE: tl.constexpr):
+    """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes of one step of K (rows [1, BLOCK_N, 1],
+    step_blocks, step_in [BPS, 1, 1], absmax [BPS, BLOCK_N, 1]). Everything is loaded in the words' own layout, x as
+    one word's 4 pairs, decoded to float32 once per thread and element however many rows the thread takes."""
     WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
-    word_index = k0 // 8 + step_blocks[:, None] * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, :]
-    words = tl.load(words_ptr + rows[:, None, None] * stride_words + word_index[None, :, :],
-                    mask=rows_in[:, None, None] & step_in[None, :, None], other=0)  # [BLOCK_N, BPS, WORDS_PER_BLOCK]
-    pair_index = word_index[:, :, None] * 4 + tl.arange(0, 4)[None, None, :]  # the word's 4 pairs of x
-    pairs = tl.load(x_pairs_ptr + x_row + pair_index, mask=step_in[:, None, None], other=0)  # [BPS, WPB, 4]
-    first, second = tl.split(tl.reshape(pairs, (BLOCKS_PER_STEP, WORDS_PER_BLOCK, 2, 2)))
-    p0, p2 = tl.split(first)  # pair j = 2a + b: first holds b = 0 (j = 0, 2), second b = 1 (j = 1, 3)
-    p1, p3 = tl.split(second)
-    sums = _word_dot(words, p0[None], p1[None], p2[None], p3[None], table_ptr, table_lo, table_hi, X_PAIRS,
-                     WORD_DOT_ASM)  # [BLOCK_N, BPS, WORDS_PER_BLOCK], x broadcast over the rows
-    return acc + tl.sum(sums, axis=2) * absmax
+    word_index = k0 // 8 + step_blocks * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, None, :]  # [BPS, 1, WPB]
+    words = tl.load(words_ptr + rows * stride_words + word_index, mask=rows_in & step_in,
+                    other=0)  # [BPS, BLOCK_N, WPB]
+    first_pair = x_pairs_ptr + x_row + 4 * word_index  # [BPS, 1, WPB]: the word's pairs of x, elements 2j, 2j + 1
+    x0, x1 = _pair_values(tl.load(first_pair, mask=step_in, other=0), X_PAIRS)
+    x2, x3 = _pair_values(tl.load(first_pair + 1, mask=step_in, other=0), X_PAIRS)
+    x4, x5 = _pair_values(tl.load(first_pair + 2, mask=step_in, other=0), X_PAIRS)
+    x6, x7 = _pair_values(tl.load(first_pair + 3, mask=step_in, other=0), X_PAIRS)
+    return acc + _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM) * absmax
 
 
 @triton.jit
 def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
                  BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
-    """(step_in [BPS]: blocks of this K step inside the row, absmax [BLOCK_N, BPS]) of the step at k0."""
+    """(step_in: blocks of this K step inside the row, absmax: of each row's blocks) of the step at k0, in the
+    broadcast of rows and step_blocks (e.g. [BLOCK_N, 1] and [1, BPS] -> [BLOCK_N, BPS])."""
     step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
-    blocks = rows[:, None] * (K // BLOCKSIZE) + (k0 // BLOCKSIZE + step_blocks)[None, :]
-    return step_in, block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks,
-                                 rows_in[:, None] & step_in[None, :], DOUBLE_QUANT, DQ_BLOCKSIZE)
+    blocks = rows * (K // BLOCKSIZE) + k0 // BLOCKSIZE + step_blocks
+    return step_in, block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks, rows_in & step_in,
+                                 DOUBLE_QUANT, DQ_BLOCKSIZE)
 
 
 @triton.jit
@@ -139,17 +142,17 @@ def _split_k_epilogue(partial, out_ptrs, partial_ptr, partial_offsets, mask, arr
 @triton.jit
 def _nf4_matmul_kernel(
     x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
-    partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on, table_lo, table_hi,
+    partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
-    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
-    Tiles are [rows, quantization blocks, bytes or words], contiguous along the last: block sums reduce within a thread
-    and a neighbour and the absmax broadcasts along them; high (even element) and low (odd) nibbles meet the even and
-    odd elements of x, so nothing is interleaved in registers. SPLIT_K > 1: program pid_k takes one of SPLIT_K equal
-    spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
+    Tiles are [rows, quantization blocks, bytes] ([blocks, rows, words] for PATH "words"), contiguous along the last:
+    block sums reduce within a thread and a neighbour and the absmax broadcasts along them; high (even element) and
+    low (odd) nibbles meet the even and odd elements of x, so nothing is interleaved in registers. SPLIT_K > 1:
+    program pid_k takes one of SPLIT_K equal spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
@@ -160,19 +163,28 @@ def _nf4_matmul_kernel(
     tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     if PATH == "dot":
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    elif PATH == "words":
+        acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, BLOCKSIZE // 8), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
+    byte_table = 0
+    if PATH == "words" and WORD_DOT_ASM != "":  # the byte table, filled by the whole program before any lookup
+        byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
+                                               pack=1)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
     for k0 in range(pid_k * k_span, tl.minimum(pid_k * k_span + k_span, K), BLOCK_K):
         if PATH == "words":
-            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
-                                           step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
-            acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, table_lo, table_hi, rows,
-                              rows_in, pid_m * (stride_xm // 2), k0, absmax, step_blocks, step_in, X_PAIRS,
-                              WORD_DOT_ASM, BLOCKSIZE, BLOCKS_PER_STEP)
+            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[None, :, None],
+                                           rows_in[None, :, None], K, k0, step_blocks[:, None, None], BLOCKSIZE,
+                                           DOUBLE_QUANT, DQ_BLOCKSIZE)  # [BPS, 1, 1], [BPS, BLOCK_N, 1]
+            acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, byte_table,
+                              rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), k0, absmax,
+                              step_blocks[:, None, None], step_in, X_PAIRS, WORD_DOT_ASM, BLOCKSIZE)
         else:
-            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
-                                           step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
+            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                           rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
+                                           DQ_BLOCKSIZE)  # [1, BPS], [BLOCK_N, BPS]
+            step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
             pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
             pairs_in = step_in[:, None] & (step_pairs >= 0)
             packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
@@ -203,7 +215,7 @@ def _nf4_matmul_kernel(
         out_offsets = pid_m * stride_om + rows * stride_on  # [BLOCK_N]
         partial_offsets = pid_m * N + rows
         out_mask = rows_in
-        total = tl.sum(acc, axis=1)
+        total = tl.sum(tl.sum(acc, axis=2), axis=0) if PATH == "words" else tl.sum(acc, axis=1)
     if SPLIT_K == 1:
         tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
@@ -222,22 +234,23 @@ class Tile(NamedTuple):
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
 
 
-# sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes a few rows, 16 bytes
-# of codes per thread per row per step, rows wrapping so a thread reuses its decoded x for two rows; thousands of
-# programs keep every SM's loads in flight. 2-16 tokens: 16-token tensor-core dots on 32-128-row tiles. Weights of few
-# rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes
-# split over K (_SPLITS), kept only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM.
-# On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on the three smaller weights and never won a
-# one-token shape. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens on
-# 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
+# sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
+# of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows (Triton lays
+# [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
+# shared load, an extract and an address per byte, ~3.2-3.7 instructions in all (the 16-entry table in L1 took ~7.1,
+# Nsight Compute, H100, 2026-12-05); the byte table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
+# 16-token tensor-core dots on 32-128-row tiles. Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
+# SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
+# under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on
+# the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens
+# on 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
 # kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one (their shared memory fell
 # from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
-# dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates; the
-# one-token tiles get one-stage variants too. Tiles of [rows, elements] that read each byte and absmax per element
-# ran 2-6x slower than these in every sweep and were dropped.
-_GEMV_TILES = [Tile(16, 256, 2, 3), Tile(8, 512, 2, 3), Tile(16, 512, 4, 3), Tile(32, 256, 4, 3), Tile(8, 1024, 4, 2),
-               Tile(4, 512, 2, 4), Tile(16, 256, 4, 4), Tile(16, 256, 4, 1), Tile(8, 512, 2, 1), Tile(32, 256, 4, 1),
-               Tile(8, 1024, 4, 1)]
+# dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates.
+# Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every sweep and
+# were dropped.
+_GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(32, 512, 2, 1),
+               Tile(128, 256, 8, 1), Tile(16, 512, 2, 1), Tile(16, 1024, 4, 1), Tile(8, 1024, 4, 1)]
 _DOT_TILES = [Tile(64, 256, 4, 1), Tile(64, 128, 4, 1), Tile(128, 128, 8, 1), Tile(32, 256, 4, 1),
               Tile(128, 256, 8, 1), Tile(64, 512, 4, 1), Tile(128, 64, 4, 1), Tile(64, 256, 4, 2),
               Tile(128, 128, 4, 3), Tile(256, 64, 8, 3)]
@@ -274,9 +287,14 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
     return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
 
 
+def _tile_constexprs(tile: Tile) -> dict:
+    """The tile's block sizes, and the byte table's fill for its thread count (used by the one-token word path)."""
+    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
+            "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
+
+
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config({"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k},
-                         num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return triton.Config(_tile_constexprs(tile), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -335,11 +353,10 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
         "BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
         "PATH": "dot" if use_dot else "words" if pairs else "bytes",
         "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
-        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM[_PAIR_FORMATS[dtype]],
+        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM,
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
     if tile is not None:
-        constexprs |= {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
-                       "num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        constexprs |= _tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 
@@ -351,10 +368,6 @@ def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[t
         return placeholder, placeholder
     return (torch.empty(plan.splits, M, N, dtype=torch.float32, device=device),
             arrival_counters(device, plan.output_tiles))
-
-
-def _signed32(value: int) -> int:
-    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
@@ -375,9 +388,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
     partial, arrivals = _split_buffers(plan, N, M, x.device)
-    address = table.data_ptr()
     args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
-            K, *x2.stride(), K // 2, *out.stride(), _signed32(address & 0xFFFFFFFF), _signed32(address >> 32))
+            K, *x2.stride(), K // 2, *out.stride())
     tokens = plan.tokens
     if plan.tile is None:
         _AUTOTUNED[plan.use_dot][lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args,
