@@ -138,6 +138,7 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
     tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
+             nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
     cases = [case for case in [*nf4.nf4_matmul_examples("interpret"), *extra]
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None]

@@ -287,14 +287,14 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
     return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
 
 
-def _tile_constexprs(tile: Tile) -> dict:
+def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the one-token word path)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
 def _config(tile: Tile) -> triton.Config:
-    return triton.Config(_tile_constexprs(tile), num_warps=tile.num_warps, num_stages=tile.num_stages)
+    return triton.Config(tile_constexprs(tile), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -325,6 +325,15 @@ def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: in
     return tile._replace(block_k=max(tile.block_k, blocksize))
 
 
+def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: int, double_quant: bool) -> dict:
+    """The kernel's constexprs other than the tile's: which path, x's pair format, the assembly, the dot precision."""
+    return {"BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
+            "PATH": "dot" if use_dot else "words" if pairs else "bytes",
+            "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
+            "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM,
+            "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
+
+
 class _Plan(NamedTuple):
     """Everything about a launch that depends only on shapes, dtypes and the pinned tile, worked out once."""
 
@@ -349,14 +358,9 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
                if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
-    constexprs = {
-        "BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
-        "PATH": "dot" if use_dot else "words" if pairs else "bytes",
-        "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
-        "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM,
-        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
+    constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
     if tile is not None:
-        constexprs |= _tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+        constexprs |= tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 

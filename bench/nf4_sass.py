@@ -1,0 +1,77 @@
+"""Static view of the in-house NF4 matmul (QLoRA's NF4 format, Dettmers et al. 2023) on sm_90, no GPU needed: every
+candidate tile of the one-token word path and the 16-token dot path compiled for bf16 x, with and without double
+quantization; its main loop's SASS instructions per weight element by opcode, registers, spills and shared memory.
+`python -m llmopt.bench.nf4_sass OUT_DIR` writes OUT_DIR/nf4_sass.json (`--first`: each path's first tile only)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from llmopt.bench.sass import compile_sass
+
+RESULT_FILE = "nf4_sass.json"
+_POINTERS = {"x_ptr": "*bf16", "x_pairs_ptr": "*i32", "codes_ptr": "*u8", "words_ptr": "*i32", "scales_ptr": "*fp32",
+             "offset_ptr": "*fp32", "table_ptr": "*fp32", "dynamic_ptr": "*fp32", "out_ptr": "*bf16",
+             "partial_ptr": "*fp32", "arrivals_ptr": "*i32"}
+# a launch on the benchmark shapes: sizes and row strides multiples of 16, unit strides specialized to 1
+_DIVISIBLE = (*_POINTERS, "absmax_ptr", "N", "K", "stride_xm", "stride_codes", "stride_om")
+_TOKENS = {False: 1, True: 16}
+
+
+def tile_record(use_dot: bool, tile, double_quant: bool) -> dict:
+    """One tile's compiled figures; per-element counts divide the main loop by the weight elements a thread takes per
+    step (BLOCK_N x BLOCK_K / threads)."""
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    constexprs = (kernels.path_constexprs(use_dot, True, torch.bfloat16, 64, double_quant)
+                  | kernels.tile_constexprs(tile) | {"stride_xk": 1, "stride_on": 1})
+    if not use_dot:
+        constexprs["M"] = 1  # Triton specializes an integer argument equal to 1
+    pointers = _POINTERS | {"absmax_ptr": "*u8" if double_quant else "*fp32"}
+    figures = compile_sass(kernels._nf4_matmul_kernel, pointer_types=pointers, constexprs=constexprs,
+                           divisible_by_16=_DIVISIBLE, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    elements = tile.block_n * tile.block_k / (32 * tile.num_warps)
+    return {"path": "dot" if use_dot else "words", "tokens": _TOKENS[use_dot], "double_quant": double_quant,
+            "tile": {"block_n": tile.block_n, "block_k": tile.block_k, "num_warps": tile.num_warps,
+                     "num_stages": tile.num_stages},
+            "elements_per_thread_step": elements,
+            "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
+            "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
+
+
+def sweep(first_only: bool = False) -> list[dict]:
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    records = []
+    for use_dot, tiles in ((False, kernels._GEMV_TILES), (True, kernels._DOT_TILES)):
+        for tile in tiles[:1] if first_only else tiles:
+            for double_quant in (False, True):
+                record = tile_record(use_dot, tile, double_quant)
+                records.append(record)
+                print(f"{record['path']:5} {tile.block_n:3}x{tile.block_k:4} w{tile.num_warps} s{tile.num_stages} "
+                      f"dq={double_quant!s:5}: {record['loop_instructions_per_element']:5.2f} instr/element, "
+                      f"{record['registers']} registers, {record['stack_bytes']} B stack, "
+                      f"{record['static_shared_bytes'] + record['dynamic_shared_bytes']} B shared", flush=True)
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="directory for nf4_sass.json")
+    parser.add_argument("--first", action="store_true", help="each path's first candidate tile only")
+    args = parser.parse_args(argv)
+    from llmopt.bench.machine import git_commit, versions
+
+    records = sweep(args.first)
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"target": "sm_90 (compiled, not run)", "commit": git_commit(), "versions": versions(),
+              "records": records}
+    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""A model of the few PTX instructions the in-house kernels' inline assembly uses, executed per thread in Python, so
+that the assembly's arithmetic, table layout and shared-memory bank use are checked on a machine without a GPU. Not a
+simulator: straight-line code only (no branches, no predicates), one program's shared memory, `bar.sync` a no-op
+(callers run every thread's code before a barrier ahead of any thread's code after it)."""
+from __future__ import annotations
+
+import operator
+import re
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_MASK = {"32": 0xFFFFFFFF, "64": 0xFFFFFFFFFFFFFFFF}
+_BANKS, _BANK_BYTES = 32, 4
+_BINARY = {"shr": operator.rshift, "shl": operator.lshift, "and": operator.and_, "add": operator.add}
+
+
+def _f32(value) -> np.float32:
+    return np.float32(value)
+
+
+def _f32_from_hex(token: str) -> np.float32:
+    return np.frombuffer(struct.pack("<I", int(token.removeprefix("0f"), 16)), dtype=np.float32)[0]
+
+
+@dataclass
+class Program:
+    """One program's shared memory (symbols declared by .shared lines placed from `shared_base`) and the global
+    buffers its assembly reads (float32 arrays at fake addresses)."""
+
+    shared_base: int = 1024  # sm_90 reserves the first KB of a program's shared window
+    shared: bytearray = field(default_factory=bytearray)
+    written: bytearray = field(default_factory=bytearray)  # 1 where a shared byte was stored
+    symbols: dict = field(default_factory=dict)
+    global_buffers: dict = field(default_factory=dict)  # address -> float32 array
+
+    def declare(self, name: str, size: int, align: int) -> None:
+        if name in self.symbols:
+            return
+        start = -(-(self.shared_base + len(self.shared)) // align) * align
+        self.symbols[name] = start
+        grow = start + size - self.shared_base - len(self.shared)
+        self.shared.extend(bytes(grow))
+        self.written.extend(bytes(grow))
+
+    def load_global_f32(self, address: int) -> np.float32:
+        for base, values in self.global_buffers.items():
+            if base <= address < base + 4 * values.size:
+                if (address - base) % 4:
+                    raise ValueError(f"misaligned float32 load at {address:#x}")
+                return values[(address - base) // 4]
+        raise ValueError(f"global load outside every buffer: {address:#x}")
+
+    def _offset(self, address: int, size: int) -> int:
+        offset = address - self.shared_base
+        if address % size or not 0 <= offset <= len(self.shared) - size:
+            raise ValueError(f"shared access of {size} bytes at {address:#x} outside the declared memory or misaligned")
+        return offset
+
+    def store_shared_f32(self, address: int, values) -> None:
+        offset = self._offset(address, 4 * len(values))
+        self.shared[offset:offset + 4 * len(values)] = np.asarray(values, dtype=np.float32).tobytes()
+        self.written[offset:offset + 4 * len(values)] = b"\x01" * (4 * len(values))
+
+    def load_shared_f32(self, address: int, count: int) -> list[np.float32]:
+        offset = self._offset(address, 4 * count)
+        return list(np.frombuffer(bytes(self.shared[offset:offset + 4 * count]), dtype=np.float32))
+
+
+@dataclass
+class Thread:
+    tid: int
+    program: Program
+    registers: dict = field(default_factory=dict)
+    shared_loads: list = field(default_factory=list)  # (address, bytes) of each shared load, in order
+
+    def value(self, token: str):
+        token = token.strip()
+        if token in self.registers:
+            return self.registers[token]
+        if token in self.program.symbols:
+            return self.program.symbols[token]
+        if token in ("%tid.x",):
+            return self.tid
+        if token == "%laneid":
+            return self.tid % 32
+        if token.startswith("0f"):
+            return _f32_from_hex(token)
+        if re.fullmatch(r"-?\d+|0x[0-9a-fA-F]+", token):
+            return int(token, 0)
+        raise KeyError(f"unknown operand {token!r}")
+
+    def address(self, token: str) -> int:
+        inner = token.strip()[1:-1]
+        base, _, offset = inner.partition("+")
+        return self.value(base) + (int(offset, 0) if offset else 0)
+
+
+def _statements(asm: str) -> list[str]:
+    text = asm.strip().removeprefix("{").removesuffix("}")
+    return [s.strip() for s in text.split(";") if s.strip()]
+
+
+def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, object]:
+    """Execute `asm` (one inline-assembly block) on `thread` with $n bound to operands[n]; returns every $n after."""
+    bound = {f"${n}": value for n, value in operands.items()}
+    thread.registers.update(bound)
+    for statement in _statements(asm):
+        op, _, rest = statement.partition(" ")
+        args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
+        kind = op.split(".")
+        if op == ".reg" or op.startswith(".reg"):
+            continue
+        if op.startswith(".shared"):
+            match = re.fullmatch(r"\.shared\s+\.align\s+(\d+)\s+\.b8\s+(\w+)\[(\d+)\]", statement)
+            thread.program.declare(match.group(2), int(match.group(3)), int(match.group(1)))
+            continue
+        if op == "bar.sync":
+            continue
+        d = args[0] if args else None
+        if kind[0] == "mov":
+            thread.registers[d] = thread.value(args[1])
+        elif op in ("shr.u32", "shl.b32", "and.b32", "add.u32", "add.u64"):
+            result = _BINARY[kind[0]](thread.value(args[1]), thread.value(args[2]))
+            thread.registers[d] = result & _MASK["64" if op.endswith("64") else "32"]
+        elif op == "mul.wide.u32":
+            thread.registers[d] = (thread.value(args[1]) * thread.value(args[2])) & _MASK["64"]
+        elif op == "mad.lo.u32":
+            thread.registers[d] = (thread.value(args[1]) * thread.value(args[2]) + thread.value(args[3])) & _MASK["32"]
+        elif op == "bfe.u32":
+            a, position, length = (thread.value(t) for t in args[1:4])
+            thread.registers[d] = (a >> position) & ((1 << length) - 1)
+        elif op == "ld.global.nc.f32":
+            thread.registers[d] = thread.program.load_global_f32(thread.address(args[1]))
+        elif op == "st.shared.v2.f32":
+            values = [thread.value(t) for t in args[1].strip("{} ").split(",")]
+            thread.program.store_shared_f32(thread.address(d), values)
+        elif op == "ld.shared.v2.f32":
+            address = thread.address(args[1])
+            thread.shared_loads.append((address, 8))
+            for name, value in zip(d.strip("{} ").split(","), thread.program.load_shared_f32(address, 2)):
+                thread.registers[name.strip()] = value
+        elif op in ("fma.rn.f32", "mul.rn.f32"):
+            a, b = float(thread.value(args[1])), float(thread.value(args[2]))
+            c = float(thread.value(args[3])) if op.startswith("fma") else 0.0
+            thread.registers[d] = _f32(a * b + c)  # a·b exact in float64; one rounding of the sum to float32
+        else:
+            raise NotImplementedError(f"PTX model: no {op!r} (in {statement!r})")
+    return {n: thread.registers[f"${n}"] for n in operands}
+
+
+def wavefronts(addresses: list[tuple[int, int]]) -> int:
+    """Shared-memory wavefronts one warp-wide load needs: lanes' (address, bytes); 8-byte loads are served a half-warp
+    at a time; within one, a bank holding several distinct 4-byte words takes that many passes (equal words
+    broadcast)."""
+    size = addresses[0][1]
+    group = 32 if size <= 4 else 16
+    total = 0
+    for start in range(0, len(addresses), group):
+        words_per_bank: dict[int, set] = {}
+        for address, nbytes in addresses[start:start + group]:
+            for word in range(address // _BANK_BYTES, (address + nbytes) // _BANK_BYTES):
+                words_per_bank.setdefault(word % _BANKS, set()).add(word)
+        total += max(len(words) for words in words_per_bank.values())
+    return total

@@ -1,0 +1,130 @@
+"""The one-token NF4 kernel's inline PTX, run in a Python model of its instructions (tests/_ptx_model.py): the byte
+table its setup writes to shared memory, the sum each word's assembly returns, and the bank use of its table loads;
+known-wrong variants of the assembly show each check can fail; and the whole kernel compiled for sm_90 by Triton and
+ptxas (no GPU needed). On CUDA the contract's own checks cover the same code."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from _ptx_model import Program, Thread, run, wavefronts
+from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+from llmopt.reference.nf4_format import nf4_table
+
+LEVELS = nf4_table("cpu").numpy().astype(np.float32)
+LEVELS_ADDRESS = 0x7F0000001000  # any global address: the model maps it to LEVELS
+WARP = 32
+
+
+def _filled_program(setup_asm: str, threads: int) -> tuple[Program, int]:
+    """(program after every thread ran the setup, the table address the setup returned)."""
+    program = Program(global_buffers={LEVELS_ADDRESS: LEVELS})
+    returned = {run(setup_asm, Thread(tid, program), {0: 0, 1: LEVELS_ADDRESS})[0] for tid in range(threads)}
+    assert len(returned) == 1, f"threads disagree on the table address: {returned}"
+    return program, returned.pop()
+
+
+def _expected_slots() -> np.ndarray:
+    """(4096, 2) float32: slot i holds both levels of byte i >> 4 (high nibble first)."""
+    entries = np.arange(4096) >> 4
+    return np.stack([LEVELS[entries >> 4], LEVELS[entries & 15]], axis=1)
+
+
+def table_problems(setup_asm: str, threads: int) -> list[str]:
+    try:
+        program, table = _filled_program(setup_asm, threads)
+    except ValueError as error:  # an access outside the table
+        return [str(error)]
+    start = table - program.shared_base
+    problems = []
+    if not all(program.written[start:start + kernels._TABLE_BYTES]):
+        problems.append("some table bytes never written")
+    slots = np.frombuffer(bytes(program.shared[start:start + kernels._TABLE_BYTES]), dtype=np.float32).reshape(-1, 2)
+    wrong = np.flatnonzero((slots != _expected_slots()).any(axis=1))
+    if wrong.size:
+        problems.append(f"{wrong.size} slots hold other levels, first slot {wrong[0]}: {slots[wrong[0]]}")
+    return problems
+
+
+def word_dot_problems(setup_asm: str, word_asm: str, seed: int, threads: int = 128) -> list[str]:
+    """Run the word assembly for every lane of one warp on random words and x: its sums against Σ level·x in float64,
+    and the wavefronts of each of its table loads across the warp (2 is conflict-free for 8-byte loads)."""
+    rng = np.random.default_rng(seed)
+    program, table = _filled_program(setup_asm, threads)
+    words = rng.integers(0, 1 << 32, size=WARP, dtype=np.uint64)
+    x = rng.standard_normal((WARP, 8)).astype(np.float32)
+    lanes = [Thread(lane, program) for lane in range(WARP)]
+    problems = []
+    for lane, thread in enumerate(lanes):
+        operands = {0: 0, 1: int(words[lane]), **{2 + e: x[lane, e] for e in range(8)}, 10: table}
+        got = float(run(word_asm, thread, operands)[0])
+        codes = [(int(words[lane]) >> (4 * (2 * (e // 2) + 1 - e % 2))) & 15 for e in range(8)]  # element order
+        terms = LEVELS[codes].astype(np.float64) * x[lane].astype(np.float64)
+        if abs(got - terms.sum()) > 1e-6 * np.abs(terms).sum():
+            problems.append(f"lane {lane}: word {int(words[lane]):#010x} sums to {got}, expected {terms.sum()}")
+    for step in range(len(lanes[0].shared_loads)):
+        passes = wavefronts([thread.shared_loads[step] for thread in lanes])
+        if passes != 2:
+            problems.append(f"table load {step} takes {passes} wavefronts across the warp (conflict-free: 2)")
+    return problems
+
+
+@pytest.mark.parametrize("threads", [32, 64, 128, 256])
+def test_the_setup_fills_every_slot_of_the_byte_table(threads):
+    assert table_problems(kernels._table_setup_asm(threads), threads) == []
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_word_assembly_sums_level_times_x_without_bank_conflicts(seed):
+    assert word_dot_problems(kernels._table_setup_asm(128), kernels._WORD_DOT_ASM, seed) == []
+
+
+def test_the_setup_refuses_thread_counts_it_cannot_fill_with():
+    with pytest.raises(ValueError, match="threads"):
+        kernels._table_setup_asm(96)
+
+
+# Known-wrong assembly: each is rejected by the check its bug breaks.
+def _swap_x_of_each_byte(asm: str) -> str:  # even element's level against the odd element's x and back
+    return asm.replace("s, h, $", "s, h, %").replace("s, l, $", "s, h, $").replace("s, h, %", "s, l, $")
+
+
+WRONG_WORD_ASM = {
+    "x of the two nibbles swapped": _swap_x_of_each_byte(kernels._WORD_DOT_ASM),
+    "byte read a nibble off": kernels._WORD_DOT_ASM.replace("bfe.u32 a, $1, 8, 8", "bfe.u32 a, $1, 12, 8"),
+    "one table copy for every lane": kernels._WORD_DOT_ASM.replace("and.b32 b, b, 15", "and.b32 b, b, 0"),
+    "copies per full warp (8-byte loads conflict)": kernels._WORD_DOT_ASM.replace("and.b32 b, b, 15",
+                                                                                  "and.b32 b, b, 31"),
+}
+WRONG_SETUP_ASM = {
+    "levels of a byte stored low nibble first": kernels._table_setup_asm(128).replace("{h, l}", "{l, h}"),
+    "fill stride of 64 threads by 128": kernels._table_setup_asm(64).replace(
+        "mad.lo.u32 a, t, 8, $0", "mad.lo.u32 a, t, 16, $0"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_WORD_ASM))
+def test_known_wrong_word_assembly_is_rejected(name):
+    assert word_dot_problems(kernels._table_setup_asm(128), WRONG_WORD_ASM[name], seed=0) != []
+
+
+@pytest.mark.parametrize("name", list(WRONG_SETUP_ASM))
+def test_known_wrong_table_setup_is_rejected(name):
+    threads = 64 if "64" in name else 128
+    assert table_problems(WRONG_SETUP_ASM[name], threads) != []
+
+
+def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
+    """Each path's first tile (with and without double quantization) through Triton and ptxas for sm_90: the inline
+    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills."""
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-m", "llmopt.bench.nf4_sass", str(tmp_path), "--first"], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = json.loads((tmp_path / "nf4_sass.json").read_text())["records"]
+    assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot") for dq in (0, 1)}
+    assert [r["stack_bytes"] for r in records] == [0] * len(records)
