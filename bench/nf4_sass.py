@@ -36,7 +36,7 @@ def tile_record(use_dot: bool, tile, double_quant: bool) -> dict:
     elements = tile.block_n * tile.block_k / (32 * tile.num_warps)
     return {"path": "dot" if use_dot else "words", "tokens": _TOKENS[use_dot], "double_quant": double_quant,
             "tile": {"block_n": tile.block_n, "block_k": tile.block_k, "num_warps": tile.num_warps,
-                     "num_stages": tile.num_stages},
+                     "num_stages": tile.num_stages, "prefetch": tile.prefetch},
             "elements_per_thread_step": elements,
             "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
             "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
@@ -51,7 +51,8 @@ def sweep(first_only: bool = False) -> list[dict]:
             for double_quant in (False, True):
                 record = tile_record(use_dot, tile, double_quant)
                 records.append(record)
-                print(f"{record['path']:5} {tile.block_n:3}x{tile.block_k:4} w{tile.num_warps} s{tile.num_stages} "
+                print(f"{record['path']:5} {tile.block_n:3}x{tile.block_k:4} w{tile.num_warps} s{tile.num_stages}"
+                      f"{' prefetch' if tile.prefetch else '':9} "
                       f"dq={double_quant!s:5}: {record['loop_instructions_per_element']:5.2f} instr/element, "
                       f"{record['registers']} registers, {record['stack_bytes']} B stack, "
                       f"{record['static_shared_bytes'] + record['dynamic_shared_bytes']} B shared", flush=True)

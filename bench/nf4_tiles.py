@@ -20,7 +20,7 @@ IMPLS = ("triton_nf4_matmul", "bnb_matmul_4bit", "bf16_dense")
 def _tile_name(config) -> str:
     k = config.kwargs
     return (f"n{k['BLOCK_N']} k{k['BLOCK_K']} split{k['SPLIT_K']} w{config.num_warps} "
-            f"s{config.num_stages}")
+            f"s{config.num_stages}{' prefetch' if k['PREFETCH'] else ''}")
 
 
 def sweep(cases) -> list[dict]:

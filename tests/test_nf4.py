@@ -121,11 +121,14 @@ def test_nf4_claims_hold_their_computed_values():
     assert torch.allclose(-seed.flip(0), seed) and seed.abs().min() > 0.04  # symmetric, no zero level
 
 
-@pytest.mark.parametrize(("tokens", "split_k"), [("one", 1), ("one", 2), ("several", 1), ("several", 2)])
-def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k):
+@pytest.mark.parametrize(("tokens", "split_k", "prefetch"), [("one", 1, False), ("one", 2, False), ("one", 1, True),
+                                                              ("one", 2, True), ("several", 1, False),
+                                                              ("several", 2, False)])
+def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
-    partials) of the one-token and the 2-16-token paths; each must meet the contract on its own, so each runs here
-    under Triton's interpreter on the contract's examples and on shapes that split (K of two steps or more)."""
+    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead;
+    each must meet the contract on its own, so each runs here under Triton's interpreter on the contract's examples and
+    on shapes that split (K of two steps or more)."""
     pytest.importorskip("triton")
     from llmopt import impls as registry
 
@@ -135,7 +138,7 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     use_dot = tokens == "several"
-    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k)
+    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs

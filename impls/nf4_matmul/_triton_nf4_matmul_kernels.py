@@ -93,20 +93,31 @@ def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD
 
 
 @triton.jit
-def _words_step(acc, words_ptr, stride_words, x_pairs_ptr, table_ptr, byte_table, rows, rows_in, x_row, k0, absmax,
-                step_blocks, step_in, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, BLOCKSIZE: tl.constexpr):
-    """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes of one step of K (rows [1, BLOCK_N, 1],
-    step_blocks, step_in [BPS, 1, 1], absmax [BPS, BLOCK_N, 1]). Everything is loaded in the words' own layout, x as
-    one word's 4 pairs, decoded to float32 once per thread and element however many rows the thread takes."""
+def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
+                x_row, K, k0, step_blocks, BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+                DQ_BLOCKSIZE: tl.constexpr):
+    """What the step of K at k0 reads (zeros past K), in the words' own layout: (words [BPS, BLOCK_N, WPB], x as each
+    word's 4 pairs p0..p3 [BPS, 1, WPB] (pair j: elements 2j, 2j + 1), absmax [BPS, BLOCK_N, 1]); rows [1, BLOCK_N, 1],
+    step_blocks [BPS, 1, 1]."""
     WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
+    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
+                                   BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
     word_index = k0 // 8 + step_blocks * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, None, :]  # [BPS, 1, WPB]
-    words = tl.load(words_ptr + rows * stride_words + word_index, mask=rows_in & step_in,
-                    other=0)  # [BPS, BLOCK_N, WPB]
-    first_pair = x_pairs_ptr + x_row + 4 * word_index  # [BPS, 1, WPB]: the word's pairs of x, elements 2j, 2j + 1
-    x0, x1 = _pair_values(tl.load(first_pair, mask=step_in, other=0), X_PAIRS)
-    x2, x3 = _pair_values(tl.load(first_pair + 1, mask=step_in, other=0), X_PAIRS)
-    x4, x5 = _pair_values(tl.load(first_pair + 2, mask=step_in, other=0), X_PAIRS)
-    x6, x7 = _pair_values(tl.load(first_pair + 3, mask=step_in, other=0), X_PAIRS)
+    words = tl.load(words_ptr + rows * stride_words + word_index, mask=rows_in & step_in, other=0)
+    first_pair = x_pairs_ptr + x_row + 4 * word_index
+    return (words, tl.load(first_pair, mask=step_in, other=0), tl.load(first_pair + 1, mask=step_in, other=0),
+            tl.load(first_pair + 2, mask=step_in, other=0), tl.load(first_pair + 3, mask=step_in, other=0), absmax)
+
+
+@triton.jit
+def _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS: tl.constexpr,
+               WORD_DOT_ASM: tl.constexpr):
+    """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes (_words_load's step); x decoded to
+    float32 once per thread and element, however many rows the thread takes."""
+    x0, x1 = _pair_values(p0, X_PAIRS)
+    x2, x3 = _pair_values(p1, X_PAIRS)
+    x4, x5 = _pair_values(p2, X_PAIRS)
+    x6, x7 = _pair_values(p3, X_PAIRS)
     return acc + _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM) * absmax
 
 
@@ -145,7 +156,7 @@ def _nf4_matmul_kernel(
     partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -172,14 +183,23 @@ def _nf4_matmul_kernel(
         byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
                                                pack=1)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
-    for k0 in range(pid_k * k_span, tl.minimum(pid_k * k_span + k_span, K), BLOCK_K):
+    k_start = pid_k * k_span
+    if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
+        words, p0, p1, p2, p3, absmax = _words_load(
+            words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
+            rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
+            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
+    for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
-            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[None, :, None],
-                                           rows_in[None, :, None], K, k0, step_blocks[:, None, None], BLOCKSIZE,
-                                           DOUBLE_QUANT, DQ_BLOCKSIZE)  # [BPS, 1, 1], [BPS, BLOCK_N, 1]
-            acc = _words_step(acc, words_ptr, stride_codes // 4, x_pairs_ptr, table_ptr, byte_table,
-                              rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), k0, absmax,
-                              step_blocks[:, None, None], step_in, X_PAIRS, WORD_DOT_ASM, BLOCKSIZE)
+            ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
+                                k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
+                                DQ_BLOCKSIZE)
+            if not PREFETCH:
+                words, p0, p1, p2, p3, absmax = ahead
+            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
+            if PREFETCH:
+                words, p0, p1, p2, p3, absmax = ahead
         else:
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
                                            rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
@@ -232,6 +252,7 @@ class Tile(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
+    prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
 
 
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
@@ -247,10 +268,15 @@ class Tile(NamedTuple):
 # kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one (their shared memory fell
 # from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
 # dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates.
+# Triton does not pipeline the word path's loads (num_stages changes nothing in its SASS); with at most 6 programs an SM
+# the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in registers (+0-0.4
+# instructions per element and up to 32 registers, no spills; unmeasured on a GPU when added).
 # Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every sweep and
 # were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(32, 512, 2, 1),
-               Tile(128, 256, 8, 1), Tile(16, 512, 2, 1), Tile(16, 1024, 4, 1), Tile(8, 1024, 4, 1)]
+               Tile(128, 256, 8, 1), Tile(16, 512, 2, 1), Tile(16, 1024, 4, 1), Tile(8, 1024, 4, 1),
+               *(Tile(n, k, w, 1, prefetch=True)
+                 for n, k, w in ((32, 256, 2), (32, 512, 2), (64, 256, 4), (128, 256, 8), (16, 1024, 4), (8, 1024, 4)))]
 _DOT_TILES = [Tile(64, 256, 4, 1), Tile(64, 128, 4, 1), Tile(128, 128, 8, 1), Tile(32, 256, 4, 1),
               Tile(128, 256, 8, 1), Tile(64, 512, 4, 1), Tile(128, 64, 4, 1), Tile(64, 256, 4, 2),
               Tile(128, 128, 4, 3), Tile(256, 64, 8, 3)]
@@ -289,7 +315,7 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the one-token word path)."""
-    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
+    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
