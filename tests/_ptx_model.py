@@ -1,7 +1,7 @@
 """A model of the few PTX instructions the in-house kernels' inline assembly uses, executed per thread in Python, so
 that the assembly's arithmetic, table layout and shared-memory bank use are checked on a machine without a GPU. Not a
-simulator: straight-line code only (no branches, no predicates), one program's shared memory, `bar.sync` a no-op
-(callers run every thread's code before a barrier ahead of any thread's code after it)."""
+simulator: straight-line code only (no branches; predicates guard single instructions), one program's shared memory,
+`bar.sync` a no-op (callers run every thread's code before a barrier ahead of any thread's code after it)."""
 from __future__ import annotations
 
 import operator
@@ -33,7 +33,7 @@ class Program:
     shared: bytearray = field(default_factory=bytearray)
     written: bytearray = field(default_factory=bytearray)  # 1 where a shared byte was stored
     symbols: dict = field(default_factory=dict)
-    global_buffers: dict = field(default_factory=dict)  # address -> float32 array
+    global_buffers: dict = field(default_factory=dict)  # address -> numpy array (float32 or uint8)
 
     def declare(self, name: str, size: int, align: int) -> None:
         if name in self.symbols:
@@ -44,12 +44,14 @@ class Program:
         self.shared.extend(bytes(grow))
         self.written.extend(bytes(grow))
 
-    def load_global_f32(self, address: int) -> np.float32:
+    def load_global(self, address: int, dtype) -> np.generic:
+        """One element of the buffer holding `address`, which must be of `dtype` and aligned to it."""
         for base, values in self.global_buffers.items():
-            if base <= address < base + 4 * values.size:
-                if (address - base) % 4:
-                    raise ValueError(f"misaligned float32 load at {address:#x}")
-                return values[(address - base) // 4]
+            if base <= address < base + values.nbytes:
+                if values.dtype != dtype or (address - base) % values.itemsize:
+                    raise ValueError(f"{np.dtype(dtype)} load at {address:#x} into a {values.dtype} buffer, or "
+                                     "misaligned")
+                return values[(address - base) // values.itemsize]
         raise ValueError(f"global load outside every buffer: {address:#x}")
 
     def _offset(self, address: int, size: int) -> int:
@@ -107,6 +109,11 @@ def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, obje
     bound = {f"${n}": value for n, value in operands.items()}
     thread.registers.update(bound)
     for statement in _statements(asm):
+        guard = re.match(r"@(!?)(\w+)\s+", statement)
+        if guard:
+            statement = statement[guard.end():]
+            if bool(thread.registers[guard.group(2)]) == (guard.group(1) == "!"):
+                continue
         op, _, rest = statement.partition(" ")
         args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
         kind = op.split(".")
@@ -131,8 +138,12 @@ def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, obje
         elif op == "bfe.u32":
             a, position, length = (thread.value(t) for t in args[1:4])
             thread.registers[d] = (a >> position) & ((1 << length) - 1)
-        elif op == "ld.global.nc.f32":
-            thread.registers[d] = thread.program.load_global_f32(thread.address(args[1]))
+        elif op == "setp.ne.b32":
+            thread.registers[d] = thread.value(args[1]) != thread.value(args[2])
+        elif op in ("ld.global.nc.f32", "ld.global.nc.u8"):
+            dtype = np.float32 if op.endswith("f32") else np.uint8
+            value = thread.program.load_global(thread.address(args[1]), dtype)
+            thread.registers[d] = value if dtype is np.float32 else int(value)
         elif op == "st.shared.v2.f32":
             values = [thread.value(t) for t in args[1].strip("{} ").split(",")]
             thread.program.store_shared_f32(thread.address(d), values)
@@ -141,10 +152,12 @@ def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, obje
             thread.shared_loads.append((address, 8))
             for name, value in zip(d.strip("{} ").split(","), thread.program.load_shared_f32(address, 2)):
                 thread.registers[name.strip()] = value
-        elif op in ("fma.rn.f32", "mul.rn.f32"):
-            a, b = float(thread.value(args[1])), float(thread.value(args[2]))
-            c = float(thread.value(args[3])) if op.startswith("fma") else 0.0
-            thread.registers[d] = _f32(a * b + c)  # a·b exact in float64; one rounding of the sum to float32
+        elif op == "fma.rn.f32":
+            a, b, c = (float(thread.value(t)) for t in args[1:4])
+            thread.registers[d] = _f32(a * b + c)  # a·b exact in float64, the sum rounded (twice, rarely apart)
+        elif op in ("mul.rn.f32", "add.rn.f32"):
+            a, b = _f32(thread.value(args[1])), _f32(thread.value(args[2]))
+            thread.registers[d] = a * b if op.startswith("mul") else a + b  # float32, correctly rounded
         else:
             raise NotImplementedError(f"PTX model: no {op!r} (in {statement!r})")
     return {n: thread.registers[f"${n}"] for n in operands}

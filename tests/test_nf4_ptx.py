@@ -1,5 +1,6 @@
 """The one-token NF4 kernel's inline PTX, run in a Python model of its instructions (tests/_ptx_model.py): the byte
-table its setup writes to shared memory, the sum each word's assembly returns, and the bank use of its table loads;
+table its setup writes to shared memory, the sum each word's assembly returns, the bank use of its table loads, and the
+absmax it loads (plain, or double-quantized bit-exact to bitsandbytes' decoding);
 known-wrong variants of the assembly show each check can fail; and the whole kernel compiled for sm_90 by Triton and
 ptxas (no GPU needed). On CUDA the contract's own checks cover the same code."""
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from _ptx_model import Program, Thread, run, wavefronts
 from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
-from llmopt.reference.nf4_format import nf4_table
+from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
 LEVELS = nf4_table("cpu").numpy().astype(np.float32)
 LEVELS_ADDRESS = 0x7F0000001000  # any global address: the model maps it to LEVELS
@@ -109,12 +110,14 @@ WRONG_SETUP_ASM = {
 
 @pytest.mark.parametrize("name", list(WRONG_WORD_ASM))
 def test_known_wrong_word_assembly_is_rejected(name):
+    assert WRONG_WORD_ASM[name] != kernels._WORD_DOT_ASM, "the mutation did not apply"
     assert word_dot_problems(kernels._table_setup_asm(128), WRONG_WORD_ASM[name], seed=0) != []
 
 
 @pytest.mark.parametrize("name", list(WRONG_SETUP_ASM))
 def test_known_wrong_table_setup_is_rejected(name):
     threads = 64 if "64" in name else 128
+    assert WRONG_SETUP_ASM[name] != kernels._table_setup_asm(threads), "the mutation did not apply"
     assert table_problems(WRONG_SETUP_ASM[name], threads) != []
 
 
@@ -128,3 +131,57 @@ def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     records = json.loads((tmp_path / "nf4_sass.json").read_text())["records"]
     assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot") for dq in (0, 1)}
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
+
+
+ABSMAX_ADDRESS, SCALES_ADDRESS, DYNAMIC_ADDRESS = 0x7F0000010000, 0x7F0000020000, 0x7F0000030000
+DYNAMIC = dynamic_table("cpu").numpy().astype(np.float32)
+
+
+def absmax_problems(asm: str, double_quant: bool, seed: int = 0, blocks: int = 3 * DQ_BLOCKSIZE) -> list[str]:
+    """Run the absmax assembly for every block, inside and outside the mask: inside it must equal the stored absmax,
+    or dynamic[code] x scale then + offset in float32 (two roundings, as bitsandbytes decodes), bit for bit; outside,
+    0."""
+    rng = np.random.default_rng(seed)
+    if double_quant:
+        codes = rng.integers(0, 256, size=blocks, dtype=np.uint8)
+        scales = rng.uniform(0.01, 2.0, size=-(-blocks // DQ_BLOCKSIZE)).astype(np.float32)
+        offset = np.float32(rng.uniform(0.0, 1.0))
+        expected = DYNAMIC[codes] * scales[np.arange(blocks) // DQ_BLOCKSIZE] + offset  # float32 ops, rounded each
+        buffers = {ABSMAX_ADDRESS: codes, SCALES_ADDRESS: scales, DYNAMIC_ADDRESS: DYNAMIC}
+    else:
+        expected = rng.uniform(0.0, 3.0, size=blocks).astype(np.float32)
+        buffers = {ABSMAX_ADDRESS: expected}
+    program = Program(global_buffers=buffers)
+    problems = []
+    for block in range(blocks):
+        for inside in (1, 0):
+            if double_quant:
+                operands = {0: 0, 1: ABSMAX_ADDRESS + block, 2: SCALES_ADDRESS + 4 * (block // DQ_BLOCKSIZE),
+                            3: inside, 4: DYNAMIC_ADDRESS, 5: offset}
+            else:
+                operands = {0: 0, 1: ABSMAX_ADDRESS + 4 * block, 2: inside}
+            got = np.float32(run(asm, Thread(0, program), operands)[0])
+            want = expected[block] if inside else np.float32(0)
+            if got.tobytes() != want.tobytes():
+                problems.append(f"block {block} {'inside' if inside else 'masked'}: {got!r}, expected {want!r}")
+    return problems
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_the_absmax_assembly_loads_the_block_scale_bit_exactly(double_quant):
+    assert absmax_problems(kernels._ABSMAX_ASM[double_quant], double_quant) == []
+
+
+WRONG_ABSMAX_ASM = {
+    (False, "mask ignored"): kernels._ABSMAX_ASM[False].replace("@p ", ""),
+    (True, "mask ignored"): kernels._ABSMAX_ASM[True].replace("@p ", ""),
+    (True, "one fused multiply-add (bitsandbytes rounds the product, then the sum)"): kernels._ABSMAX_ASM[True].replace(
+        "@p mul.rn.f32 d, d, s; @p add.rn.f32 $0, d, $5;", "@p fma.rn.f32 $0, d, s, $5;"),
+    (True, "offset left out"): kernels._ABSMAX_ASM[True].replace("@p add.rn.f32 $0, d, $5;", "@p mov.f32 $0, d;"),
+}
+
+
+@pytest.mark.parametrize("key", list(WRONG_ABSMAX_ASM), ids=[f"dq={dq}-{name}" for dq, name in WRONG_ABSMAX_ASM])
+def test_known_wrong_absmax_assembly_is_rejected(key):
+    assert WRONG_ABSMAX_ASM[key] != kernels._ABSMAX_ASM[key[0]], "the mutation did not apply"
+    assert absmax_problems(WRONG_ABSMAX_ASM[key], double_quant=key[0]) != []

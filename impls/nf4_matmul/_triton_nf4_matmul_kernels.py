@@ -60,6 +60,27 @@ _WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
                                                         odd=3 + 2 * j) for j in range(4))
                  + "\n    mov.f32 $0, s;\n}")
 
+# A block's absmax loaded by inline assembly, so that it takes the layout of the words it scales (a Triton load would
+# take its own and be moved across in shared memory, a barrier each step). $0: the absmax (0 where $mask is 0).
+# Plain: $1 its address, $2 the mask. Double-quantized, as bitsandbytes decodes it (a product, then a sum, each
+# rounded): $1 the 8-bit code's address, $2 the scale's, $3 the mask, $4 the dynamic map, $5 the mean offset.
+_ABSMAX_ASM = {
+    False: """{
+    .reg .pred p;
+    setp.ne.b32 p, $2, 0; mov.f32 $0, 0f00000000;
+    @p ld.global.nc.f32 $0, [$1];
+}""",
+    True: """{
+    .reg .pred p;
+    .reg .b32 c;
+    .reg .b64 q;
+    .reg .f32 d, s;
+    setp.ne.b32 p, $3, 0; mov.f32 $0, 0f00000000;
+    @p ld.global.nc.u8 c, [$1]; @p ld.global.nc.f32 s, [$2];
+    @p mul.wide.u32 q, c, 4; @p add.u64 q, q, $4; @p ld.global.nc.f32 d, [q];
+    @p mul.rn.f32 d, d, s; @p add.rn.f32 $0, d, $5;
+}"""}
+
 
 @triton.jit
 def _pair_values(pair, X_PAIRS: tl.constexpr):
@@ -95,13 +116,27 @@ def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD
 @triton.jit
 def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
                 x_row, K, k0, step_blocks, BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-                DQ_BLOCKSIZE: tl.constexpr):
+                DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr):
     """What the step of K at k0 reads (zeros past K), in the words' own layout: (words [BPS, BLOCK_N, WPB], x as each
     word's 4 pairs p0..p3 [BPS, 1, WPB] (pair j: elements 2j, 2j + 1), absmax [BPS, BLOCK_N, 1]); rows [1, BLOCK_N, 1],
-    step_blocks [BPS, 1, 1]."""
+    step_blocks [BPS, 1, 1]. The absmax by ABSMAX_ASM on the GPU, by block_absmax otherwise (Triton's interpreter)."""
     WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
-    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
-                                   BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
+    if ABSMAX_ASM != "":
+        step_in = k0 + step_blocks * BLOCKSIZE < K
+        blocks = rows * (K // BLOCKSIZE) + k0 // BLOCKSIZE + step_blocks
+        inside = (rows_in & step_in).to(tl.int32)
+        if DOUBLE_QUANT:
+            absmax = tl.inline_asm_elementwise(
+                ABSMAX_ASM, "=f,l,l,r,l,f",
+                [(absmax_ptr + blocks).to(tl.int64), (scales_ptr + blocks // DQ_BLOCKSIZE).to(tl.int64), inside,
+                 dynamic_ptr.to(tl.int64), tl.load(offset_ptr)],  # addresses as integers: pointers of two types
+                dtype=tl.float32, is_pure=True, pack=1)
+        else:
+            absmax = tl.inline_asm_elementwise(ABSMAX_ASM, "=f,l,r", [absmax_ptr + blocks, inside], dtype=tl.float32,
+                                               is_pure=True, pack=1)
+    else:
+        step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
+                                       step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
     word_index = k0 // 8 + step_blocks * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, None, :]  # [BPS, 1, WPB]
     words = tl.load(words_ptr + rows * stride_words + word_index, mask=rows_in & step_in, other=0)
     first_pair = x_pairs_ptr + x_row + 4 * word_index
@@ -155,8 +190,9 @@ def _nf4_matmul_kernel(
     x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
     partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
-    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
+    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -188,13 +224,13 @@ def _nf4_matmul_kernel(
         words, p0, p1, p2, p3, absmax = _words_load(
             words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
             rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
-            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
+            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
     for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
             ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                 dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
                                 k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
-                                DQ_BLOCKSIZE)
+                                DQ_BLOCKSIZE, ABSMAX_ASM)
             if not PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
             acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
@@ -357,6 +393,7 @@ def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: i
             "PATH": "dot" if use_dot else "words" if pairs else "bytes",
             "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
             "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM,
+            "ABSMAX_ASM": "" if _INTERPRET or not pairs else _ABSMAX_ASM[double_quant],
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
 
 
