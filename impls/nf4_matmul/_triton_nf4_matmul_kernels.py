@@ -305,14 +305,17 @@ class Tile(NamedTuple):
 # from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
 # dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates.
 # Triton does not pipeline the word path's loads (num_stages changes nothing in its SASS); with at most 6 programs an SM
-# the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in registers (+0-0.4
-# instructions per element and up to 32 registers, no spills; unmeasured on a GPU when added).
+# the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in registers (+0.1-0.4
+# instructions per element, no spills; unmeasured on a GPU when added). Every one-token candidate keeps its loop free
+# of barriers (no layout conversion through shared memory: the absmax comes by inline assembly); tiles of 8 or more
+# blocks a step (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were dropped, and so were
+# prefetching tiles that need over 200 registers.
 # Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every sweep and
 # were dropped.
-_GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(32, 512, 2, 1),
-               Tile(128, 256, 8, 1), Tile(16, 512, 2, 1), Tile(16, 1024, 4, 1), Tile(8, 1024, 4, 1),
+_GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
+               Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
-                 for n, k, w in ((32, 256, 2), (32, 512, 2), (64, 256, 4), (128, 256, 8), (16, 1024, 4), (8, 1024, 4)))]
+                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
 _DOT_TILES = [Tile(64, 256, 4, 1), Tile(64, 128, 4, 1), Tile(128, 128, 8, 1), Tile(32, 256, 4, 1),
               Tile(128, 256, 8, 1), Tile(64, 512, 4, 1), Tile(128, 64, 4, 1), Tile(64, 256, 4, 2),
               Tile(128, 128, 4, 3), Tile(256, 64, 8, 3)]
