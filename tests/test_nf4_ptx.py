@@ -123,7 +123,8 @@ def test_known_wrong_table_setup_is_rejected(name):
 
 def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     """Each path's first tile (with and without double quantization) through Triton and ptxas for sm_90: the inline
-    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills."""
+    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills, and the
+    one-token loop synchronizes nothing (no layout conversion through shared memory)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-m", "llmopt.bench.nf4_sass", str(tmp_path), "--first"], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
@@ -131,6 +132,8 @@ def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     records = json.loads((tmp_path / "nf4_sass.json").read_text())["records"]
     assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot") for dq in (0, 1)}
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
+    words = [r for r in records if r["path"] == "words"]  # the absmax by assembly keeps layout conversions out
+    assert [r["loop_ops"].get("BAR", 0) for r in words] == [0] * len(words), "a barrier in the one-token loop"
 
 
 ABSMAX_ADDRESS, SCALES_ADDRESS, DYNAMIC_ADDRESS = 0x7F0000010000, 0x7F0000020000, 0x7F0000030000
