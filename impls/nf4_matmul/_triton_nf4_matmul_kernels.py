@@ -119,24 +119,11 @@ def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, of
                 DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr):
     """What the step of K at k0 reads (zeros past K), in the words' own layout: (words [BPS, BLOCK_N, WPB], x as each
     word's 4 pairs p0..p3 [BPS, 1, WPB] (pair j: elements 2j, 2j + 1), absmax [BPS, BLOCK_N, 1]); rows [1, BLOCK_N, 1],
-    step_blocks [BPS, 1, 1]. The absmax by ABSMAX_ASM on the GPU, by block_absmax otherwise (Triton's interpreter)."""
+    step_blocks [BPS, 1, 1]. The absmax by ABSMAX_ASM on the GPU (no layout of its own), by block_absmax under
+    Triton's interpreter."""
     WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
-    if ABSMAX_ASM != "":
-        step_in = k0 + step_blocks * BLOCKSIZE < K
-        blocks = rows * (K // BLOCKSIZE) + k0 // BLOCKSIZE + step_blocks
-        inside = (rows_in & step_in).to(tl.int32)
-        if DOUBLE_QUANT:
-            absmax = tl.inline_asm_elementwise(
-                ABSMAX_ASM, "=f,l,l,r,l,f",
-                [(absmax_ptr + blocks).to(tl.int64), (scales_ptr + blocks // DQ_BLOCKSIZE).to(tl.int64), inside,
-                 dynamic_ptr.to(tl.int64), tl.load(offset_ptr)],  # addresses as integers: pointers of two types
-                dtype=tl.float32, is_pure=True, pack=1)
-        else:
-            absmax = tl.inline_asm_elementwise(ABSMAX_ASM, "=f,l,r", [absmax_ptr + blocks, inside], dtype=tl.float32,
-                                               is_pure=True, pack=1)
-    else:
-        step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
-                                       step_blocks, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE)
+    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
+                                   BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
     word_index = k0 // 8 + step_blocks * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, None, :]  # [BPS, 1, WPB]
     words = tl.load(words_ptr + rows * stride_words + word_index, mask=rows_in & step_in, other=0)
     first_pair = x_pairs_ptr + x_row + 4 * word_index
@@ -158,13 +145,27 @@ def _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIR
 
 @triton.jit
 def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
-                 BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
+                 BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+                 ABSMAX_ASM: tl.constexpr):
     """(step_in: blocks of this K step inside the row, absmax: of each row's blocks) of the step at k0, in the
-    broadcast of rows and step_blocks (e.g. [BLOCK_N, 1] and [1, BPS] -> [BLOCK_N, BPS])."""
+    broadcast of rows and step_blocks (e.g. [BLOCK_N, 1] and [1, BPS] -> [BLOCK_N, BPS]). The absmax by block_absmax,
+    or, given ABSMAX_ASM (_ABSMAX_ASM[DOUBLE_QUANT]), by that assembly in the layout of whatever it scales."""
     step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
     blocks = rows * (K // BLOCKSIZE) + k0 // BLOCKSIZE + step_blocks
-    return step_in, block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks, rows_in & step_in,
-                                 DOUBLE_QUANT, DQ_BLOCKSIZE)
+    inside = rows_in & step_in
+    if ABSMAX_ASM == "":
+        absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, blocks, inside, DOUBLE_QUANT,
+                              DQ_BLOCKSIZE)
+    elif DOUBLE_QUANT:
+        absmax = tl.inline_asm_elementwise(
+            ABSMAX_ASM, "=f,l,l,r,l,f",
+            [(absmax_ptr + blocks).to(tl.int64), (scales_ptr + blocks // DQ_BLOCKSIZE).to(tl.int64),
+             inside.to(tl.int32), dynamic_ptr.to(tl.int64), tl.load(offset_ptr)],
+            dtype=tl.float32, is_pure=True, pack=1)  # addresses as integers: pointers of two types
+    else:
+        absmax = tl.inline_asm_elementwise(ABSMAX_ASM, "=f,l,r", [absmax_ptr + blocks, inside.to(tl.int32)],
+                                           dtype=tl.float32, is_pure=True, pack=1)
+    return step_in, absmax
 
 
 @triton.jit
@@ -239,7 +240,7 @@ def _nf4_matmul_kernel(
         else:
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
                                            rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
-                                           DQ_BLOCKSIZE)  # [1, BPS], [BLOCK_N, BPS]
+                                           DQ_BLOCKSIZE, "")  # [1, BPS], [BLOCK_N, BPS]
             step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
             pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
             pairs_in = step_in[:, None] & (step_pairs >= 0)
@@ -294,8 +295,9 @@ class Tile(NamedTuple):
 # sm_90 candidates. One token: the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
 # of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows (Triton lays
 # [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
-# shared load, an extract and an address per byte, ~3.2-3.7 instructions in all (the 16-entry table in L1 took ~7.1,
-# Nsight Compute, H100, 2026-12-05); the byte table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
+# shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
+# (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
+# table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
 # 16-token tensor-core dots on 32-128-row tiles. Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
 # SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
 # under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on
