@@ -21,13 +21,13 @@ _DIVISIBLE = (*_POINTERS, "absmax_ptr", "N", "K", "stride_xm", "stride_codes", "
 _TOKENS = {False: 1, True: 16}
 
 
-def tile_record(use_dot: bool, tile, double_quant: bool) -> dict:
-    """One tile's compiled figures; per-element counts divide the main loop by the weight elements a thread takes per
-    step (BLOCK_N x BLOCK_K / threads)."""
+def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None = None) -> dict:
+    """One tile's compiled figures (constexprs as a launch sets them, then `overrides`); per-element counts divide the
+    main loop by the weight elements a thread takes per step (BLOCK_N x BLOCK_K / threads)."""
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     constexprs = (kernels.path_constexprs(use_dot, True, torch.bfloat16, 64, double_quant)
-                  | kernels.tile_constexprs(tile) | {"stride_xk": 1, "stride_on": 1})
+                  | kernels.tile_constexprs(tile) | {"stride_xk": 1, "stride_on": 1} | (overrides or {}))
     if not use_dot:
         constexprs["M"] = 1  # Triton specializes an integer argument equal to 1
     pointers = _POINTERS | {"absmax_ptr": "*u8" if double_quant else "*fp32"}

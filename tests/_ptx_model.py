@@ -83,7 +83,7 @@ class Thread:
             return self.registers[token]
         if token in self.program.symbols:
             return self.program.symbols[token]
-        if token in ("%tid.x",):
+        if token == "%tid.x":
             return self.tid
         if token == "%laneid":
             return self.tid % 32

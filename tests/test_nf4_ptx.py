@@ -84,6 +84,11 @@ def test_the_word_assembly_sums_level_times_x_without_bank_conflicts(seed):
     assert word_dot_problems(kernels._table_setup_asm(128), kernels._WORD_DOT_ASM, seed) == []
 
 
+def test_the_model_refuses_an_instruction_it_does_not_know():
+    with pytest.raises(NotImplementedError, match="cvt.rn.f32.u32"):
+        run("{ cvt.rn.f32.u32 $0, $1; }", Thread(0, Program()), {0: 0, 1: 3})
+
+
 def test_the_setup_refuses_thread_counts_it_cannot_fill_with():
     with pytest.raises(ValueError, match="threads"):
         kernels._table_setup_asm(96)
@@ -134,6 +139,24 @@ def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
     words = [r for r in records if r["path"] == "words"]  # the absmax by assembly keeps layout conversions out
     assert [r["loop_ops"].get("BAR", 0) for r in words] == [0] * len(words), "a barrier in the one-token loop"
+
+
+def test_the_compiled_checks_see_a_barrier_and_a_spill():
+    """The two static checks above can fail: the first one-token tile with its absmax loaded by Triton (the layout
+    conversion it costs puts barriers in the loop), and a dot tile too large for its registers (64 x 512, 4 warps)."""
+    from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import _GEMV_TILES
+
+    script = ("import json; from llmopt.bench.nf4_sass import tile_record; "
+              "from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import Tile; "
+              f"words = tile_record(False, Tile(*{tuple(_GEMV_TILES[0])}), False, {{'ABSMAX_ASM': ''}}); "
+              "dot = tile_record(True, Tile(64, 512, 4, 1), False); "
+              "print(json.dumps([words['loop_ops'].get('BAR', 0), dot['stack_bytes']]))")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    barriers, spilled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert barriers > 0 and spilled > 0
 
 
 ABSMAX_ADDRESS, SCALES_ADDRESS, DYNAMIC_ADDRESS = 0x7F0000010000, 0x7F0000020000, 0x7F0000030000
