@@ -3,9 +3,10 @@
 and multiplies in registers, the block's absmax applied once per word of codes. Variants (PATH): "words", one
 bf16/fp16 token: 32-bit words of codes (8 elements) in inline PTX against x decoded once per thread, each byte of codes
 looked up in a shared-memory table of both its levels (one conflict-free 8-byte load per byte); "bytes", one token of
-any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens: levels ×
-absmax rounded to x's dtype, tensor-core dots over BLOCK_M = 16 tokens on [rows, blocks, bytes] tiles. Absmax plain or
-double-quantized (decoded in place). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
+any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens: each word
+of codes decoded in one thread to its 8 weights (level × absmax rounded to x's dtype; bf16/fp16 by inline PTX over the
+same byte table), tensor-core dots over BLOCK_M = 16 tokens on [rows, words] tiles. Absmax plain or double-quantized
+(decoded in place). Codes whose storage is not 4-byte aligned are copied first (words are read as int32). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
@@ -60,6 +61,18 @@ _WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
                                                         odd=3 + 2 * j) for j in range(4))
                  + "\n    mov.f32 $0, s;\n}")
 
+# $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32 and then to x's 16-bit dtype (as
+# Triton's multiply and cast would); $8: the word, $9: its block's absmax, $10: the byte table's address. Per byte: its
+# entry's address, one 8-byte load of both levels, two products, one conversion of the pair.
+_WORD_WEIGHTS_BYTE = """bfe.u32 a, $8, {shift}, 8; mad.lo.u32 a, a, {entry}, b;
+    ld.shared.v2.f32 {{h, l}}, [a]; mul.rn.f32 h, h, $9; mul.rn.f32 l, l, $9;
+    cvt.rn.{dtype}x2.f32 r, l, h; mov.b32 {{${even}, ${odd}}}, r;"""
+_WORD_WEIGHTS_ASM = {torch_dtype: "{\n    .reg .b32 a, b, r;\n    .reg .f32 h, l;\n"
+                     "    mov.u32 b, %laneid; and.b32 b, b, 15; mad.lo.u32 b, b, 8, $10;\n    "
+                     + "\n    ".join(_WORD_WEIGHTS_BYTE.format(shift=8 * j, entry=8 * _TABLE_COPIES, dtype=dtype,
+                                                             even=2 * j, odd=2 * j + 1) for j in range(4))
+                     + "\n}" for torch_dtype, dtype in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))}
+
 # A block's absmax loaded by inline assembly, so that it takes the layout of the words it scales (a Triton load would
 # take its own and be moved across in shared memory, a barrier each step). $0: the absmax (0 where $mask is 0).
 # Plain: $1 its address, $2 the mask. Double-quantized, as bitsandbytes decodes it (a product, then a sum, each
@@ -111,6 +124,35 @@ def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD
                                          is_pure=True, pack=1)
     return (_byte_dot(words, x0, x1, 0, table_ptr) + _byte_dot(words, x2, x3, 1, table_ptr)
             + _byte_dot(words, x4, x5, 2, table_ptr) + _byte_dot(words, x6, x7, 3, table_ptr))
+
+
+@triton.jit
+def _element_weight(words, ELEMENT: tl.constexpr, absmax, table_ptr, dtype):
+    """ŵ of element ELEMENT (0..7) of each word, with plain loads: byte ELEMENT // 2, its high nibble when even."""
+    return (tl.load(table_ptr + ((words >> (8 * (ELEMENT // 2) + 4 * (1 - ELEMENT % 2))) & 15)) * absmax).to(dtype)
+
+
+@triton.jit
+def _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM: tl.constexpr):
+    """ŵ [BLOCK_N, 8·WORDS] in x's dtype of words [BLOCK_N, WORDS] and their blocks' absmax [BLOCK_N, WORDS]: each element's
+    level · absmax in float32, rounded to dtype. Inline PTX on the GPU (WORD_ASM: _WORD_WEIGHTS_ASM over the byte
+    table at byte_table), plain loads of the 16 levels otherwise (Triton's interpreter, float32 x). The 8 elements of a
+    word stay in one thread: joined into [BLOCK_N, WORDS, 2, 2, 2] (element 4i + 2j + k at [.., i, j, k]) and read
+    back as rows."""
+    dtype = x_ptr.dtype.element_ty
+    if WORD_ASM != "":
+        e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
+            WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,f,r", [words, absmax, byte_table], dtype=(dtype,) * 8, is_pure=True,
+            pack=1)
+    else:
+        e0, e1 = _element_weight(words, 0, absmax, table_ptr, dtype), _element_weight(words, 1, absmax, table_ptr, dtype)
+        e2, e3 = _element_weight(words, 2, absmax, table_ptr, dtype), _element_weight(words, 3, absmax, table_ptr, dtype)
+        e4, e5 = _element_weight(words, 4, absmax, table_ptr, dtype), _element_weight(words, 5, absmax, table_ptr, dtype)
+        e6, e7 = _element_weight(words, 6, absmax, table_ptr, dtype), _element_weight(words, 7, absmax, table_ptr, dtype)
+    BLOCK_N: tl.constexpr = words.shape[0]
+    WORDS: tl.constexpr = words.shape[1]
+    joined = tl.join(tl.join(tl.join(e0, e4), tl.join(e2, e6)), tl.join(tl.join(e1, e5), tl.join(e3, e7)))
+    return tl.reshape(joined, (BLOCK_N, 8 * WORDS))
 
 
 @triton.jit
@@ -191,7 +233,7 @@ def _nf4_matmul_kernel(
     x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
     partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
-    X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
+    X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
@@ -216,7 +258,7 @@ def _nf4_matmul_kernel(
     else:
         acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
     byte_table = 0
-    if PATH == "words" and WORD_DOT_ASM != "":  # the byte table, filled by the whole program before any lookup
+    if WORD_ASM != "":  # the byte table, filled by the whole program before any lookup
         byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
                                                pack=1)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
@@ -234,9 +276,21 @@ def _nf4_matmul_kernel(
                                 DQ_BLOCKSIZE, ABSMAX_ASM)
             if not PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
-            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
+            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM)
             if PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
+        elif PATH == "dot":
+            step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
+            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                           rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
+                                           BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
+            words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
+                            mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
+            weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
+            step_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+            x_tile = tl.load(x_ptr + tokens[:, None] * stride_xm + step_k[None, :] * stride_xk,
+                             mask=(tokens < M)[:, None] & (step_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+            acc = tl.dot(weights, tl.trans(x_tile), acc, input_precision=DOT_PRECISION)
         else:
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
                                            rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
@@ -248,21 +302,11 @@ def _nf4_matmul_kernel(
                              mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
             high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
             low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
-            even_ptrs = x_ptr + 2 * pair_index * stride_xk  # [BPS, HALF_BLOCK]
-            if PATH == "dot":
-                w_high = tl.reshape(high * absmax[:, :, None], (BLOCK_N, BLOCK_K // 2))  # rounded to x's dtype below
-                w_low = tl.reshape(low * absmax[:, :, None], (BLOCK_N, BLOCK_K // 2))
-                x_ptrs = tokens[:, None] * stride_xm + tl.reshape(even_ptrs, (BLOCK_K // 2,))[None, :]
-                x_mask = (tokens < M)[:, None] & tl.reshape(pairs_in, (BLOCK_K // 2,))[None, :]
-                x_even = tl.load(x_ptrs, mask=x_mask, other=0.0)  # [BLOCK_M, BLOCK_K // 2]
-                x_odd = tl.load(x_ptrs + stride_xk, mask=x_mask, other=0.0)
-                acc = tl.dot(w_high.to(x_even.dtype), tl.trans(x_even), acc, input_precision=DOT_PRECISION)
-                acc = tl.dot(w_low.to(x_odd.dtype), tl.trans(x_odd), acc, input_precision=DOT_PRECISION)
-            else:
-                x_even = tl.load(even_ptrs + pid_m * stride_xm, mask=pairs_in, other=0.0).to(tl.float32)
-                x_odd = tl.load(even_ptrs + pid_m * stride_xm + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
-                sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
-                acc += sums * absmax
+            even_ptrs = x_ptr + 2 * pair_index * stride_xk + pid_m * stride_xm  # [BPS, HALF_BLOCK]
+            x_even = tl.load(even_ptrs, mask=pairs_in, other=0.0).to(tl.float32)
+            x_odd = tl.load(even_ptrs + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
+            sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
+            acc += sums * absmax
     if PATH == "dot":
         out_offsets = tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
         partial_offsets = tokens[None, :] * N + rows[:, None]
@@ -298,7 +342,12 @@ class Tile(NamedTuple):
 # shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
 # (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
 # table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
-# 16-token tensor-core dots on 32-128-row tiles. Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
+# 16-token tensor-core dots (wgmma) on 64-256-row tiles, each thread decoding whole words to their 8 weights, which
+# Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.9 SASS instructions per weight element and 0.02-
+# 0.06 barriers (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks,
+# bytes] tiles) took 9.0-14.6 and 0.55-1.5, its operand converted in chunks with a barrier each. 32-row tiles fall back
+# to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they hide,
+# below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
 # SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
 # under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on
 # the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens
@@ -318,9 +367,8 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
                  for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
-_DOT_TILES = [Tile(64, 256, 4, 1), Tile(64, 128, 4, 1), Tile(128, 128, 8, 1), Tile(32, 256, 4, 1),
-              Tile(128, 256, 8, 1), Tile(64, 512, 4, 1), Tile(128, 64, 4, 1), Tile(64, 256, 4, 2),
-              Tile(128, 128, 4, 3), Tile(256, 64, 8, 3)]
+_DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
+              Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
 _SPLIT_PROGRAMS_PER_SM = 4
 _CANDIDATES = {use_dot: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
@@ -397,8 +445,9 @@ def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: i
     return {"BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
             "PATH": "dot" if use_dot else "words" if pairs else "bytes",
             "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
-            "WORD_DOT_ASM": "" if _INTERPRET or not pairs else _WORD_DOT_ASM,
-            "ABSMAX_ASM": "" if _INTERPRET or not pairs else _ABSMAX_ASM[double_quant],
+            "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot else _WORD_DOT_ASM if pairs
+            else "",
+            "ABSMAX_ASM": "" if _INTERPRET or not (use_dot or pairs) else _ABSMAX_ASM[double_quant],
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
 
 
@@ -452,15 +501,15 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     M = x2.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     table, dynamic = device_tables(x.device)
-    pairs = (M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
-             and state.codes.storage_offset() % 4 == 0)
+    pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
+    codes = state.codes if state.codes.storage_offset() % 4 == 0 else state.codes.clone()  # words: 4-byte aligned
     plan = _plan(N, K, M, x.dtype, state.blocksize, state.double_quant, pairs, x.device, _PINNED.get("tile"))
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
-    words = state.codes.view(torch.int32) if pairs else state.codes  # K % 8 == 0: rows of K / 8 words
+    words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
     partial, arrivals = _split_buffers(plan, N, M, x.device)
-    args = (x2, x_pairs, state.codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
+    args = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
             K, *x2.stride(), K // 2, *out.stride())
     tokens = plan.tokens
     if plan.tile is None:
