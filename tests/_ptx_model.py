@@ -20,6 +20,14 @@ def _f32(value) -> np.float32:
     return np.float32(value)
 
 
+def _half_bits(value, dtype: str) -> int:
+    """The 16 bits of float32 `value` rounded to nearest even in bf16 ("bf16x2") or fp16 ("f16x2")."""
+    if dtype == "f16x2":
+        return int(np.float32(value).astype(np.float16).view(np.uint16))
+    bits = int(np.float32(value).view(np.uint32))
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF  # finite values only
+
+
 def _f32_from_hex(token: str) -> np.float32:
     return np.frombuffer(struct.pack("<I", int(token.removeprefix("0f"), 16)), dtype=np.float32)[0]
 
@@ -126,7 +134,11 @@ def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, obje
         if op == "bar.sync":
             continue
         d = args[0] if args else None
-        if kind[0] == "mov":
+        if kind[0] == "mov" and d.startswith("{"):  # mov.b32 {low, high}, r: a register's two 16-bit halves
+            low, high = (name.strip() for name in d.strip("{} ").split(","))
+            value = thread.value(args[1])
+            thread.registers[low], thread.registers[high] = value & 0xFFFF, value >> 16
+        elif kind[0] == "mov":
             thread.registers[d] = thread.value(args[1])
         elif op in ("shr.u32", "shl.b32", "and.b32", "add.u32", "add.u64"):
             result = _BINARY[kind[0]](thread.value(args[1]), thread.value(args[2]))
@@ -158,6 +170,9 @@ def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, obje
         elif op in ("mul.rn.f32", "add.rn.f32"):
             a, b = _f32(thread.value(args[1])), _f32(thread.value(args[2]))
             thread.registers[d] = a * b if op.startswith("mul") else a + b  # float32, correctly rounded
+        elif op in ("cvt.rn.bf16x2.f32", "cvt.rn.f16x2.f32"):  # a to the high half, b to the low
+            high, low = (_half_bits(thread.value(t), kind[2]) for t in args[1:3])
+            thread.registers[d] = high << 16 | low
         else:
             raise NotImplementedError(f"PTX model: no {op!r} (in {statement!r})")
     return {n: thread.registers[f"${n}"] for n in operands}

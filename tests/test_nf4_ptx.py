@@ -1,6 +1,6 @@
-"""The one-token NF4 kernel's inline PTX, run in a Python model of its instructions (tests/_ptx_model.py): the byte
-table its setup writes to shared memory, the sum each word's assembly returns, the bank use of its table loads, and the
-absmax it loads (plain, or double-quantized bit-exact to bitsandbytes' decoding);
+"""The NF4 kernel's inline PTX, run in a Python model of its instructions (tests/_ptx_model.py): the byte table its
+setup writes to shared memory, the sum each word's assembly returns (one token), the 8 weights each word decodes to
+(2-16 tokens), the bank use of their table loads, and the absmax they load (plain, or double-quantized bit-exact to bitsandbytes' decoding);
 known-wrong variants of the assembly show each check can fail; and the whole kernel compiled for sm_90 by Triton and
 ptxas (no GPU needed). On CUDA the contract's own checks cover the same code."""
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from _ptx_model import Program, Thread, run, wavefronts
 from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
@@ -74,6 +75,32 @@ def word_dot_problems(setup_asm: str, word_asm: str, seed: int, threads: int = 1
     return problems
 
 
+def word_weights_problems(setup_asm: str, weights_asm: str, dtype: torch.dtype, seed: int,
+                          threads: int = 128) -> list[str]:
+    """Run the 2-16-token path's weights assembly for every lane of one warp on random words and absmax: each of its 8
+    outputs bit-exact to torch's float32 level · absmax cast to dtype (element e: byte e // 2, high nibble when e is
+    even), and the wavefronts of each of its table loads across the warp."""
+    rng = np.random.default_rng(seed)
+    program, table = _filled_program(setup_asm, threads)
+    words = rng.integers(0, 1 << 32, size=WARP, dtype=np.uint64)
+    absmax = (rng.standard_normal(WARP) * 0.05).astype(np.float32)
+    lanes = [Thread(lane, program) for lane in range(WARP)]
+    problems = []
+    for lane, thread in enumerate(lanes):
+        got = run(weights_asm, thread, {**{e: 0 for e in range(8)}, 8: int(words[lane]), 9: absmax[lane], 10: table})
+        codes = [(int(words[lane]) >> (4 * (2 * (e // 2) + 1 - e % 2))) & 15 for e in range(8)]
+        products = torch.from_numpy(LEVELS[codes] * absmax[lane])  # float32 products
+        expected = products.to(dtype).view(torch.int16).numpy().astype(np.uint16)
+        if [got[e] for e in range(8)] != [int(v) for v in expected]:
+            problems.append(f"lane {lane}: word {int(words[lane]):#010x} gives {[hex(got[e]) for e in range(8)]}, "
+                            f"expected {[hex(v) for v in expected]}")
+    for step in range(len(lanes[0].shared_loads)):
+        passes = wavefronts([thread.shared_loads[step] for thread in lanes])
+        if passes != 2:
+            problems.append(f"table load {step} takes {passes} wavefronts across the warp (conflict-free: 2)")
+    return problems
+
+
 @pytest.mark.parametrize("threads", [32, 64, 128, 256])
 def test_the_setup_fills_every_slot_of_the_byte_table(threads):
     assert table_problems(kernels._table_setup_asm(threads), threads) == []
@@ -82,6 +109,12 @@ def test_the_setup_fills_every_slot_of_the_byte_table(threads):
 @pytest.mark.parametrize("seed", range(4))
 def test_the_word_assembly_sums_level_times_x_without_bank_conflicts(seed):
     assert word_dot_problems(kernels._table_setup_asm(128), kernels._WORD_DOT_ASM, seed) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("seed", range(2))
+def test_the_weights_assembly_rounds_level_times_absmax_to_x_dtype(dtype, seed):
+    assert word_weights_problems(kernels._table_setup_asm(128), kernels._WORD_WEIGHTS_ASM[dtype], dtype, seed) == []
 
 
 def test_the_model_refuses_an_instruction_it_does_not_know():
@@ -106,6 +139,15 @@ WRONG_WORD_ASM = {
     "copies per full warp (8-byte loads conflict)": kernels._WORD_DOT_ASM.replace("and.b32 b, b, 15",
                                                                                   "and.b32 b, b, 31"),
 }
+_BF16_WEIGHTS = kernels._WORD_WEIGHTS_ASM[torch.bfloat16]
+WRONG_WEIGHTS_ASM = {
+    "pair packed high nibble high": _BF16_WEIGHTS.replace("r, l, h;", "r, h, l;"),
+    "halves unpacked the wrong way": _BF16_WEIGHTS.replace("mov.b32 {$0, $1}", "mov.b32 {$1, $0}"),
+    "absmax left out of the odd element": _BF16_WEIGHTS.replace("mul.rn.f32 l, l, $9;", ""),
+    "rounded to fp16 for bf16 x": kernels._WORD_WEIGHTS_ASM[torch.float16],
+    "byte read a nibble off": _BF16_WEIGHTS.replace("bfe.u32 a, $8, 16, 8", "bfe.u32 a, $8, 20, 8"),
+    "one table copy for every lane": _BF16_WEIGHTS.replace("and.b32 b, b, 15", "and.b32 b, b, 0"),
+}
 WRONG_SETUP_ASM = {
     "levels of a byte stored low nibble first": kernels._table_setup_asm(128).replace("{h, l}", "{l, h}"),
     "fill stride of 64 threads by 128": kernels._table_setup_asm(64).replace(
@@ -119,6 +161,12 @@ def test_known_wrong_word_assembly_is_rejected(name):
     assert word_dot_problems(kernels._table_setup_asm(128), WRONG_WORD_ASM[name], seed=0) != []
 
 
+@pytest.mark.parametrize("name", list(WRONG_WEIGHTS_ASM))
+def test_known_wrong_weights_assembly_is_rejected(name):
+    assert WRONG_WEIGHTS_ASM[name] != _BF16_WEIGHTS, "the mutation did not apply"
+    assert word_weights_problems(kernels._table_setup_asm(128), WRONG_WEIGHTS_ASM[name], torch.bfloat16, 0) != []
+
+
 @pytest.mark.parametrize("name", list(WRONG_SETUP_ASM))
 def test_known_wrong_table_setup_is_rejected(name):
     threads = 64 if "64" in name else 128
@@ -128,8 +176,9 @@ def test_known_wrong_table_setup_is_rejected(name):
 
 def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     """Each path's first tile (with and without double quantization) through Triton and ptxas for sm_90: the inline
-    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills, and the
-    one-token loop synchronizes nothing (no layout conversion through shared memory)."""
+    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills, the
+    one-token loop synchronizes nothing (no layout conversion through shared memory), and the 2-16-token loop only
+    around the dot's shared operand (twice a step: the weights are stored once, whole, not in chunks)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-m", "llmopt.bench.nf4_sass", str(tmp_path), "--first"], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
@@ -139,24 +188,29 @@ def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
     words = [r for r in records if r["path"] == "words"]  # the absmax by assembly keeps layout conversions out
     assert [r["loop_ops"].get("BAR", 0) for r in words] == [0] * len(words), "a barrier in the one-token loop"
+    dots = [r for r in records if r["path"] == "dot"]
+    assert [r["loop_ops"].get("BAR", 0) for r in dots] == [2] * len(dots), "the dot operand staged in chunks"
 
 
-def test_the_compiled_checks_see_a_barrier_and_a_spill():
-    """The two static checks above can fail: the first one-token tile with its absmax loaded by Triton (the layout
-    conversion it costs puts barriers in the loop), and a dot tile too large for its registers (64 x 512, 4 warps)."""
-    from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import _GEMV_TILES
+def test_the_compiled_checks_see_barriers_and_a_spill():
+    """The static checks above can fail: the first tile of each path with its absmax loaded by Triton (the layout
+    conversion it costs puts barriers in the one-token loop, and two more in the dot loop), and a dot tile too large for
+    its registers (64 x 512, 4 warps)."""
+    from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import _DOT_TILES, _GEMV_TILES
 
     script = ("import json; from llmopt.bench.nf4_sass import tile_record; "
               "from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import Tile; "
               f"words = tile_record(False, Tile(*{tuple(_GEMV_TILES[0])}), False, {{'ABSMAX_ASM': ''}}); "
-              "dot = tile_record(True, Tile(64, 512, 4, 1), False); "
-              "print(json.dumps([words['loop_ops'].get('BAR', 0), dot['stack_bytes']]))")
+              f"dot = tile_record(True, Tile(*{tuple(_DOT_TILES[0])}), False, {{'ABSMAX_ASM': ''}}); "
+              "large = tile_record(True, Tile(64, 512, 4, 1), False); "
+              "print(json.dumps([words['loop_ops'].get('BAR', 0), dot['loop_ops'].get('BAR', 0), "
+              "large['stack_bytes']]))")
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
-    barriers, spilled = json.loads(done.stdout.strip().splitlines()[-1])
-    assert barriers > 0 and spilled > 0
+    word_barriers, dot_barriers, spilled = json.loads(done.stdout.strip().splitlines()[-1])
+    assert word_barriers > 0 and dot_barriers > 2 and spilled > 0
 
 
 ABSMAX_ADDRESS, SCALES_ADDRESS, DYNAMIC_ADDRESS = 0x7F0000010000, 0x7F0000020000, 0x7F0000030000
