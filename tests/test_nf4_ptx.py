@@ -1,8 +1,8 @@
 """The NF4 kernel's inline PTX, run in a Python model of its instructions (tests/_ptx_model.py): the byte table its
 setup writes to shared memory, the sum each word's assembly returns (one token), the 8 weights each word decodes to
-(2-16 tokens), the bank use of their table loads, and the absmax they load (plain, or double-quantized bit-exact to bitsandbytes' decoding);
-known-wrong variants of the assembly show each check can fail; and the whole kernel compiled for sm_90 by Triton and
-ptxas (no GPU needed). On CUDA the contract's own checks cover the same code."""
+(2-16 tokens), the bank use of their table loads, and the absmax they load (plain, or double-quantized bit-exact to
+bitsandbytes' decoding); known-wrong variants of the assembly show each check can fail; and the whole kernel compiled
+for sm_90 by Triton and ptxas (no GPU needed). On CUDA the contract's own checks cover the same code."""
 from __future__ import annotations
 
 import json

@@ -6,8 +6,9 @@ looked up in a shared-memory table of both its levels (one conflict-free 8-byte 
 any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens: each word
 of codes decoded in one thread to its 8 weights (level × absmax rounded to x's dtype; bf16/fp16 by inline PTX over the
 same byte table), tensor-core dots over BLOCK_M = 16 tokens on [rows, words] tiles. Absmax plain or double-quantized
-(decoded in place). Codes whose storage is not 4-byte aligned are copied first (words are read as int32). SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32
-partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
+(decoded in place). Codes whose storage is not 4-byte aligned are copied first (words are read as int32). SPLIT_K > 1:
+K cut into spans, the tile's last span to finish adds the float32 partials in span order (one launch, deterministic).
+Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
 import functools
@@ -61,7 +62,7 @@ _WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
                                                         odd=3 + 2 * j) for j in range(4))
                  + "\n    mov.f32 $0, s;\n}")
 
-# $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32 and then to x's 16-bit dtype (as
+# $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32, then to x's 16-bit dtype (as
 # Triton's multiply and cast would); $8: the word, $9: its block's absmax, $10: the byte table's address. Per byte: its
 # entry's address, one 8-byte load of both levels, two products, one conversion of the pair.
 _WORD_WEIGHTS_BYTE = """bfe.u32 a, $8, {shift}, 8; mad.lo.u32 a, a, {entry}, b;
@@ -127,28 +128,30 @@ def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD
 
 
 @triton.jit
-def _element_weight(words, ELEMENT: tl.constexpr, absmax, table_ptr, dtype):
-    """ŵ of element ELEMENT (0..7) of each word, with plain loads: byte ELEMENT // 2, its high nibble when even."""
-    return (tl.load(table_ptr + ((words >> (8 * (ELEMENT // 2) + 4 * (1 - ELEMENT % 2))) & 15)) * absmax).to(dtype)
+def _byte_weights(words, BYTE: tl.constexpr, absmax, table_ptr, dtype):
+    """ŵ in dtype of elements 2·BYTE (high nibble) and 2·BYTE + 1 (low nibble) of each word, with plain loads."""
+    even = tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15)) * absmax
+    odd = tl.load(table_ptr + ((words >> (8 * BYTE)) & 15)) * absmax
+    return even.to(dtype), odd.to(dtype)
 
 
 @triton.jit
 def _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM: tl.constexpr):
-    """ŵ [BLOCK_N, 8·WORDS] in x's dtype of words [BLOCK_N, WORDS] and their blocks' absmax [BLOCK_N, WORDS]: each element's
-    level · absmax in float32, rounded to dtype. Inline PTX on the GPU (WORD_ASM: _WORD_WEIGHTS_ASM over the byte
-    table at byte_table), plain loads of the 16 levels otherwise (Triton's interpreter, float32 x). The 8 elements of a
-    word stay in one thread: joined into [BLOCK_N, WORDS, 2, 2, 2] (element 4i + 2j + k at [.., i, j, k]) and read
-    back as rows."""
+    """ŵ [BLOCK_N, 8·WORDS] in x's dtype, of words [BLOCK_N, WORDS] and their blocks' absmax [BLOCK_N, WORDS]: each
+    element's level · absmax in float32, rounded to x's dtype. Inline PTX on the GPU (WORD_ASM: _WORD_WEIGHTS_ASM
+    over the byte table at byte_table), plain loads of the 16 levels otherwise (Triton's interpreter, float32 x). The 8
+    elements of a word stay in one thread: joined into [BLOCK_N, WORDS, 2, 2, 2] (element 4i + 2j + k at [.., i, j,
+    k]) and read back as rows."""
     dtype = x_ptr.dtype.element_ty
     if WORD_ASM != "":
         e0, e1, e2, e3, e4, e5, e6, e7 = tl.inline_asm_elementwise(
             WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,f,r", [words, absmax, byte_table], dtype=(dtype,) * 8, is_pure=True,
             pack=1)
     else:
-        e0, e1 = _element_weight(words, 0, absmax, table_ptr, dtype), _element_weight(words, 1, absmax, table_ptr, dtype)
-        e2, e3 = _element_weight(words, 2, absmax, table_ptr, dtype), _element_weight(words, 3, absmax, table_ptr, dtype)
-        e4, e5 = _element_weight(words, 4, absmax, table_ptr, dtype), _element_weight(words, 5, absmax, table_ptr, dtype)
-        e6, e7 = _element_weight(words, 6, absmax, table_ptr, dtype), _element_weight(words, 7, absmax, table_ptr, dtype)
+        e0, e1 = _byte_weights(words, 0, absmax, table_ptr, dtype)
+        e2, e3 = _byte_weights(words, 1, absmax, table_ptr, dtype)
+        e4, e5 = _byte_weights(words, 2, absmax, table_ptr, dtype)
+        e6, e7 = _byte_weights(words, 3, absmax, table_ptr, dtype)
     BLOCK_N: tl.constexpr = words.shape[0]
     WORDS: tl.constexpr = words.shape[1]
     joined = tl.join(tl.join(tl.join(e0, e4), tl.join(e2, e6)), tl.join(tl.join(e1, e5), tl.join(e3, e7)))
