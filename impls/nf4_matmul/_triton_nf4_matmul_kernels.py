@@ -346,8 +346,8 @@ class Tile(NamedTuple):
 # (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
 # table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
 # 16-token tensor-core dots (wgmma) on 64-256-row tiles, each thread decoding whole words to their 8 weights, which
-# Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.9 SASS instructions per weight element and 0.02-
-# 0.06 barriers (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks,
+# Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3
+# double-quantized) and two barriers a step (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks,
 # bytes] tiles) took 9.0-14.6 and 0.55-1.5, its operand converted in chunks with a barrier each. 32-row tiles fall back
 # to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they hide,
 # below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
