@@ -5,11 +5,11 @@ quantization; its main loop's SASS instructions per weight element by opcode, re
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+from llmopt.bench.results import write_document
 from llmopt.bench.sass import compile_sass
 
 RESULT_FILE = "nf4_sass.json"
@@ -66,11 +66,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from llmopt.bench.machine import git_commit, versions
 
-    records = sweep(args.first)
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"target": "sm_90 (compiled, not run)", "commit": git_commit(), "versions": versions(),
-              "records": records}
-    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    write_document(args.out / RESULT_FILE, {"target": "sm_90 (compiled, not run)", "commit": git_commit(),
+                                            "versions": versions(), "records": sweep(args.first)})
     return 0
 
 

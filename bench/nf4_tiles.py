@@ -6,11 +6,11 @@ OUT_DIR/nf4_tiles.json."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+from llmopt.bench.results import write_document
 from llmopt.bench.timing import eager_and_graph_us
 
 RESULT_FILE = "nf4_tiles.json"
@@ -77,9 +77,7 @@ def main(argv=None) -> int:
     from llmopt.bench.machine import describe
 
     cases = [c for c in NF4_MATMUL_BENCH_CASES if args.double_quant or not c.double_quant]
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": describe("cuda"), "records": sweep(cases)}
-    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    write_document(args.out / RESULT_FILE, {"machine": describe("cuda"), "records": sweep(cases)})
     return 0
 
 

@@ -6,12 +6,12 @@ merge each case wants. GPU only: `python -m llmopt.bench.paged_splits OUT_DIR` w
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 import torch
+from llmopt.bench.results import write_document
 from llmopt.bench.timing import eager_and_graph_us
 from llmopt.reference.paged_attention import PagedCase, make_call
 
@@ -79,9 +79,7 @@ def main(argv=None) -> int:
         return 2
     from llmopt.bench.machine import describe
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = {"machine": describe("cuda"), "records": sweep(cases, splits)}
-    (args.out / RESULT_FILE).write_text(json.dumps(result, indent=1))
+    write_document(args.out / RESULT_FILE, {"machine": describe("cuda"), "records": sweep(cases, splits)})
     return 0
 
 

@@ -35,6 +35,13 @@ def append_rows(path: Path, rows: list[dict]) -> None:
             file.write(json.dumps(row) + "\n")
 
 
+def write_document(path: Path, document: dict) -> None:
+    """Write one JSON document (a sweep's whole result, e.g. results/<machine>/nf4_tiles.json) to `path`, creating its
+    folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1) + "\n")
+
+
 def _read_jsonl(paths) -> list[dict]:
     return [json.loads(line) for path in sorted(paths) for line in path.read_text().splitlines() if line.strip()]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from llmopt.bench.results import utc_now
+from llmopt.bench.results import utc_now, write_document
 from llmopt.reference.spec_decoding import expected_tokens_per_step, predicted_speedup
 
 RESULT_FILE = "spec_e2e.json"
@@ -190,8 +190,7 @@ def run_e2e(out_dir: str | Path, *, pairs=PAIRS, ks=(1, 2, 4, 8), new_tokens: in
                 "models": {**{pair: earlier["models"][pair] for pair in {row["pair"] for row in kept}}, **models},
                 "target_config": target_config, "draft_config": draft_config, "prompt_length": prompt_length,
                 "rows": kept + rows}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=1) + "\n")
+    write_document(path, document)
     return rows
 
 
