@@ -107,10 +107,16 @@ def _pair_values(pair, X_PAIRS: tl.constexpr):
 
 
 @triton.jit
+def _byte_levels(words, BYTE: tl.constexpr, table_ptr):
+    """(level of the high nibble, of the low nibble) of byte BYTE of each word: elements 2·BYTE and 2·BYTE + 1, with
+    plain loads of the 16-entry table."""
+    return tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15)), tl.load(table_ptr + ((words >> (8 * BYTE)) & 15))
+
+
+@triton.jit
 def _byte_dot(words, even, odd, BYTE: tl.constexpr, table_ptr):
-    """level(high nibble of byte BYTE) · x[2j] + level(low nibble) · x[2j + 1], with plain loads."""
-    high = tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15))
-    low = tl.load(table_ptr + ((words >> (8 * BYTE)) & 15))
+    """level(element 2·BYTE) · x[2·BYTE] + level(element 2·BYTE + 1) · x[2·BYTE + 1], with plain loads."""
+    high, low = _byte_levels(words, BYTE, table_ptr)
     return high * even + low * odd
 
 
@@ -129,10 +135,9 @@ def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD
 
 @triton.jit
 def _byte_weights(words, BYTE: tl.constexpr, absmax, table_ptr, dtype):
-    """ŵ in dtype of elements 2·BYTE (high nibble) and 2·BYTE + 1 (low nibble) of each word, with plain loads."""
-    even = tl.load(table_ptr + ((words >> (8 * BYTE + 4)) & 15)) * absmax
-    odd = tl.load(table_ptr + ((words >> (8 * BYTE)) & 15)) * absmax
-    return even.to(dtype), odd.to(dtype)
+    """ŵ in dtype of elements 2·BYTE and 2·BYTE + 1 of each word, with plain loads."""
+    high, low = _byte_levels(words, BYTE, table_ptr)
+    return (high * absmax).to(dtype), (low * absmax).to(dtype)
 
 
 @triton.jit
@@ -242,9 +247,9 @@ def _nf4_matmul_kernel(
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
-    Tiles are [rows, quantization blocks, bytes] ([blocks, rows, words] for PATH "words"), contiguous along the last:
-    block sums reduce within a thread and a neighbour and the absmax broadcasts along them; high (even element) and
-    low (odd) nibbles meet the even and odd elements of x, so nothing is interleaved in registers. SPLIT_K > 1:
+    Tiles are contiguous along the last dimension: [blocks, rows, words] for PATH "words" (block sums kept per word
+    until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
+    bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x). SPLIT_K > 1:
     program pid_k takes one of SPLIT_K equal spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
@@ -344,14 +349,14 @@ class Tile(NamedTuple):
 # [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
 # shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
 # (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
-# table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens:
-# 16-token tensor-core dots (wgmma) on 64-256-row tiles, each thread decoding whole words to their 8 weights, which
-# Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3
-# double-quantized) and two barriers a step (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks,
-# bytes] tiles) took 9.0-14.6 and 0.55-1.5, its operand converted in chunks with a barrier each. 32-row tiles fall back
-# to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they hide,
-# below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave
-# SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
+# table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens: 16-token tensor-core dots (wgmma) on
+# 64-256-row tiles, each thread decoding whole words to their 8 weights, which Triton stores to the dot's shared operand
+# with 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3 double-quantized) and two barriers a step
+# (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks, bytes] tiles)
+# took 9.0-14.6 and 0.55-1.5 barriers per element, its operand converted in chunks with a barrier each. 32-row tiles
+# fall back to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they
+# hide, below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest
+# latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
 # under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on
 # the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens
 # on 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
@@ -406,7 +411,7 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 
 
 def tile_constexprs(tile: Tile) -> dict:
-    """The tile's block sizes, and the byte table's fill for its thread count (used by the one-token word path)."""
+    """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
