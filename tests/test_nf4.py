@@ -153,3 +153,26 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
             nf4.deterministic(impl, case, "cpu")
     finally:
         kernels.pin()
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
+    """The word-decoding paths read codes as 32-bit words; codes whose storage starts off a 4-byte boundary (a view
+    into a larger buffer) must give the same output, bit for bit, as the same codes aligned."""
+    pytest.importorskip("triton")
+    import dataclasses
+
+    from llmopt import impls as registry
+
+    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
+    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
+        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    generator = torch.Generator().manual_seed(11)
+    state = nf4.nf4_quantize(torch.randn(8, 128, generator=generator) * 0.02, double_quant=True)
+    buffer = torch.zeros(state.codes.numel() + 3, dtype=torch.uint8)
+    shifted = buffer[3:]  # storage offset 3
+    shifted.copy_(state.codes)
+    x = torch.randn(tokens, 128, generator=generator).to(torch.bfloat16)
+    aligned = impl.fn(x, state)
+    assert torch.equal(impl.fn(x, dataclasses.replace(state, codes=shifted)), aligned)
+    assert torch.equal(shifted, state.codes)  # the caller's codes untouched
