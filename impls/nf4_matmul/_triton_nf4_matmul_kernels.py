@@ -11,6 +11,7 @@ K cut into spans, the tile's last span to finish adds the float32 partials in sp
 Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 from typing import NamedTuple
@@ -428,6 +429,34 @@ def _prune(configs, named_args, **kwargs):
     return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
             and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], N, K, tokens, sms)]
 
+
+_CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # CUfunction_attribute values of the CUDA driver API
+_CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+
+
+def _opt_in_beside_static_table(module, function: int, name: str, metadata_group, hash) -> None:
+    """Triton's kernel-load hook: let an NF4 matmul kernel take the device's whole shared memory beside its static byte
+    table. Triton opts a kernel in above 48 KiB only when its own (dynamic) share exceeds 48 KiB; the table (declared in
+    PTX, static, 32 KiB) is not counted, so a dynamic share of 16-48 KiB would fail to launch ("invalid argument")."""
+    if name != _nf4_matmul_kernel.__name__:
+        return
+    libcuda = ctypes.CDLL("libcuda.so.1")
+    driver = triton.runtime.driver.active
+    opt_in_bytes = driver.utils.get_device_properties(driver.get_current_device())["max_shared_mem"]
+    static_bytes = ctypes.c_int()
+    _cuda_check(libcuda.cuFuncGetAttribute(ctypes.byref(static_bytes), _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                                           ctypes.c_void_p(function)), "cuFuncGetAttribute", name)
+    _cuda_check(libcuda.cuFuncSetAttribute(ctypes.c_void_p(function), _CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                           opt_in_bytes - static_bytes.value), "cuFuncSetAttribute", name)
+
+
+def _cuda_check(code: int, call: str, kernel: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"{call} failed with CUresult {code} for kernel {kernel}")
+
+
+if not _INTERPRET:
+    triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
 _AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
                                        prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
