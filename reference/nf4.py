@@ -300,6 +300,7 @@ NF4_EXAMPLES = [
     NF4Case(33, 65, dtype="float16", distribution="student_t", seed=6),
     NF4Case(1, 3, seed=7),
     NF4Case(130, 64, dtype="float16", distribution="zero_rows", scale=0.02, seed=8),
+    NF4Case(1, 64, double_quant=True, seed=9),  # one block: its absmax is the mean, the double-quantization scale 0
 ]
 
 
@@ -359,8 +360,9 @@ def layout_and_scales(impl, case, device):
 
 def codes_match_bitsandbytes(impl, case, device):
     """Packed NF4 codes (and, with double quantization, the absmax codes given the impl's offset) equal the nearest
-    codes bit for bit, except values within EXEMPT_ULPS of a threshold and all-zero (degenerate) blocks, whose codes
-    any value decodes to 0; the exempt values that differ are counted."""
+    codes bit for bit, except values within EXEMPT_ULPS of a threshold and degenerate blocks, where every code decodes
+    to the same value: all-zero blocks of w (to 0) and blocks of 256 absmax that all equal the offset (scale 0, to the
+    offset); the exempt values that differ are counted."""
     w, state, _ = _quantized(impl, case, device)
     flat = w.reshape(-1)
     absmax = blockwise_absmax(flat, case.blocksize)
@@ -376,9 +378,13 @@ def codes_match_bitsandbytes(impl, case, device):
         centered = absmax - state.absmax_offset
         scales = blockwise_absmax(centered, DQ_BLOCKSIZE)
         normalized = normalize(centered, scales, DQ_BLOCKSIZE)
-        counts["codes near a threshold that differ"] += tolerance.bit_exact_except(
-            "double-quantized absmax codes", state.absmax.long(), nearest_code(normalized, dynamic_table(device)),
-            near_threshold(normalized, dynamic_table(device)))
+        zero_scale = _expand(scales < TINY, DQ_BLOCKSIZE, absmax.numel())  # (n absmax,): all codes decode to the offset
+        got, expected = state.absmax.long(), nearest_code(normalized, dynamic_table(device))
+        exempt = tolerance.bit_exact_except("double-quantized absmax codes", got, expected,
+                                            near_threshold(normalized, dynamic_table(device)) | zero_scale)
+        in_zero_scale = int(((got != expected) & zero_scale).sum())
+        counts["codes near a threshold that differ"] += exempt - in_zero_scale
+        counts["absmax codes in zero-scale blocks that differ"] = in_zero_scale
         counts["codes compared"] += absmax.numel()
     return Outcome(None, counts)
 

@@ -16,6 +16,7 @@ NF4_COVERAGE = [
     ("layout_and_scales", "double_quant_without_mean"),
     ("codes_match_bitsandbytes", "seed_symmetric_codebook"),
     ("codes_match_bitsandbytes", "swapped_nibbles"),
+    ("codes_match_bitsandbytes", "absmax_codes_rounded_down"),
     ("dequantize_decodes_state", "dequantizes_in_output_dtype"),
     ("roundtrip_within_half_gap", "seed_symmetric_codebook"),
 ]

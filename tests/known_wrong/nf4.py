@@ -10,7 +10,7 @@ def _nearest(values, table):
 
 
 def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
-           decode_in_dtype=False, center_absmax=True):
+           decode_in_dtype=False, center_absmax=True, absmax_round_down=False):
     """(NF4State, dequantized w); the keyword arguments switch one bug on."""
     table = nf4_table() if table is None else table
     flat = w.reshape(-1).float()
@@ -32,7 +32,9 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
         centered = absmax - offset
         dq_block = torch.arange(absmax.numel()) // DQ_BLOCKSIZE
         scales = torch.zeros(int(dq_block.max()) + 1).scatter_reduce(0, dq_block, centered.abs(), "amax")
-        absmax_codes = _nearest(centered * (1 / scales.clamp(min=1e-38))[dq_block], dynamic_table())
+        normalized = centered * (1 / scales.clamp(min=1e-38))[dq_block]
+        absmax_codes = ((torch.bucketize(normalized, dynamic_table(), right=True) - 1).clamp(min=0) if absmax_round_down
+                        else _nearest(normalized, dynamic_table()))
         absmax_used = dynamic_table()[absmax_codes] * scales[dq_block] + offset
         state = NF4State(packed, absmax_codes.to(torch.uint8), tuple(w.shape), w.dtype, blocksize, scales, offset)
     high, low = packed.long() >> 4, packed.long() & 15
@@ -75,3 +77,8 @@ def dequantizes_in_output_dtype(w, *, blocksize=64, double_quant=False):
 def double_quant_without_mean(w, *, blocksize=64, double_quant=False):
     """Double-quantizes the absmax itself, storing a zero offset, instead of absmax minus its mean."""
     return _codec(w, blocksize, double_quant, center_absmax=False)
+
+
+def absmax_codes_rounded_down(w, *, blocksize=64, double_quant=False):
+    """Double-quantizes each absmax to the dynamic-map level at or below it instead of the nearest level."""
+    return _codec(w, blocksize, double_quant, absmax_round_down=True)
