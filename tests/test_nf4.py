@@ -4,9 +4,13 @@ reason its impl declares them) are shown exactly; the real weights of all-MiniLM
 claims hold their computed values."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 import torch
 from _known_wrong_coverage import assert_rejects
+from llmopt.impls import load_user_impl
 from llmopt.reference import nf4, tolerance
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
@@ -38,6 +42,29 @@ def test_each_nf4_property_rejects_a_known_wrong_codec(prop, func):
 @pytest.mark.parametrize("prop,func", NF4_MATMUL_COVERAGE)
 def test_each_nf4_matmul_property_rejects_a_known_wrong_matmul(prop, func):
     assert_rejects("nf4_matmul", prop, func)
+
+
+def test_degenerate_blocks_take_any_code_only_where_every_code_decodes_alike():
+    """A codec deciding as bitsandbytes' CUDA build (0 x 1/0: code 0) differs from the nearest codes exactly in an
+    all-zero block of w and in a zero-scale block of absmax codes; both are counted, not failed, and the same codec's
+    one wrong absmax code outside a zero-scale block still fails."""
+    known_right = Path(__file__).parent / "known_right" / "nf4.py"
+    codec = load_user_impl("nf4", f"{known_right}:unclamped_reciprocal")
+    one_block = nf4.NF4Case(2, 64, double_quant=True, distribution="zero_rows", seed=9)  # row 0 zero; 2 absmax
+    counts = nf4.codes_match_bitsandbytes(codec, one_block, "cpu").counts
+    assert counts["codes in all-zero blocks that differ"] == 64  # code 0 where the nearest code of 0 is 7
+    assert counts["absmax codes in zero-scale blocks that differ"] == 0  # absmax 0 and m: the scale is m / 2
+    single = nf4.codes_match_bitsandbytes(codec, nf4.NF4Case(1, 64, double_quant=True, seed=9), "cpu").counts
+    assert single["absmax codes in zero-scale blocks that differ"] == 1  # code 0 where the nearest code of 0 is 127
+
+    def one_wrong_absmax_code(w, *, blocksize=64, double_quant=False):
+        state, w_hat = codec.fn(w, blocksize=blocksize, double_quant=double_quant)
+        codes = state.absmax.clone()
+        codes[-1] -= 1  # the largest absmax: code 255 -> 254
+        return dataclasses.replace(state, absmax=codes), w_hat
+
+    with pytest.raises(tolerance.PropertyFailed, match="double-quantized absmax codes"):
+        nf4.codes_match_bitsandbytes(dataclasses.replace(codec, fn=one_wrong_absmax_code), one_block, "cpu")
 
 
 def test_code_tables_equal_bitsandbytes_bit_for_bit():
@@ -161,8 +188,6 @@ def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
     """The word-decoding paths read codes as 32-bit words; codes whose storage starts off a 4-byte boundary (a view
     into a larger buffer) must give the same output, bit for bit, as the same codes aligned."""
     pytest.importorskip("triton")
-    import dataclasses
-
     from llmopt import impls as registry
 
     impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
