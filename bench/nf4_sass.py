@@ -1,6 +1,6 @@
 """Static view of the in-house NF4 matmul (QLoRA's NF4 format, Dettmers et al. 2023) on sm_90, no GPU needed: every
-candidate tile of the one-token word path and the 16-token dot path compiled for bf16 x, with and without double
-quantization; its main loop's SASS instructions per weight element by opcode, registers, spills and shared memory.
+candidate tile of the one-token word path, the 2-16-token mma path and the dot path (its fallback) compiled for bf16 x,
+with and without double quantization; its main loop's SASS instructions per weight element by opcode, registers, spills and shared memory.
 `python -m llmopt.bench.nf4_sass OUT_DIR` writes OUT_DIR/nf4_sass.json (`--first`: each path's first tile only)."""
 from __future__ import annotations
 
@@ -42,10 +42,41 @@ def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None 
             "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
 
 
+def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
+    """One tile of the mma path (_nf4_mma_kernel) compiled for bf16 x at `tokens` tokens (1-16); per element as above
+    (16 rows x 64 · blocks_per_step elements a warp per step)."""
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    n_tiles = 1 if tokens <= 8 else 2
+    constexprs = (kernels._mma_constexprs(tile, torch.bfloat16, n_tiles, double_quant)
+                  | {"DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": 256, "N_TILES": n_tiles})
+    if tokens == 1:
+        constexprs["M"] = 1
+    pointers = {"x_ptr": "*bf16", "codes_ptr": "*u8", "absmax_ptr": "*u8" if double_quant else "*fp32",
+                "scales_ptr": "*fp32", "offset_ptr": "*fp32", "dynamic_ptr": "*fp32", "table_ptr": "*fp32",
+                "out_ptr": "*bf16"}
+    divisible = (*pointers, "N", "K", "stride_xm", "stride_codes", "stride_om")
+    warps = tile.row_groups * tile.k_slices
+    figures = compile_sass(kernels._nf4_mma_kernel, pointer_types=pointers, constexprs=constexprs,
+                           divisible_by_16=divisible, num_warps=warps)
+    elements = 16 * 64 * tile.blocks_per_step / 32
+    return {"path": "mma", "tokens": tokens, "double_quant": double_quant, "tile": tile._asdict(),
+            "elements_per_thread_step": elements,
+            "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
+            "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
+
+
 def sweep(first_only: bool = False) -> list[dict]:
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     records = []
+    for tile in kernels._MMA_TILES[:1] if first_only else kernels._MMA_TILES:
+        for tokens, double_quant in ((1, False), (16, False), (16, True)):
+            record = mma_tile_record(tile, tokens, double_quant)
+            records.append(record)
+            print(f"mma   {tile} tokens={tokens:2} dq={double_quant!s:5}: "
+                  f"{record['loop_instructions_per_element']:5.2f} instr/element, {record['registers']} registers, "
+                  f"{record['stack_bytes']} B stack", flush=True)
     for use_dot, tiles in ((False, kernels._GEMV_TILES), (True, kernels._DOT_TILES)):
         for tile in tiles[:1] if first_only else tiles:
             for double_quant in (False, True):

@@ -19,6 +19,8 @@ IMPLS = ("triton_nf4_matmul", "bnb_matmul_4bit", "bf16_dense")
 
 def _tile_name(config) -> str:
     k = config.kwargs
+    if "ROW_GROUPS" in k:  # the mma path
+        return f"mma groups{k['ROW_GROUPS']} slices{k['K_SLICES']} step{k['BLOCKS_PER_STEP']} w{config.num_warps}"
     return (f"n{k['BLOCK_N']} k{k['BLOCK_K']} split{k['SPLIT_K']} w{config.num_warps} "
             f"s{config.num_stages}{' prefetch' if k['PREFETCH'] else ''}")
 
@@ -47,7 +49,7 @@ def sweep(cases) -> list[dict]:
             run()
             record[name] = eager_and_graph_us(run)
             if name == "triton_nf4_matmul":
-                tuner = kernels._AUTOTUNED[case.M > 1]
+                tuner = kernels.autotuner(case.M, getattr(torch, case.dtype), case.double_quant)
                 chosen = getattr(tuner, "best_config", None)
                 record[name]["tile"] = _tile_name(chosen) if chosen else "fixed (not autotuned)"
                 timings = getattr(tuner, "configs_timings", None) or {}

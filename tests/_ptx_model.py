@@ -1,7 +1,8 @@
-"""A model of the few PTX instructions the in-house kernels' inline assembly uses, executed per thread in Python, so
-that the assembly's arithmetic, table layout and shared-memory bank use are checked on a machine without a GPU. Not a
-simulator: straight-line code only (no branches; predicates guard single instructions), one program's shared memory,
-`bar.sync` a no-op (callers run every thread's code before a barrier ahead of any thread's code after it)."""
+"""A model of the few PTX instructions the in-house kernels' inline assembly uses, executed per thread in Python (or a
+warp in lockstep, for mma.sync), so that the assembly's arithmetic, table layout, fragment layout and shared-memory
+bank use are checked on a machine without a GPU. Not a simulator: straight-line code only (no branches; predicates
+guard single instructions), one program's shared memory, `bar.sync` a no-op (callers run every thread's code before a
+barrier ahead of any thread's code after it), mma.sync's sum rounded once (the hardware's order is unspecified)."""
 from __future__ import annotations
 
 import operator
@@ -62,6 +63,16 @@ class Program:
                 return values[(address - base) // values.itemsize]
         raise ValueError(f"global load outside every buffer: {address:#x}")
 
+    def load_global_words(self, address: int, count: int) -> list[int]:
+        """`count` little-endian 32-bit words of the raw bytes of the buffer holding `address` (aligned to 4·count)."""
+        for base, values in self.global_buffers.items():
+            if base <= address and address + 4 * count <= base + values.nbytes:
+                if address % (4 * count):
+                    raise ValueError(f"{4 * count}-byte load at {address:#x} misaligned")
+                raw = values.tobytes()[address - base:address - base + 4 * count]
+                return [int(word) for word in np.frombuffer(raw, dtype="<u4")]
+        raise ValueError(f"global load of {4 * count} bytes outside every buffer: {address:#x}")
+
     def _offset(self, address: int, size: int) -> int:
         offset = address - self.shared_base
         if address % size or not 0 <= offset <= len(self.shared) - size:
@@ -114,68 +125,133 @@ def _statements(asm: str) -> list[str]:
 
 def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, object]:
     """Execute `asm` (one inline-assembly block) on `thread` with $n bound to operands[n]; returns every $n after."""
-    bound = {f"${n}": value for n, value in operands.items()}
-    thread.registers.update(bound)
+    return run_warp(asm, [thread], [operands])[0]
+
+
+def run_warp(asm: str, threads: list[Thread], operands: list[dict[int, object]]) -> list[dict[int, object]]:
+    """Execute `asm` on `threads` (the lanes of one warp, in lane order, for mma.sync) in lockstep, statement by
+    statement, thread i with $n bound to operands[i][n]; returns every thread's $n after."""
+    for thread, bound in zip(threads, operands):
+        thread.registers.update({f"${n}": value for n, value in bound.items()})
     for statement in _statements(asm):
-        guard = re.match(r"@(!?)(\w+)\s+", statement)
-        if guard:
-            statement = statement[guard.end():]
-            if bool(thread.registers[guard.group(2)]) == (guard.group(1) == "!"):
-                continue
-        op, _, rest = statement.partition(" ")
-        args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
-        kind = op.split(".")
-        if op == ".reg" or op.startswith(".reg"):
+        if statement.startswith("mma.sync"):
+            _mma(statement, threads)
             continue
-        if op.startswith(".shared"):
-            match = re.fullmatch(r"\.shared\s+\.align\s+(\d+)\s+\.b8\s+(\w+)\[(\d+)\]", statement)
-            thread.program.declare(match.group(2), int(match.group(3)), int(match.group(1)))
-            continue
-        if op == "bar.sync":
-            continue
-        d = args[0] if args else None
-        if kind[0] == "mov" and d.startswith("{"):  # mov.b32 {low, high}, r: a register's two 16-bit halves
-            low, high = (name.strip() for name in d.strip("{} ").split(","))
-            value = thread.value(args[1])
-            thread.registers[low], thread.registers[high] = value & 0xFFFF, value >> 16
-        elif kind[0] == "mov":
-            thread.registers[d] = thread.value(args[1])
-        elif op in ("shr.u32", "shl.b32", "and.b32", "add.u32", "add.u64"):
-            result = _BINARY[kind[0]](thread.value(args[1]), thread.value(args[2]))
-            thread.registers[d] = result & _MASK["64" if op.endswith("64") else "32"]
-        elif op == "mul.wide.u32":
-            thread.registers[d] = (thread.value(args[1]) * thread.value(args[2])) & _MASK["64"]
-        elif op == "mad.lo.u32":
-            thread.registers[d] = (thread.value(args[1]) * thread.value(args[2]) + thread.value(args[3])) & _MASK["32"]
-        elif op == "bfe.u32":
-            a, position, length = (thread.value(t) for t in args[1:4])
-            thread.registers[d] = (a >> position) & ((1 << length) - 1)
-        elif op == "setp.ne.b32":
-            thread.registers[d] = thread.value(args[1]) != thread.value(args[2])
-        elif op in ("ld.global.nc.f32", "ld.global.nc.u8"):
-            dtype = np.float32 if op.endswith("f32") else np.uint8
-            value = thread.program.load_global(thread.address(args[1]), dtype)
-            thread.registers[d] = value if dtype is np.float32 else int(value)
-        elif op == "st.shared.v2.f32":
-            values = [thread.value(t) for t in args[1].strip("{} ").split(",")]
-            thread.program.store_shared_f32(thread.address(d), values)
-        elif op == "ld.shared.v2.f32":
-            address = thread.address(args[1])
-            thread.shared_loads.append((address, 8))
-            for name, value in zip(d.strip("{} ").split(","), thread.program.load_shared_f32(address, 2)):
-                thread.registers[name.strip()] = value
-        elif op == "fma.rn.f32":
-            a, b, c = (float(thread.value(t)) for t in args[1:4])
-            thread.registers[d] = _f32(a * b + c)  # a·b exact in float64, the sum rounded (twice, rarely apart)
-        elif op in ("mul.rn.f32", "add.rn.f32"):
-            a, b = _f32(thread.value(args[1])), _f32(thread.value(args[2]))
-            thread.registers[d] = a * b if op.startswith("mul") else a + b  # float32, correctly rounded
-        elif op in ("cvt.rn.bf16x2.f32", "cvt.rn.f16x2.f32"):  # a to the high half, b to the low
-            high, low = (_half_bits(thread.value(t), kind[2]) for t in args[1:3])
-            thread.registers[d] = high << 16 | low
-        else:
-            raise NotImplementedError(f"PTX model: no {op!r} (in {statement!r})")
-    return {n: thread.registers[f"${n}"] for n in operands}
+        for thread in threads:
+            _execute(statement, thread)
+    return [{n: thread.registers[f"${n}"] for n in bound} for thread, bound in zip(threads, operands)]
+
+
+def _half_value(bits: int, dtype: str) -> float:
+    if dtype == "f16":
+        return float(np.uint16(bits).view(np.float16))
+    return float(np.uint32(bits << 16).view(np.float32))
+
+
+def _mma(statement: str, threads: list[Thread]) -> None:
+    """mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}.<same>.f32 {d0..d3}, {a0..a3}, {b0, b1}, {c0..c3} over 32
+    lanes: lane = 4·group + t holds A rows group, group + 8 (registers a0, a2 and a1, a3) at k 2t, 2t + 1 (a0, a1) and
+    2t + 8, 2t + 9 (a2, a3), the lower k in the low half; B k 2t, 2t + 1 (b0) and 2t + 8, 2t + 9 (b1) at column group;
+    C and D rows group (c0, c1), group + 8 (c2, c3) at columns 2t, 2t + 1 (PTX ISA, m16n8k16 fragments)."""
+    op, _, rest = statement.partition(" ")
+    match = re.fullmatch(r"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)\.\1\.f32", op)
+    if not match or len(threads) != 32:
+        raise NotImplementedError(f"PTX model: no {op!r} over {len(threads)} threads")
+    dtype = match.group(1)
+    d, a, b, c = ([name.strip() for name in group.split(",")] for group in re.findall(r"\{([^}]*)\}", rest))
+    A, B, C = np.zeros((16, 16)), np.zeros((16, 8)), np.zeros((16, 8))
+    for lane, thread in enumerate(threads):
+        group, t = lane // 4, lane % 4
+        for reg, (row, k) in enumerate(((group, 2 * t), (group + 8, 2 * t), (group, 2 * t + 8), (group + 8, 2 * t + 8))):
+            bits = thread.value(a[reg])
+            A[row, k], A[row, k + 1] = _half_value(bits & 0xFFFF, dtype), _half_value(bits >> 16, dtype)
+        for reg, k in enumerate((2 * t, 2 * t + 8)):
+            bits = thread.value(b[reg])
+            B[k, group], B[k + 1, group] = _half_value(bits & 0xFFFF, dtype), _half_value(bits >> 16, dtype)
+        for reg, (row, column) in enumerate(((group, 2 * t), (group, 2 * t + 1), (group + 8, 2 * t),
+                                             (group + 8, 2 * t + 1))):
+            C[row, column] = float(thread.value(c[reg]))
+    D = A @ B + C  # products exact in float64; one rounding to float32 below
+    for lane, thread in enumerate(threads):
+        group, t = lane // 4, lane % 4
+        for reg, (row, column) in enumerate(((group, 2 * t), (group, 2 * t + 1), (group + 8, 2 * t),
+                                             (group + 8, 2 * t + 1))):
+            thread.registers[d[reg]] = _f32(D[row, column])
+
+
+def _execute(statement: str, thread: Thread) -> None:
+    """One statement on one thread."""
+    guard = re.match(r"@(!?)(\w+)\s+", statement)
+    if guard:
+        statement = statement[guard.end():]
+        if bool(thread.registers[guard.group(2)]) == (guard.group(1) == "!"):
+            return
+    op, _, rest = statement.partition(" ")
+    args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
+    kind = op.split(".")
+    if op.startswith(".reg"):
+        return
+    if op.startswith(".shared"):
+        match = re.fullmatch(r"\.shared\s+\.align\s+(\d+)\s+\.b8\s+(\w+)\[(\d+)\]", statement)
+        thread.program.declare(match.group(2), int(match.group(3)), int(match.group(1)))
+        return
+    if op == "bar.sync":
+        return
+    d = args[0] if args else None
+    if kind[0] == "mov" and d.startswith("{"):  # mov.b32 {low, high}, r: a register's two 16-bit halves
+        low, high = (name.strip() for name in d.strip("{} ").split(","))
+        value = thread.value(args[1])
+        thread.registers[low], thread.registers[high] = value & 0xFFFF, value >> 16
+    elif kind[0] == "mov":
+        thread.registers[d] = thread.value(args[1])
+    elif op in ("shr.u32", "shl.b32", "and.b32", "add.u32", "add.u64"):
+        result = _BINARY[kind[0]](thread.value(args[1]), thread.value(args[2]))
+        thread.registers[d] = result & _MASK["64" if op.endswith("64") else "32"]
+    elif op == "mul.wide.u32":
+        thread.registers[d] = (thread.value(args[1]) * thread.value(args[2])) & _MASK["64"]
+    elif op == "mad.lo.u32":
+        thread.registers[d] = (thread.value(args[1]) * thread.value(args[2]) + thread.value(args[3])) & _MASK["32"]
+    elif op == "bfe.u32":
+        a, position, length = (thread.value(t) for t in args[1:4])
+        thread.registers[d] = (a >> position) & ((1 << length) - 1)
+    elif op == "setp.ne.b32":
+        thread.registers[d] = thread.value(args[1]) != thread.value(args[2])
+    elif op in ("ld.global.nc.f32", "ld.global.nc.u8"):
+        dtype = np.float32 if op.endswith("f32") else np.uint8
+        value = thread.program.load_global(thread.address(args[1]), dtype)
+        thread.registers[d] = value if dtype is np.float32 else int(value)
+    elif op in ("ld.global.nc.v2.b32", "ld.global.nc.v4.b32"):
+        names = [name.strip() for name in d.strip("{} ").split(",")]
+        for name, word in zip(names, thread.program.load_global_words(thread.address(args[1]), len(names))):
+            thread.registers[name] = word
+    elif op == "st.shared.b32":
+        offset = thread.program._offset(thread.address(d), 4)
+        thread.program.shared[offset:offset + 4] = struct.pack("<I", thread.value(args[1]) & _MASK["32"])
+        thread.program.written[offset:offset + 4] = b"\x01" * 4
+    elif op == "ld.shared.b32":
+        address = thread.address(args[1])
+        thread.shared_loads.append((address, 4))
+        offset = thread.program._offset(address, 4)
+        thread.registers[d] = struct.unpack("<I", bytes(thread.program.shared[offset:offset + 4]))[0]
+    elif op == "st.shared.v2.f32":
+        values = [thread.value(t) for t in args[1].strip("{} ").split(",")]
+        thread.program.store_shared_f32(thread.address(d), values)
+    elif op == "ld.shared.v2.f32":
+        address = thread.address(args[1])
+        thread.shared_loads.append((address, 8))
+        for name, value in zip(d.strip("{} ").split(","), thread.program.load_shared_f32(address, 2)):
+            thread.registers[name.strip()] = value
+    elif op == "fma.rn.f32":
+        a, b, c = (float(thread.value(t)) for t in args[1:4])
+        thread.registers[d] = _f32(a * b + c)  # a·b exact in float64, the sum rounded (twice, rarely apart)
+    elif op in ("mul.rn.f32", "add.rn.f32"):
+        a, b = _f32(thread.value(args[1])), _f32(thread.value(args[2]))
+        thread.registers[d] = a * b if op.startswith("mul") else a + b  # float32, correctly rounded
+    elif op in ("cvt.rn.bf16x2.f32", "cvt.rn.f16x2.f32"):  # a to the high half, b to the low
+        high, low = (_half_bits(thread.value(t), kind[2]) for t in args[1:3])
+        thread.registers[d] = high << 16 | low
+    else:
+        raise NotImplementedError(f"PTX model: no {op!r} (in {statement!r})")
 
 
 def wavefronts(addresses: list[tuple[int, int]]) -> int:

@@ -202,3 +202,33 @@ def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
     aligned = impl.fn(x, state)
     assert torch.equal(impl.fn(x, dataclasses.replace(state, codes=shifted)), aligned)
     assert torch.equal(shifted, state.codes)  # the caller's codes untouched
+
+
+@pytest.mark.parametrize("tile", [(2, 2, 1), (1, 4, 2), (4, 1, 1)])
+def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
+    """The 2+-token path for bf16/fp16 x (_nf4_mma_kernel) under Triton's interpreter, each lane's mma sums given by
+    plain loads (its assembly is checked in tests/test_nf4_ptx.py): row groups past N, K cut into 2-4 slices, several
+    blocks a step, one and two tiles of 8 tokens, tokens in programs of 16, double quantization, one token when pinned."""
+    pytest.importorskip("triton")
+    from llmopt import impls as registry
+
+    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
+    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
+        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    mma_tile = kernels.MmaTile(*tile)
+    K = 64 * mma_tile.k_slices * mma_tile.blocks_per_step * 2
+    cases = [nf4.NF4MatmulCase((1,), 40, K, dtype="float16", seed=1),
+             nf4.NF4MatmulCase((3,), 24, K, double_quant=True, dtype="float16", seed=2),
+             nf4.NF4MatmulCase((11,), 33, K, dtype="float16", seed=3),
+             nf4.NF4MatmulCase((2, 10), 16, K, double_quant=True, dtype="float16", seed=4)]
+    kernels.pin(mma_tile)
+    try:
+        for case in cases:
+            call = nf4.nf4_matmul_make_call(case, "cpu")
+            assert kernels._uses_mma(call.args[0].reshape(-1, case.K), call.args[1], case.M)
+            nf4.matches_reference(impl, case, "cpu")
+            nf4.deterministic(impl, case, "cpu")
+    finally:
+        kernels.pin()

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from _ptx_model import Program, Thread, run, wavefronts
+from _ptx_model import Program, Thread, run, run_warp, wavefronts
 from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
@@ -176,16 +176,19 @@ def test_known_wrong_table_setup_is_rejected(name):
 
 def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
     """Each path's first tile (with and without double quantization) through Triton and ptxas for sm_90: the inline
-    assembly assembles, the byte table fits the static shared-memory limit ptxas enforces, nothing spills, the
-    one-token loop synchronizes nothing (no layout conversion through shared memory), and the 2-16-token loop only
+    assembly assembles, the byte and pair tables fit the static shared-memory limit ptxas enforces, nothing spills, the
+    one-token and mma loops synchronize nothing (no layout conversion through shared memory), and the dot loop only
     around the dot's shared operand (twice a step: the weights are stored once, whole, not in chunks)."""
     env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
     done = subprocess.run([sys.executable, "-m", "llmopt.bench.nf4_sass", str(tmp_path), "--first"], env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "nf4_sass.json").read_text())["records"]
-    assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot") for dq in (0, 1)}
+    assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot", "mma") for dq in (0, 1)}
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
+    mmas = [r for r in records if r["path"] == "mma"]  # the sums stay in each lane's mma registers
+    assert [r["loop_ops"].get("BAR", 0) for r in mmas] == [0] * len(mmas), "a barrier in the mma loop"
+    assert all(r["loop_ops"]["HMMA"] > 0 for r in mmas)
     words = [r for r in records if r["path"] == "words"]  # the absmax by assembly keeps layout conversions out
     assert [r["loop_ops"].get("BAR", 0) for r in words] == [0] * len(words), "a barrier in the one-token loop"
     dots = [r for r in records if r["path"] == "dot"]
@@ -265,3 +268,156 @@ WRONG_ABSMAX_ASM = {
 def test_known_wrong_absmax_assembly_is_rejected(key):
     assert WRONG_ABSMAX_ASM[key] != kernels._ABSMAX_ASM[key[0]], "the mutation did not apply"
     assert absmax_problems(WRONG_ABSMAX_ASM[key], double_quant=key[0]) != []
+
+
+# ----------------------------------------------------------------------------------------------- the mma path
+
+CODES_ADDRESS, X_ADDRESS = 0x7F0000040000, 0x7F0000080000
+_HALF = {torch.bfloat16: "bf16x2", torch.float16: "f16x2"}
+
+
+def _half_levels(dtype: torch.dtype) -> np.ndarray:
+    """The 16 levels rounded to x's 16-bit dtype, as float64."""
+    return torch.from_numpy(LEVELS).to(dtype).double().numpy()
+
+
+def pair_table_problems(setup_asm: str, dtype: torch.dtype, threads: int = 128) -> list[str]:
+    """Every copy of every entry of the pair table holds both levels of its byte in x's dtype, high nibble's low."""
+    try:
+        program, table = _filled_program(setup_asm, threads)
+    except ValueError as error:
+        return [str(error)]
+    start, size = table - program.shared_base, 256 * kernels._PAIR_ENTRY_BYTES
+    slots = np.frombuffer(bytes(program.shared[start:start + size]), dtype="<u4").reshape(256, -1)
+    written = np.frombuffer(bytes(program.written[start:start + size]), dtype="<u4").reshape(256, -1)
+    halves = torch.from_numpy(LEVELS).to(dtype).view(torch.int16).numpy().astype(np.uint32) & 0xFFFF
+    entries = np.arange(256)
+    expected = (halves[entries & 15] << 16 | halves[entries >> 4])[:, None]
+    problems = []
+    if not written.all():
+        problems.append("some table slots never written")
+    wrong = np.argwhere(slots != expected)
+    if wrong.size:
+        problems.append(f"{len(wrong)} slots hold other pairs, first entry {wrong[0][0]} copy {wrong[0][1]}")
+    return problems
+
+
+def mma_step_problems(setup_asm: str, step_asm: str, dtype: torch.dtype, blocks: int, n_tiles: int, seed: int,
+                      double_quant: bool = False, threads: int = 128) -> list[str]:
+    """Run one step of the mma path for the 32 lanes of one warp (16 weight rows, `blocks` blocks of 64, 8·n_tiles
+    tokens) on random codes, absmax (or double-quantized absmax: codes, one scale per row, an offset), x and starting
+    sums: each lane's sums against start + Σ_blocks absmax · Σ level(x's dtype) · x in float64 (to float32 rounding),
+    and the wavefronts of each table load (1: conflict-free)."""
+    rng = np.random.default_rng(seed)
+    program, table = _filled_program(setup_asm, threads)
+    row_bytes, row_elements = 32 * blocks, 64 * blocks
+    codes = rng.integers(0, 256, size=(16, row_bytes), dtype=np.uint8)
+    x = torch.randn(16, row_elements, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    x_bytes = x.view(torch.uint8).numpy()
+    program.global_buffers |= {CODES_ADDRESS: codes.reshape(-1), X_ADDRESS: x_bytes.reshape(-1)}
+    if double_quant:
+        absmax_codes = rng.integers(0, 256, size=(16, blocks), dtype=np.uint8)
+        scales = rng.uniform(0.01, 2.0, size=16).astype(np.float32)  # one per row (the kernel's steps share one)
+        offset = np.float32(rng.uniform(0.0, 1.0))
+        absmax = DYNAMIC[absmax_codes] * scales[:, None] + offset  # float32 ops, each rounded: bitsandbytes' decoding
+        program.global_buffers |= {ABSMAX_ADDRESS: absmax_codes.reshape(-1), SCALES_ADDRESS: scales,
+                                   DYNAMIC_ADDRESS: DYNAMIC}
+    else:
+        absmax = rng.uniform(0.5, 2.0, size=(16, blocks)).astype(np.float32)
+        offset = np.float32(0)
+        program.global_buffers |= {ABSMAX_ADDRESS: absmax.reshape(-1)}
+    absmax_bytes = 1 if double_quant else 4
+    acc = 4 * n_tiles
+    start_sums = rng.normal(size=(32, acc)).astype(np.float32)
+    threads_of_warp = [Thread(lane, program) for lane in range(WARP)]
+    operands = []
+    for lane in range(WARP):
+        g, t = lane // 4, lane % 4
+        bound = {n: np.float32(0) for n in range(acc)} | {acc + n: start_sums[lane, n] for n in range(acc)}
+        bound |= {2 * acc: CODES_ADDRESS + g * row_bytes + 8 * t, 2 * acc + 1: CODES_ADDRESS + (g + 8) * row_bytes + 8 * t,
+                  2 * acc + 2: ABSMAX_ADDRESS + absmax_bytes * g * blocks,
+                  2 * acc + 3: ABSMAX_ADDRESS + absmax_bytes * (g + 8) * blocks}
+        bound |= {2 * acc + 4 + n: X_ADDRESS + 2 * ((g + 8 * n) * row_elements + 16 * t) for n in range(n_tiles)}
+        dq = 2 * acc + 4 + n_tiles
+        bound |= {dq: SCALES_ADDRESS + 4 * g, dq + 1: SCALES_ADDRESS + 4 * (g + 8), dq + 2: DYNAMIC_ADDRESS, dq + 3: offset,
+                  dq + 4: table}
+        operands.append(bound)
+    try:
+        sums = run_warp(step_asm, threads_of_warp, operands)
+    except (ValueError, KeyError) as error:  # an access outside a buffer or misaligned, a register never written
+        return [f"{type(error).__name__}: {error}"]
+    levels = _half_levels(dtype)
+    weights = np.stack([levels[codes >> 4], levels[codes & 15]], axis=-1).reshape(16, blocks, 64)
+    x64 = x.double().numpy().reshape(16, blocks, 64)
+    terms = np.einsum("rbk,tbk->rtb", weights, x64) * absmax[:, None, :].astype(np.float64)  # [row, token, block]
+    problems = []
+    for lane in range(WARP):
+        g, t = lane // 4, lane % 4
+        for n in range(n_tiles):
+            for reg, (row, token) in enumerate(((g, 2 * t), (g, 2 * t + 1), (g + 8, 2 * t), (g + 8, 2 * t + 1))):
+                want = start_sums[lane, 4 * n + reg] + terms[row, token + 8 * n].sum()
+                bound = 2.0 ** -21 * (abs(start_sums[lane, 4 * n + reg]) + np.abs(terms[row, token + 8 * n]).sum()
+                                      + np.abs(np.einsum("bk,bk->b", np.abs(weights[row]), np.abs(x64[token + 8 * n]))
+                                               * absmax[row]).sum())
+                got = float(sums[lane][4 * n + reg])
+                if not abs(got - want) <= bound:
+                    problems.append(f"lane {lane} row {row} token {token + 8 * n}: {got}, expected {want}")
+    loads = [thread.shared_loads for thread in threads_of_warp]
+    worst = max(wavefronts([lane_loads[i] for lane_loads in loads]) for i in range(len(loads[0])))
+    if worst > 1:
+        problems.append(f"table loads take up to {worst} wavefronts")
+    return problems[:8]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_pair_table_holds_both_levels_of_each_byte_in_x_dtype(dtype):
+    assert pair_table_problems(kernels._pair_table_setup_asm(128, dtype), dtype) == []
+
+
+@pytest.mark.parametrize("dtype,blocks,n_tiles,double_quant", [(torch.bfloat16, 2, 1, False), (torch.float16, 1, 2, False),
+                                                               (torch.bfloat16, 1, 2, True), (torch.float16, 2, 1, True)])
+def test_the_mma_step_sums_absmax_times_level_times_x_per_row_and_token(dtype, blocks, n_tiles, double_quant):
+    setup = kernels._pair_table_setup_asm(128, dtype)
+    step = kernels._mma_step_asm(blocks, n_tiles, dtype, double_quant)
+    assert mma_step_problems(setup, step, dtype, blocks, n_tiles, 0, double_quant) == []
+
+
+_MMA_STEP = kernels._mma_step_asm(2, 1, torch.bfloat16)
+_PAIR_SETUP = kernels._pair_table_setup_asm(128, torch.bfloat16)
+WRONG_MMA_STEP = {
+    "x pairs of a k step swapped": _MMA_STEP.replace("{x0, x1}", "{x1, x0}"),
+    "rows g and g + 8 swapped": _MMA_STEP.replace("{a0, a1, a2, a3}", "{a1, a0, a3, a2}"),
+    "k halves swapped": _MMA_STEP.replace("{a0, a1, a2, a3}", "{a2, a3, a0, a1}"),
+    "row g's absmax for both rows": _MMA_STEP.replace(", s1, ", ", s0, "),
+    "block sums not restarted": _MMA_STEP.replace("{z, z, z, z}", "{d0, d1, d2, d3}"),
+    "a byte read a nibble off": _MMA_STEP.replace("bfe.u32 q, c0, 0, 8;", "bfe.u32 q, c0, 4, 8;"),
+    "second block's codes of row g from the first": _MMA_STEP.replace("[$8+32]", "[$8+0]"),
+    "second block's absmax of row g from the first": _MMA_STEP.replace("[$10+4]", "[$10+0]"),
+    "second block's x from the first": _MMA_STEP.replace("[$12+144]", "[$12+16]"),
+    "one table copy for all lanes": _MMA_STEP.replace("mad.lo.u32 b, b, 4,", "mad.lo.u32 b, b, 0,"),
+}
+
+
+_MMA_STEP_DQ = kernels._mma_step_asm(2, 1, torch.bfloat16, True)
+WRONG_MMA_STEP_DQ = {
+    "row g's scale for both rows": _MMA_STEP_DQ.replace("mul.rn.f32 v, v, sg8;", "mul.rn.f32 v, v, sg;"),
+    "offset left out": _MMA_STEP_DQ.replace("add.rn.f32 s1, v, $16;", "mov.f32 s1, v;"),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_MMA_STEP))
+def test_known_wrong_mma_step_is_rejected(name):
+    assert WRONG_MMA_STEP[name] != _MMA_STEP, "the mutation did not apply"
+    assert mma_step_problems(_PAIR_SETUP, WRONG_MMA_STEP[name], torch.bfloat16, 2, 1, 0) != []
+
+
+@pytest.mark.parametrize("name", list(WRONG_MMA_STEP_DQ))
+def test_known_wrong_double_quantized_mma_step_is_rejected(name):
+    assert WRONG_MMA_STEP_DQ[name] != _MMA_STEP_DQ, "the mutation did not apply"
+    assert mma_step_problems(_PAIR_SETUP, WRONG_MMA_STEP_DQ[name], torch.bfloat16, 2, 1, 0, True) != []
+
+
+def test_known_wrong_pair_table_is_rejected():
+    swapped = _PAIR_SETUP.replace("cvt.rn.bf16x2.f32 v, h, l;", "cvt.rn.bf16x2.f32 v, l, h;")
+    assert swapped != _PAIR_SETUP
+    assert pair_table_problems(swapped, torch.bfloat16) != []

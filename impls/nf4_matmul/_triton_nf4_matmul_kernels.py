@@ -333,6 +333,224 @@ def _nf4_matmul_kernel(
                           pid_m * tl.num_programs(0) + pid_n, pid_k, M * N, SPLIT_K)
 
 
+# ----------------------------------------------------------------------------------------------- 1-16 tokens, mma
+
+# Pair table: entry b (one byte of codes) holds both its levels rounded to x's 16-bit dtype as one 32-bit pair, the high
+# nibble's (even element) in the low half: the A operand register of an mma for elements (2j, 2j + 1). Stored 32 times
+# side by side (128 bytes an entry, 32 KB), one copy per lane, so a warp's 4-byte loads never conflict; the address is
+# a byte extract and a multiply-add. (Entries 256 bytes apart would make it one byte permute, but 64 KB of static
+# shared memory is over ptxas' 48 KB limit.)
+_PAIR_TABLE_COPIES = 32
+_PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
+_MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def _pair_table_setup_asm(threads: int, dtype: torch.dtype) -> str:
+    """PTX that declares the pair table in shared memory, fills it from the 16 float32 levels at $1 (thread t of warp w,
+    lane l stores entries w, w + threads / 32, ... of copy l), waits for the whole program, returns its address."""
+    if 256 * 32 % threads or threads % 32:
+        raise ValueError(f"the pair table's fill needs a multiple of 32 threads dividing 8192, got {threads}")
+    warps, entry_bytes = threads // 32, _PAIR_ENTRY_BYTES
+    lines = [f".shared .align 128 .b8 pairs[{256 * entry_bytes}];", ".reg .b32 t, w, q, a, v;", ".reg .b64 p;",
+             ".reg .f32 h, l;", "mov.u32 t, %tid.x;", "shr.u32 w, t, 5;", "and.b32 t, t, 31;", "mov.u32 $0, pairs;",
+             "mad.lo.u32 a, t, 4, $0;", f"mad.lo.u32 a, w, {entry_bytes}, a;"]
+    for k in range(256 // warps):  # entry w + warps · k
+        lines += [f"add.u32 q, w, {warps * k};", "shr.u32 q, q, 4;", "mul.wide.u32 p, q, 4;",
+                  "add.u64 p, p, $1;", "ld.global.nc.f32 l, [p];",
+                  f"add.u32 q, w, {warps * k};", "and.b32 q, q, 15;", "mul.wide.u32 p, q, 4;",
+                  "add.u64 p, p, $1;", "ld.global.nc.f32 h, [p];",
+                  f"cvt.rn.{_MMA_TYPES[dtype]}x2.f32 v, h, l;", f"st.shared.b32 [a+{entry_bytes * warps * k}], v;"]
+    lines.append("bar.sync 0;")
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: bool = False) -> str:
+    """PTX of one step of the mma path for one thread (lane = 4·g + t of a warp owning 16 weight rows): `blocks`
+    consecutive quantization blocks of 64 elements. Operands: $0.. the 4·n_tiles float32 sums out (rows g, g + 8 x
+    tokens 2t, 2t + 1 of each tile of 8 tokens, as mma's accumulator), then the same sums in, the addresses of the lane's
+    8 bytes of codes of row g and of row g + 8 in the first block, of their absmax, of x[token g + 8·tile][16t] in the
+    first block (one per tile; tokens past M read token M - 1, their sums are not stored), the addresses of rows g's
+    and g + 8's double-quantization scales (one each: a step's blocks share their group of 256), the dynamic map's,
+    the mean offset (these four read only when double_quant: the absmax addresses are then of their 8-bit codes), the
+    table's address. Each block: 4 chained
+    m16n8k16 mmas (per lane and mma: bytes 2i, 2i + 1 of its 8 from rows g and g + 8, looked up in the pair table, against
+    x elements 16t + 4i .. + 3: every lane of a column t reads the same elements of x, the k order the mma needs is the
+    same for all rows), then the sums += the block's result × each row's absmax."""
+    dtype_name = _MMA_TYPES[dtype]
+    acc = 4 * n_tiles
+    code_g, code_g8, absmax_g, absmax_g8 = (f"${2 * acc + i}" for i in range(4))
+    x_ptrs = [f"${2 * acc + 4 + i}" for i in range(n_tiles)]
+    scale_g, scale_g8, dynamic, offset = (f"${2 * acc + 4 + n_tiles + i}" for i in range(4))
+    table = f"${2 * acc + 8 + n_tiles}"
+    lines = [f".reg .b32 c<{4 * blocks}>, x<{8 * blocks * n_tiles}>, a<4>, q, b;",
+             f".reg .f32 s<{2 * blocks}>, d<{acc}>, z;", "mov.u32 b, %laneid;",
+             "mov.f32 z, 0f00000000;", f"mad.lo.u32 b, b, 4, {table};"]
+    if double_quant:
+        lines += [".reg .b32 e;", ".reg .b64 w;", ".reg .f32 v, sg, sg8;", f"ld.global.nc.f32 sg, [{scale_g}];",
+                  f"ld.global.nc.f32 sg8, [{scale_g8}];"]
+    lines += [f"mov.f32 ${i}, ${acc + i};" for i in range(acc)]
+    for j in range(blocks):
+        lines += [f"ld.global.nc.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
+                  f"ld.global.nc.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
+        for row, (address, scale) in enumerate(((absmax_g, "sg"), (absmax_g8, "sg8"))):
+            if double_quant:  # as bitsandbytes decodes: dynamic[code] x scale, rounded, + offset, rounded
+                lines += [f"ld.global.nc.u8 e, [{address}+{j}];", "mul.wide.u32 w, e, 4;", f"add.u64 w, w, {dynamic};",
+                          "ld.global.nc.f32 v, [w];", f"mul.rn.f32 v, v, {scale};",
+                          f"add.rn.f32 s{2 * j + row}, v, {offset};"]
+            else:
+                lines.append(f"ld.global.nc.f32 s{2 * j + row}, [{address}+{4 * j}];")
+        for n in range(n_tiles):
+            first = 8 * (blocks * n + j)
+            regs = [f"x{first + r}" for r in range(8)]
+            lines += [f"ld.global.nc.v4.b32 {{{', '.join(regs[:4])}}}, [{x_ptrs[n]}+{128 * j}];",
+                      f"ld.global.nc.v4.b32 {{{', '.join(regs[4:])}}}, [{x_ptrs[n]}+{128 * j + 16}];"]
+    for j in range(blocks):
+        for i in range(4):
+            for reg, (row_word, byte) in enumerate(((0, 2 * i), (2, 2 * i), (0, 2 * i + 1), (2, 2 * i + 1))):
+                word = f"c{4 * j + row_word + byte // 4}"  # row g: c[4j], c[4j + 1]; row g + 8: c[4j + 2], c[4j + 3]
+                lines += [f"bfe.u32 q, {word}, {8 * (byte % 4)}, 8;", f"mad.lo.u32 q, q, {_PAIR_ENTRY_BYTES}, b;",
+                          f"ld.shared.b32 a{reg}, [q];"]
+            for n in range(n_tiles):
+                first = 8 * (blocks * n + j)
+                d = ", ".join(f"d{4 * n + r}" for r in range(4))
+                c = "z, z, z, z" if i == 0 else d  # each block's sum starts at 0
+                lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{{d}}}, "
+                             f"{{a0, a1, a2, a3}}, {{x{first + 2 * i}, x{first + 2 * i + 1}}}, {{{c}}};")
+        for n in range(n_tiles):
+            lines += [f"fma.rn.f32 ${4 * n}, d{4 * n}, s{2 * j}, ${4 * n};",
+                      f"fma.rn.f32 ${4 * n + 1}, d{4 * n + 1}, s{2 * j}, ${4 * n + 1};",
+                      f"fma.rn.f32 ${4 * n + 2}, d{4 * n + 2}, s{2 * j + 1}, ${4 * n + 2};",
+                      f"fma.rn.f32 ${4 * n + 3}, d{4 * n + 3}, s{2 * j + 1}, ${4 * n + 3};"]
+    return "{\n" + "\n".join(lines) + "\n}"
+
+
+@triton.jit
+def _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row, token,
+                       stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP: tl.constexpr,
+                       DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
+    """What STEP_ASM adds to one of a lane's sums, in plain Triton (Triton's interpreter): Σ over the step's blocks of
+    absmax · Σ level (rounded to x's dtype) · x for weight rows `row` and tokens `token` [THREADS]."""
+    block = first_block[:, None] + tl.arange(0, BLOCKS_PER_STEP)[None, :]  # [THREADS, BPS]
+    byte = block[:, :, None] * 32 + tl.arange(0, 32)[None, None, :]  # [THREADS, BPS, 32]
+    packed = tl.load(codes_ptr + row[:, None, None] * stride_codes + byte).to(tl.int32)
+    high = tl.load(table_ptr + (packed >> 4)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    low = tl.load(table_ptr + (packed & 15)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    x_even = tl.load(x_ptr + token[:, None, None] * stride_xm + 2 * byte).to(tl.float32)
+    x_odd = tl.load(x_ptr + token[:, None, None] * stride_xm + 2 * byte + 1).to(tl.float32)
+    absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, row[:, None] * (K // 64) + block,
+                          block >= 0, DOUBLE_QUANT, DQ_BLOCKSIZE)  # [THREADS, BPS]
+    return tl.sum(tl.sum(high * x_even + low * x_odd, axis=2) * absmax, axis=1)
+
+
+@triton.jit
+def _nf4_mma_kernel(x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr, M, N, K,
+                    stride_xm, stride_codes, stride_om, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
+                    ROW_GROUPS: tl.constexpr,
+                    K_SLICES: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr, N_TILES: tl.constexpr,
+                    TABLE_SETUP_ASM: tl.constexpr, STEP_ASM: tl.constexpr):
+    """out[M, N] = x[M, K] · ŵ[N, K]ᵀ, blocks of 64: program (pid_0, pid_1) owns ROW_GROUPS groups of 16 weight rows
+    and tokens [16·pid_1, + 8·N_TILES); each group's K is cut into K_SLICES contiguous slices, one warp each (warp w: group w // K_SLICES, slice
+    w % K_SLICES). Tensors of one element per thread carry each lane's addresses into STEP_ASM (_mma_step_asm), which
+    keeps the lane's mma accumulators: rows g, g + 8 x tokens 2t, 2t + 1 (+ 8 in the second tile) of its group and
+    slice; the slices' sums are added at the end. Under Triton's interpreter (STEP_ASM "") _mma_fallback_sums gives
+    each lane the same sums with plain loads."""
+    THREADS: tl.constexpr = 32 * ROW_GROUPS * K_SLICES
+    thread = tl.arange(0, THREADS)  # [THREADS]: one element a thread
+    lane = thread % 32
+    g = lane // 4
+    t = lane % 4
+    first_token = tl.program_id(1) * 16  # tokens [16·pid_1, + 8·N_TILES)
+    x_ptr += first_token * stride_xm
+    out_ptr += first_token * stride_om
+    M -= first_token
+    group = tl.program_id(0) * ROW_GROUPS + thread // (32 * K_SLICES)
+    k_slice = (thread // 32) % K_SLICES
+    row_g = tl.minimum(group * 16 + g, N - 1)  # rows past N read row N - 1; their sums are not stored
+    row_g8 = tl.minimum(group * 16 + g + 8, N - 1)
+    blocks = K // 64
+    slice_blocks = blocks // K_SLICES
+    first_block = k_slice * slice_blocks  # [THREADS]
+    code_g = codes_ptr + row_g * stride_codes + first_block * 32 + 8 * t
+    code_g8 = codes_ptr + row_g8 * stride_codes + first_block * 32 + 8 * t
+    absmax_g = absmax_ptr + row_g * blocks + first_block
+    absmax_g8 = absmax_ptr + row_g8 * blocks + first_block
+    x_g = x_ptr + tl.minimum(g, M - 1) * stride_xm + first_block * 64 + 16 * t  # tokens past M: not stored
+    x_g8 = x_ptr + tl.minimum(g + 8, M - 1) * stride_xm + first_block * 64 + 16 * t
+    table = 0
+    if STEP_ASM != "":
+        table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False, pack=1)
+    offset = tl.load(offset_ptr)
+    acc0 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc1 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc2 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc3 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc4 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc5 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc6 = tl.zeros((THREADS,), dtype=tl.float32)
+    acc7 = tl.zeros((THREADS,), dtype=tl.float32)
+    for step in range(0, slice_blocks, BLOCKS_PER_STEP):
+        # the step's blocks share one group of DQ_BLOCKSIZE (a row's blocks and the step are multiples of the step)
+        scale_g = (scales_ptr + (row_g * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
+        scale_g8 = (scales_ptr + (row_g8 * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
+        if STEP_ASM == "":
+            for tile in tl.static_range(N_TILES):
+                for pair in tl.static_range(4):  # (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
+                    sums = _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr,
+                                              x_ptr, row_g8 if pair >= 2 else row_g,
+                                              tl.minimum(2 * t + pair % 2 + 8 * tile, M - 1), stride_codes, stride_xm,
+                                              K, first_block + step, BLOCKS_PER_STEP, DOUBLE_QUANT, DQ_BLOCKSIZE)
+                    if 4 * tile + pair == 0:
+                        acc0 += sums
+                    elif 4 * tile + pair == 1:
+                        acc1 += sums
+                    elif 4 * tile + pair == 2:
+                        acc2 += sums
+                    elif 4 * tile + pair == 3:
+                        acc3 += sums
+                    elif 4 * tile + pair == 4:
+                        acc4 += sums
+                    elif 4 * tile + pair == 5:
+                        acc5 += sums
+                    elif 4 * tile + pair == 6:
+                        acc6 += sums
+                    else:
+                        acc7 += sums
+        elif N_TILES == 1:
+            acc0, acc1, acc2, acc3 = tl.inline_asm_elementwise(
+                STEP_ASM, "=f,=f,=f,=f,f,f,f,f,l,l,l,l,l,l,l,l,f,r",
+                [acc0, acc1, acc2, acc3, (code_g + step * 32).to(tl.int64), (code_g8 + step * 32).to(tl.int64),
+                 (absmax_g + step).to(tl.int64), (absmax_g8 + step).to(tl.int64), (x_g + step * 64).to(tl.int64),
+                 scale_g, scale_g8, dynamic_ptr.to(tl.int64) + 0 * thread, offset + 0.0 * acc0, table + 0 * thread],
+                dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+        else:
+            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = tl.inline_asm_elementwise(
+                STEP_ASM, "=f,=f,=f,=f,=f,=f,=f,=f,f,f,f,f,f,f,f,f,l,l,l,l,l,l,l,l,l,f,r",
+                [acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, (code_g + step * 32).to(tl.int64),
+                 (code_g8 + step * 32).to(tl.int64), (absmax_g + step).to(tl.int64), (absmax_g8 + step).to(tl.int64),
+                 (x_g + step * 64).to(tl.int64), (x_g8 + step * 64).to(tl.int64), scale_g, scale_g8,
+                 dynamic_ptr.to(tl.int64) + 0 * thread, offset + 0.0 * acc0, table + 0 * thread],
+                dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+    out_lane = tl.arange(0, 32)[None, :]  # [1, 32]
+    out_group = tl.program_id(0) * ROW_GROUPS + tl.arange(0, ROW_GROUPS)[:, None]  # [ROW_GROUPS, 1]
+    out_row = out_group * 16 + out_lane // 4  # [ROW_GROUPS, 32]: row g of each lane
+    out_token = 2 * (out_lane % 4)
+    _mma_store(out_ptr, acc0, out_row, out_token, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc1, out_row, out_token + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc2, out_row + 8, out_token, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc3, out_row + 8, out_token + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    if N_TILES == 2:
+        _mma_store(out_ptr, acc4, out_row, out_token + 8, M, N, stride_om, ROW_GROUPS, K_SLICES)
+        _mma_store(out_ptr, acc5, out_row, out_token + 9, M, N, stride_om, ROW_GROUPS, K_SLICES)
+        _mma_store(out_ptr, acc6, out_row + 8, out_token + 8, M, N, stride_om, ROW_GROUPS, K_SLICES)
+        _mma_store(out_ptr, acc7, out_row + 8, out_token + 9, M, N, stride_om, ROW_GROUPS, K_SLICES)
+
+
+@triton.jit
+def _mma_store(out_ptr, acc, rows, tokens, M, N, stride_om, ROW_GROUPS: tl.constexpr, K_SLICES: tl.constexpr):
+    """Sum one accumulator [THREADS] over the K slices of each row group and store it at out[tokens, rows]."""
+    total = tl.sum(tl.reshape(acc, (ROW_GROUPS, K_SLICES, 32)), axis=1)  # [ROW_GROUPS, 32]
+    tl.store(out_ptr + tokens * stride_om + rows, total.to(out_ptr.dtype.element_ty), mask=(rows < N) & (tokens < M))
+
 # ----------------------------------------------------------------------------------------------- host side
 
 
@@ -392,12 +610,30 @@ _INTERPRETER_SMS = 2
 _PINNED: dict[str, Tile] = {}
 
 
-def pin(tile: Tile | None = None) -> None:
-    """Launch every call with `tile` instead of the autotuned or default one (None restores them)."""
+class MmaTile(NamedTuple):
+    """A program of the mma path (_nf4_mma_kernel): row_groups x k_slices warps."""
+
+    row_groups: int  # groups of 16 weight rows
+    k_slices: int  # warps sharing each group's K, contiguous slices summed at the end
+    blocks_per_step: int  # quantization blocks of 64 a warp loads before their sums
+
+
+# 2-16 tokens (and more, 16 a program) of bf16/fp16 x, blocks of 64: the mma path, per element ~2.2 SASS instructions at
+# up to 8 tokens, ~2.6 at 16, no barrier in the loop (results/sm_90/nf4_sass.json). Candidates from a probe on the H100
+# (2026-12-06, every shape of the benchmark, beside the dot path): the best were 1x4 and 4x1 warps loading 4 blocks a
+# step; fewer blocks a step keep K's that the larger steps do not divide.
+_MMA_TILES = [MmaTile(1, 4, 4), MmaTile(4, 1, 4), MmaTile(2, 4, 4), MmaTile(2, 2, 4), MmaTile(2, 2, 2), MmaTile(1, 4, 2),
+              MmaTile(4, 1, 2), MmaTile(4, 1, 1)]
+_INTERPRETER_MMA_TILE = MmaTile(2, 2, 1)  # two row groups and two K slices: the whole shell under the interpreter
+
+
+def pin(tile: Tile | MmaTile | None = None) -> None:
+    """Launch every call with `tile` instead of the autotuned or default one (None restores them): a Tile pins the
+    word, byte and dot paths' kernel, an MmaTile the mma path (for any number of tokens)."""
     if tile is None:
         _PINNED.pop("tile", None)
     else:
-        _PINNED["tile"] = Tile(*tile)
+        _PINNED["tile"] = tile
 
 
 def _num_sms(device: torch.device) -> int:
@@ -464,7 +700,7 @@ _AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=
 
 
 def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
-    if "tile" in _PINNED:
+    if isinstance(_PINNED.get("tile"), Tile):
         tile = _PINNED["tile"]
     elif _INTERPRET:
         tile = _INTERPRETER_TILES[use_dot]
@@ -528,6 +764,77 @@ def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[t
             arrival_counters(device, plan.output_tiles))
 
 
+def _mma_divides(tile: MmaTile, K: int) -> bool:
+    return (K // 64) % (tile.k_slices * tile.blocks_per_step) == 0
+
+
+@functools.lru_cache(maxsize=256)
+def _mma_constexprs(tile: MmaTile, dtype: torch.dtype, n_tiles: int, double_quant: bool) -> dict:
+    """The mma kernel's tile constexprs and its assembly (made once per tile, dtype, tiles of tokens, absmax kind)."""
+    warps = tile.row_groups * tile.k_slices
+    interpreted = _INTERPRET
+    return {"ROW_GROUPS": tile.row_groups, "K_SLICES": tile.k_slices, "BLOCKS_PER_STEP": tile.blocks_per_step,
+            "TABLE_SETUP_ASM": "" if interpreted else _pair_table_setup_asm(32 * warps, dtype),
+            "STEP_ASM": "" if interpreted else _mma_step_asm(tile.blocks_per_step, n_tiles, dtype, double_quant)}
+
+
+def _prune_mma(configs, named_args, **kwargs):
+    """Steps and slices that divide the row's blocks."""
+    K = named_args["K"]
+    return [c for c in configs if (K // 64) % (c.kwargs["K_SLICES"] * c.kwargs["BLOCKS_PER_STEP"]) == 0]
+
+
+@functools.lru_cache(maxsize=16)
+def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
+    configs = [triton.Config(_mma_constexprs(t, dtype, n_tiles, double_quant), num_warps=t.row_groups * t.k_slices,
+                             num_stages=1) for t in _MMA_TILES]
+    return triton.autotune(configs=configs, key=["N", "K", "M"],
+                           prune_configs_by={"early_config_prune": _prune_mma})(_nf4_mma_kernel)
+
+
+def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
+    """The mma path: 2+ tokens (or a pinned MmaTile) of bf16/fp16 x in rows of 16-byte aligned, unit-stride elements;
+    blocks of 64."""
+    pinned = _PINNED.get("tile")
+    return ((M > 1 and pinned is None or isinstance(pinned, MmaTile)) and x2.dtype in _MMA_TYPES
+            and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+
+
+def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
+    """The autotuner that launches a call of M tokens of `dtype` (aligned x, blocks of 64; benchmarks read its
+    choice)."""
+    if M > 1 and dtype in _MMA_TYPES:
+        return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
+    return _AUTOTUNED[M > 1]
+
+
+def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor, dynamic: torch.Tensor) -> None:
+    """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
+    weights) first tile that divides K."""
+    (N, K), M = state.shape, x2.shape[0]
+    codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
+    n_tiles = 1 if M <= 8 else 2
+    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
+    offset = state.absmax_offset if state.double_quant else state.absmax
+    args = (x2, codes, state.absmax, scales, offset, table, dynamic, out, M, N, K, x2.stride(0), K // 2, out.stride(0))
+    common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
+    pinned = _PINNED.get("tile")
+    if isinstance(pinned, MmaTile):
+        if not _mma_divides(pinned, K):
+            raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of k_slices x blocks_per_step, got K = {K}")
+        tile = pinned
+    elif _INTERPRET or N * K < _AUTOTUNE_MIN_WEIGHT:
+        first = [_INTERPRETER_MMA_TILE] if _INTERPRET else _MMA_TILES
+        tile = next(t for t in [*first, MmaTile(1, 1, 1)] if _mma_divides(t, K))
+    else:
+        _mma_autotuned(x2.dtype, n_tiles, state.double_quant)[
+            lambda meta: (cdiv(N, 16 * meta["ROW_GROUPS"]), cdiv(M, 16))](*args, **common)
+        return
+    _nf4_mma_kernel[(cdiv(N, 16 * tile.row_groups), cdiv(M, 16))](
+        *args, **common, **_mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant),
+        num_warps=tile.row_groups * tile.k_slices, num_stages=1)
+
+
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     """x (..., K) · ŵᵀ for an NF4State of an (N, K) weight with K % blocksize == 0 -> (..., N) in x's dtype."""
     N, K = state.shape
@@ -538,9 +845,14 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     M = x2.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     table, dynamic = device_tables(x.device)
+    if _uses_mma(x2, state, M):
+        _mma_matmul(x2, state, out, table, dynamic)
+        return out.reshape(*x.shape[:-1], N)
+    pinned = _PINNED.get("tile")
     pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
     codes = state.codes if state.codes.storage_offset() % 4 == 0 else state.codes.clone()  # words: 4-byte aligned
-    plan = _plan(N, K, M, x.dtype, state.blocksize, state.double_quant, pairs, x.device, _PINNED.get("tile"))
+    plan = _plan(N, K, M, x.dtype, state.blocksize, state.double_quant, pairs, x.device,
+                 pinned if isinstance(pinned, Tile) else None)
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
