@@ -220,10 +220,20 @@ def _execute(statement: str, thread: Thread) -> None:
         dtype = np.float32 if op.endswith("f32") else np.uint8
         value = thread.program.load_global(thread.address(args[1]), dtype)
         thread.registers[d] = value if dtype is np.float32 else int(value)
-    elif op in ("ld.global.nc.v2.b32", "ld.global.nc.v4.b32"):
+    elif op in ("ld.global.nc.v2.b32", "ld.global.nc.v4.b32", "ld.global.nc.v2.f32", "ld.global.nc.v4.f32"):
         names = [name.strip() for name in d.strip("{} ").split(",")]
         for name, word in zip(names, thread.program.load_global_words(thread.address(args[1]), len(names))):
-            thread.registers[name] = word
+            thread.registers[name] = np.uint32(word).view(np.float32) if op.endswith("f32") else word
+    elif op in ("ld.global.nc.u16", "ld.global.nc.u32"):  # raw little-endian bytes, aligned to their size
+        size = int(kind[-1][1:]) // 8
+        address = thread.address(args[1])
+        for base, values in thread.program.global_buffers.items():
+            if base <= address and address + size <= base + values.nbytes and address % size == 0:
+                raw = values.tobytes()[address - base:address - base + size]
+                thread.registers[d] = int.from_bytes(raw, "little")
+                break
+        else:
+            raise ValueError(f"{size}-byte load at {address:#x} outside every buffer or misaligned")
     elif op == "st.shared.b32":
         offset = thread.program._offset(thread.address(d), 4)
         thread.program.shared[offset:offset + 4] = struct.pack("<I", thread.value(args[1]) & _MASK["32"])

@@ -392,7 +392,7 @@ WRONG_MMA_STEP = {
     "block sums not restarted": _MMA_STEP.replace("{z, z, z, z}", "{d0, d1, d2, d3}"),
     "a byte read a nibble off": _MMA_STEP.replace("bfe.u32 q, c0, 0, 8;", "bfe.u32 q, c0, 4, 8;"),
     "second block's codes of row g from the first": _MMA_STEP.replace("[$8+32]", "[$8+0]"),
-    "second block's absmax of row g from the first": _MMA_STEP.replace("[$10+4]", "[$10+0]"),
+    "row g's two blocks' absmax swapped": _MMA_STEP.replace("{s0, s2}", "{s2, s0}"),
     "second block's x from the first": _MMA_STEP.replace("[$12+144]", "[$12+16]"),
     "one table copy for all lanes": _MMA_STEP.replace("mad.lo.u32 b, b, 4,", "mad.lo.u32 b, b, 0,"),
 }
@@ -401,6 +401,7 @@ WRONG_MMA_STEP = {
 _MMA_STEP_DQ = kernels._mma_step_asm(2, 1, torch.bfloat16, True)
 WRONG_MMA_STEP_DQ = {
     "row g's scale for both rows": _MMA_STEP_DQ.replace("mul.rn.f32 v, v, sg8;", "mul.rn.f32 v, v, sg;"),
+    "a step's absmax codes a byte off": _MMA_STEP_DQ.replace("bfe.u32 q, e, 8, 8;", "bfe.u32 q, e, 0, 8;"),
     "offset left out": _MMA_STEP_DQ.replace("add.rn.f32 s1, v, $16;", "mov.f32 s1, v;"),
 }
 

@@ -389,16 +389,23 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
         lines += [".reg .b32 e;", ".reg .b64 w;", ".reg .f32 v, sg, sg8;", f"ld.global.nc.f32 sg, [{scale_g}];",
                   f"ld.global.nc.f32 sg8, [{scale_g8}];"]
     lines += [f"mov.f32 ${i}, ${acc + i};" for i in range(acc)]
+    if blocks not in (1, 2, 4):
+        raise ValueError(f"the mma step loads 1, 2 or 4 blocks' absmax at once, got {blocks}")
+    vector = {1: "", 2: ".v2", 4: ".v4"}[blocks]
+    for row, (address, scale) in enumerate(((absmax_g, "sg"), (absmax_g8, "sg8"))):  # each row's absmax: one load
+        if double_quant:  # the step's 8-bit codes in one load; as bitsandbytes decodes: dynamic[code] x scale, rounded,
+            lines.append(f"ld.global.nc.u{8 * blocks} e, [{address}];")  # + offset, rounded
+            for j in range(blocks):
+                lines += [f"bfe.u32 q, e, {8 * j}, 8;", "mul.wide.u32 w, q, 4;", f"add.u64 w, w, {dynamic};",
+                          "ld.global.nc.f32 v, [w];", f"mul.rn.f32 v, v, {scale};",
+                          f"add.rn.f32 s{2 * j + row}, v, {offset};"]
+        else:
+            registers = ", ".join(f"s{2 * j + row}" for j in range(blocks))
+            lines.append(f"ld.global.nc{vector}.f32 {{{registers}}}, [{address}];" if vector
+                         else f"ld.global.nc.f32 {registers}, [{address}];")
     for j in range(blocks):
         lines += [f"ld.global.nc.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
                   f"ld.global.nc.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
-        for row, (address, scale) in enumerate(((absmax_g, "sg"), (absmax_g8, "sg8"))):
-            if double_quant:  # as bitsandbytes decodes: dynamic[code] x scale, rounded, + offset, rounded
-                lines += [f"ld.global.nc.u8 e, [{address}+{j}];", "mul.wide.u32 w, e, 4;", f"add.u64 w, w, {dynamic};",
-                          "ld.global.nc.f32 v, [w];", f"mul.rn.f32 v, v, {scale};",
-                          f"add.rn.f32 s{2 * j + row}, v, {offset};"]
-            else:
-                lines.append(f"ld.global.nc.f32 s{2 * j + row}, [{address}+{4 * j}];")
         for n in range(n_tiles):
             first = 8 * (blocks * n + j)
             regs = [f"x{first + r}" for r in range(8)]
@@ -794,10 +801,11 @@ def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
 
 def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
     """The mma path: 2+ tokens (or a pinned MmaTile) of bf16/fp16 x in rows of 16-byte aligned, unit-stride elements;
-    blocks of 64."""
+    blocks of 64; absmax 16-byte aligned (a step's absmax is one vector load)."""
     pinned = _PINNED.get("tile")
     return ((M > 1 and pinned is None or isinstance(pinned, MmaTile)) and x2.dtype in _MMA_TYPES
-            and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0)
+            and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0
+            and state.absmax.data_ptr() % 16 == 0)
 
 
 def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
