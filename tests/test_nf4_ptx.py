@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -369,9 +370,10 @@ def mma_step_problems(setup_asm: str, step_asm: str, dtype: torch.dtype, blocks:
     return problems[:8]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_the_pair_table_holds_both_levels_of_each_byte_in_x_dtype(dtype):
-    assert pair_table_problems(kernels._pair_table_setup_asm(128, dtype), dtype) == []
+@pytest.mark.parametrize(("dtype", "threads"), [(torch.bfloat16, 128), (torch.float16, 128), (torch.bfloat16, 32),
+                                                (torch.bfloat16, 256), (torch.float16, 512)])
+def test_the_pair_table_holds_both_levels_of_each_byte_in_x_dtype(dtype, threads):
+    assert pair_table_problems(kernels._pair_table_setup_asm(threads, dtype), dtype, threads) == []
 
 
 @pytest.mark.parametrize("dtype,blocks,n_tiles,double_quant", [(torch.bfloat16, 2, 1, False), (torch.float16, 1, 2, False),
@@ -418,7 +420,10 @@ def test_known_wrong_double_quantized_mma_step_is_rejected(name):
     assert mma_step_problems(_PAIR_SETUP, WRONG_MMA_STEP_DQ[name], torch.bfloat16, 2, 1, 0, True) != []
 
 
-def test_known_wrong_pair_table_is_rejected():
-    swapped = _PAIR_SETUP.replace("cvt.rn.bf16x2.f32 v, h, l;", "cvt.rn.bf16x2.f32 v, l, h;")
-    assert swapped != _PAIR_SETUP
-    assert pair_table_problems(swapped, torch.bfloat16) != []
+@pytest.mark.parametrize("wrong", ["halves swapped", "low-nibble levels of the wrong warp"])
+def test_known_wrong_pair_table_is_rejected(wrong):
+    swapped = re.sub(r"cvt\.rn\.bf16x2\.f32 v, (l\d+), (h\d+);", r"cvt.rn.bf16x2.f32 v, \2, \1;", _PAIR_SETUP)
+    other_warp = _PAIR_SETUP.replace("mul.wide.u32 p, w, 4;", "mul.wide.u32 p, t, 4;")
+    mutated = swapped if wrong == "halves swapped" else other_warp
+    assert mutated != _PAIR_SETUP
+    assert pair_table_problems(mutated, torch.bfloat16) != []

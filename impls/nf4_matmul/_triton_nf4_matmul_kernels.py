@@ -346,20 +346,24 @@ _MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def _pair_table_setup_asm(threads: int, dtype: torch.dtype) -> str:
-    """PTX that declares the pair table in shared memory, fills it from the 16 float32 levels at $1 (thread t of warp w,
-    lane l stores entries w, w + threads / 32, ... of copy l), waits for the whole program, returns its address."""
-    if 256 * 32 % threads or threads % 32:
-        raise ValueError(f"the pair table's fill needs a multiple of 32 threads dividing 8192, got {threads}")
-    warps, entry_bytes = threads // 32, _PAIR_ENTRY_BYTES
-    lines = [f".shared .align 128 .b8 pairs[{256 * entry_bytes}];", ".reg .b32 t, w, q, a, v;", ".reg .b64 p;",
-             ".reg .f32 h, l;", "mov.u32 t, %tid.x;", "shr.u32 w, t, 5;", "and.b32 t, t, 31;", "mov.u32 $0, pairs;",
-             "mad.lo.u32 a, t, 4, $0;", f"mad.lo.u32 a, w, {entry_bytes}, a;"]
-    for k in range(256 // warps):  # entry w + warps · k
-        lines += [f"add.u32 q, w, {warps * k};", "shr.u32 q, q, 4;", "mul.wide.u32 p, q, 4;",
-                  "add.u64 p, p, $1;", "ld.global.nc.f32 l, [p];",
-                  f"add.u32 q, w, {warps * k};", "and.b32 q, q, 15;", "mul.wide.u32 p, q, 4;",
-                  "add.u64 p, p, $1;", "ld.global.nc.f32 h, [p];",
-                  f"cvt.rn.{_MMA_TYPES[dtype]}x2.f32 v, h, l;", f"st.shared.b32 [a+{entry_bytes * warps * k}], v;"]
+    """PTX that declares the pair table in shared memory, fills it from the 16 float32 levels at $1, waits for the whole
+    program and returns its address. Warp w, lane l stores copy l of entries w, w + warps, ...: entry e = w + warps·k
+    has high nibble (warps·k) // 16, a constant, and low nibble w + (warps·k) % 16, so each thread loads the 16 levels
+    and its 16 / warps low-nibble levels once, then per entry converts one pair and stores it (warps divides 16)."""
+    warps = threads // 32
+    if threads % 32 or 16 % warps:
+        raise ValueError(f"the pair table's fill needs 1, 2, 4, 8 or 16 warps, got {threads} threads")
+    lows = 16 // warps
+    lines = [f".shared .align 128 .b8 pairs[{256 * _PAIR_ENTRY_BYTES}];", ".reg .b32 t, w, a, v;", ".reg .b64 p;",
+             f".reg .f32 h<16>, l<{lows}>;", "mov.u32 t, %tid.x;", "shr.u32 w, t, 5;", "and.b32 t, t, 31;",
+             "mov.u32 $0, pairs;", "mad.lo.u32 a, t, 4, $0;", f"mad.lo.u32 a, w, {_PAIR_ENTRY_BYTES}, a;",
+             "mul.wide.u32 p, w, 4;", "add.u64 p, p, $1;"]
+    lines += [f"ld.global.nc.f32 h{q}, [$1+{4 * q}];" for q in range(16)]
+    lines += [f"ld.global.nc.f32 l{i}, [p+{4 * warps * i}];" for i in range(lows)]  # level[w + warps·i]
+    for k in range(256 // warps):
+        high, low = divmod(warps * k, 16)
+        lines += [f"cvt.rn.{_MMA_TYPES[dtype]}x2.f32 v, l{low // warps}, h{high};",  # low nibble's level high
+                  f"st.shared.b32 [a+{_PAIR_ENTRY_BYTES * warps * k}], v;"]
     lines.append("bar.sync 0;")
     return "{\n" + "\n".join(lines) + "\n}"
 
