@@ -1,14 +1,15 @@
 """Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al.
-2023), never writing ŵ to global memory: each program streams the packed codes of a few weight rows with 16-byte loads
-and multiplies in registers, the block's absmax applied once per word of codes. Variants (PATH): "words", one
-bf16/fp16 token: 32-bit words of codes (8 elements) in inline PTX against x decoded once per thread, each byte of codes
-looked up in a shared-memory table of both its levels (one conflict-free 8-byte load per byte); "bytes", one token of
-any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens: each word
-of codes decoded in one thread to its 8 weights (level × absmax rounded to x's dtype; bf16/fp16 by inline PTX over the
-same byte table), tensor-core dots over BLOCK_M = 16 tokens on [rows, words] tiles. Absmax plain or double-quantized
-(decoded in place). Codes whose storage is not 4-byte aligned are copied first (words are read as int32). SPLIT_K > 1:
-K cut into spans, the tile's last span to finish adds the float32 partials in span order (one launch, deterministic).
-Requires K % blocksize == 0 (a block never spans two rows)."""
+2023), never writing ŵ to global memory. Two kernels. _nf4_mma_kernel, 2+ tokens of bf16/fp16 x (blocks of 64,
+aligned rows): a warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memory pair table (both
+levels in x's dtype), which are its m16n8k16 A fragments against x as B (inline PTX), each block's mma sum scaled by
+its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8 elements) in
+inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its float32 levels
+(one conflict-free 8-byte load per byte); "bytes", one token of any dtype or layout: the same in plain Triton on byte
+tiles, levels from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other block sizes,
+unaligned x): each word decoded in one thread to its 8 weights, tensor-core dots over BLOCK_M = 16 tokens. Absmax
+plain or double-quantized (decoded in place). Codes whose storage is not 4-byte (8-byte for mma) aligned are copied
+first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32 partials in span order (one
+launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
 import ctypes
@@ -579,7 +580,8 @@ class Tile(NamedTuple):
 # [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
 # shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
 # (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
-# table's 32 KB of shared memory caps a program at 6 per SM. 2-16 tokens: 16-token tensor-core dots (wgmma) on
+# table's 32 KB of shared memory caps a program at 6 per SM. The dot path (2-16 tokens before the mma path took them;
+# now its fallback): 16-token tensor-core dots (wgmma) on
 # 64-256-row tiles, each thread decoding whole words to their 8 weights, which Triton stores to the dot's shared operand
 # with 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3 double-quantized) and two barriers a step
 # (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks, bytes] tiles)
