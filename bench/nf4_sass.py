@@ -43,8 +43,8 @@ def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None 
 
 
 def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
-    """One tile of the mma path (_nf4_mma_kernel) compiled for bf16 x at `tokens` tokens (1-16); per element as above
-    (16 rows x 64 · blocks_per_step elements a warp per step)."""
+    """One tile of the mma path (_nf4_mma_kernel) compiled for bf16 x at `tokens` tokens (1-16); per element as above,
+    the elements of a loop iteration counted from its mmas (ptxas may unroll the loop over several steps)."""
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     n_tiles = 1 if tokens <= 8 else 2
@@ -59,7 +59,7 @@ def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
     warps = tile.row_groups * tile.k_slices
     figures = compile_sass(kernels._nf4_mma_kernel, pointer_types=pointers, constexprs=constexprs,
                            divisible_by_16=divisible, num_warps=warps)
-    elements = 16 * 64 * tile.blocks_per_step / 32
+    elements = figures["loop_ops"].get("HMMA", 0) / n_tiles * 8  # an mma: 16 rows x 16 of K, 8 elements a lane
     return {"path": "mma", "tokens": tokens, "double_quant": double_quant, "tile": tile._asdict(),
             "elements_per_thread_step": elements,
             "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),

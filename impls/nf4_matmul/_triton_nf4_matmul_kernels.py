@@ -785,10 +785,9 @@ def _mma_divides(tile: MmaTile, K: int) -> bool:
 def _mma_constexprs(tile: MmaTile, dtype: torch.dtype, n_tiles: int, double_quant: bool) -> dict:
     """The mma kernel's tile constexprs and its assembly (made once per tile, dtype, tiles of tokens, absmax kind)."""
     warps = tile.row_groups * tile.k_slices
-    interpreted = _INTERPRET
     return {"ROW_GROUPS": tile.row_groups, "K_SLICES": tile.k_slices, "BLOCKS_PER_STEP": tile.blocks_per_step,
-            "TABLE_SETUP_ASM": "" if interpreted else _pair_table_setup_asm(32 * warps, dtype),
-            "STEP_ASM": "" if interpreted else _mma_step_asm(tile.blocks_per_step, n_tiles, dtype, double_quant)}
+            "TABLE_SETUP_ASM": "" if _INTERPRET else _pair_table_setup_asm(32 * warps, dtype),
+            "STEP_ASM": "" if _INTERPRET else _mma_step_asm(tile.blocks_per_step, n_tiles, dtype, double_quant)}
 
 
 def _prune_mma(configs, named_args, **kwargs):
