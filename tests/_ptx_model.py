@@ -63,15 +63,18 @@ class Program:
                 return values[(address - base) // values.itemsize]
         raise ValueError(f"global load outside every buffer: {address:#x}")
 
-    def load_global_words(self, address: int, count: int) -> list[int]:
-        """`count` little-endian 32-bit words of the raw bytes of the buffer holding `address` (aligned to 4·count)."""
+    def load_global_raw(self, address: int, size: int) -> bytes:
+        """`size` raw bytes of the buffer holding `address`, which must be aligned to `size`."""
         for base, values in self.global_buffers.items():
-            if base <= address and address + 4 * count <= base + values.nbytes:
-                if address % (4 * count):
-                    raise ValueError(f"{4 * count}-byte load at {address:#x} misaligned")
-                raw = values.tobytes()[address - base:address - base + 4 * count]
-                return [int(word) for word in np.frombuffer(raw, dtype="<u4")]
-        raise ValueError(f"global load of {4 * count} bytes outside every buffer: {address:#x}")
+            if base <= address and address + size <= base + values.nbytes:
+                if address % size:
+                    raise ValueError(f"{size}-byte load at {address:#x} misaligned")
+                return values.tobytes()[address - base:address - base + size]
+        raise ValueError(f"global load of {size} bytes outside every buffer: {address:#x}")
+
+    def load_global_words(self, address: int, count: int) -> list[int]:
+        """`count` little-endian 32-bit words at `address` (a vector load, aligned to 4·count)."""
+        return [int(word) for word in np.frombuffer(self.load_global_raw(address, 4 * count), dtype="<u4")]
 
     def _offset(self, address: int, size: int) -> int:
         offset = address - self.shared_base
@@ -162,7 +165,8 @@ def _mma(statement: str, threads: list[Thread]) -> None:
     A, B, C = np.zeros((16, 16)), np.zeros((16, 8)), np.zeros((16, 8))
     for lane, thread in enumerate(threads):
         group, t = lane // 4, lane % 4
-        for reg, (row, k) in enumerate(((group, 2 * t), (group + 8, 2 * t), (group, 2 * t + 8), (group + 8, 2 * t + 8))):
+        a_slots = ((group, 2 * t), (group + 8, 2 * t), (group, 2 * t + 8), (group + 8, 2 * t + 8))
+        for reg, (row, k) in enumerate(a_slots):
             bits = thread.value(a[reg])
             A[row, k], A[row, k + 1] = _half_value(bits & 0xFFFF, dtype), _half_value(bits >> 16, dtype)
         for reg, k in enumerate((2 * t, 2 * t + 8)):
@@ -225,15 +229,8 @@ def _execute(statement: str, thread: Thread) -> None:
         for name, word in zip(names, thread.program.load_global_words(thread.address(args[1]), len(names))):
             thread.registers[name] = np.uint32(word).view(np.float32) if op.endswith("f32") else word
     elif op in ("ld.global.nc.u16", "ld.global.nc.u32"):  # raw little-endian bytes, aligned to their size
-        size = int(kind[-1][1:]) // 8
-        address = thread.address(args[1])
-        for base, values in thread.program.global_buffers.items():
-            if base <= address and address + size <= base + values.nbytes and address % size == 0:
-                raw = values.tobytes()[address - base:address - base + size]
-                thread.registers[d] = int.from_bytes(raw, "little")
-                break
-        else:
-            raise ValueError(f"{size}-byte load at {address:#x} outside every buffer or misaligned")
+        raw = thread.program.load_global_raw(thread.address(args[1]), int(kind[-1][1:]) // 8)
+        thread.registers[d] = int.from_bytes(raw, "little")
     elif op == "st.shared.b32":
         offset = thread.program._offset(thread.address(d), 4)
         thread.program.shared[offset:offset + 4] = struct.pack("<I", thread.value(args[1]) & _MASK["32"])

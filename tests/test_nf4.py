@@ -208,7 +208,8 @@ def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
 def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
     """The 2+-token path for bf16/fp16 x (_nf4_mma_kernel) under Triton's interpreter, each lane's mma sums given by
     plain loads (its assembly is checked in tests/test_nf4_ptx.py): row groups past N, K cut into 2-4 slices, several
-    blocks a step, one and two tiles of 8 tokens, tokens in programs of 16, double quantization, one token when pinned."""
+    blocks a step, one and two tiles of 8 tokens, tokens in programs of 16, double quantization, one token when
+    pinned."""
     pytest.importorskip("triton")
     from llmopt import impls as registry
 

@@ -121,6 +121,14 @@ def test_the_weights_assembly_rounds_level_times_absmax_to_x_dtype(dtype, seed):
 def test_the_model_refuses_an_instruction_it_does_not_know():
     with pytest.raises(NotImplementedError, match="cvt.rn.f32.u32"):
         run("{ cvt.rn.f32.u32 $0, $1; }", Thread(0, Program()), {0: 0, 1: 3})
+    mma = ("{ mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {$0, $0, $0, $0}, {$1, $1, $1, $1}, {$1, $1}, "
+           "{$0, $0, $0, $0}; }")
+    program = Program()
+    with pytest.raises(NotImplementedError, match="over 31 threads"):  # an mma needs the whole warp
+        run_warp(mma, [Thread(lane, program) for lane in range(31)], [{0: 0.0, 1: 0}] * 31)
+    with pytest.raises(NotImplementedError, match="m16n8k8"):  # a shape the model does not lay out
+        run_warp(mma.replace("m16n8k16", "m16n8k8"), [Thread(lane, program) for lane in range(32)],
+                 [{0: 0.0, 1: 0}] * 32)
 
 
 def test_the_setup_refuses_thread_counts_it_cannot_fill_with():
@@ -185,7 +193,8 @@ def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads((tmp_path / "nf4_sass.json").read_text())["records"]
-    assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in ("words", "dot", "mma") for dq in (0, 1)}
+    paths = ("words", "dot", "mma")
+    assert {(r["path"], r["double_quant"]) for r in records} == {(p, dq) for p in paths for dq in (0, 1)}
     assert [r["stack_bytes"] for r in records] == [0] * len(records)
     mmas = [r for r in records if r["path"] == "mma"]  # the sums stay in each lane's mma registers
     assert [r["loop_ops"].get("BAR", 0) for r in mmas] == [0] * len(mmas), "a barrier in the mma loop"
@@ -307,8 +316,8 @@ def mma_step_problems(setup_asm: str, step_asm: str, dtype: torch.dtype, blocks:
                       double_quant: bool = False, threads: int = 128) -> list[str]:
     """Run one step of the mma path for the 32 lanes of one warp (16 weight rows, `blocks` blocks of 64, 8·n_tiles
     tokens) on random codes, absmax (or double-quantized absmax: codes, one scale per row, an offset), x and starting
-    sums: each lane's sums against start + Σ_blocks absmax · Σ level(x's dtype) · x in float64 (to float32 rounding),
-    and the wavefronts of each table load (1: conflict-free)."""
+    sums: each lane's sums against start + Σ_blocks absmax · Σ level(x's dtype) · x in float64 (to float32
+    rounding), and the wavefronts of each table load (1: conflict-free)."""
     rng = np.random.default_rng(seed)
     program, table = _filled_program(setup_asm, threads)
     row_bytes, row_elements = 32 * blocks, 64 * blocks
@@ -335,13 +344,14 @@ def mma_step_problems(setup_asm: str, step_asm: str, dtype: torch.dtype, blocks:
     for lane in range(WARP):
         g, t = lane // 4, lane % 4
         bound = {n: np.float32(0) for n in range(acc)} | {acc + n: start_sums[lane, n] for n in range(acc)}
-        bound |= {2 * acc: CODES_ADDRESS + g * row_bytes + 8 * t, 2 * acc + 1: CODES_ADDRESS + (g + 8) * row_bytes + 8 * t,
+        bound |= {2 * acc: CODES_ADDRESS + g * row_bytes + 8 * t,
+                  2 * acc + 1: CODES_ADDRESS + (g + 8) * row_bytes + 8 * t,
                   2 * acc + 2: ABSMAX_ADDRESS + absmax_bytes * g * blocks,
                   2 * acc + 3: ABSMAX_ADDRESS + absmax_bytes * (g + 8) * blocks}
         bound |= {2 * acc + 4 + n: X_ADDRESS + 2 * ((g + 8 * n) * row_elements + 16 * t) for n in range(n_tiles)}
         dq = 2 * acc + 4 + n_tiles
-        bound |= {dq: SCALES_ADDRESS + 4 * g, dq + 1: SCALES_ADDRESS + 4 * (g + 8), dq + 2: DYNAMIC_ADDRESS, dq + 3: offset,
-                  dq + 4: table}
+        bound |= {dq: SCALES_ADDRESS + 4 * g, dq + 1: SCALES_ADDRESS + 4 * (g + 8), dq + 2: DYNAMIC_ADDRESS,
+                  dq + 3: offset, dq + 4: table}
         operands.append(bound)
     try:
         sums = run_warp(step_asm, threads_of_warp, operands)
@@ -376,8 +386,10 @@ def test_the_pair_table_holds_both_levels_of_each_byte_in_x_dtype(dtype, threads
     assert pair_table_problems(kernels._pair_table_setup_asm(threads, dtype), dtype, threads) == []
 
 
-@pytest.mark.parametrize("dtype,blocks,n_tiles,double_quant", [(torch.bfloat16, 2, 1, False), (torch.float16, 1, 2, False),
-                                                               (torch.bfloat16, 1, 2, True), (torch.float16, 2, 1, True)])
+@pytest.mark.parametrize("dtype,blocks,n_tiles,double_quant", [(torch.bfloat16, 2, 1, False),
+                                                               (torch.float16, 1, 2, False),
+                                                               (torch.bfloat16, 1, 2, True),
+                                                               (torch.float16, 2, 1, True)])
 def test_the_mma_step_sums_absmax_times_level_times_x_per_row_and_token(dtype, blocks, n_tiles, double_quant):
     setup = kernels._pair_table_setup_asm(128, dtype)
     step = kernels._mma_step_asm(blocks, n_tiles, dtype, double_quant)

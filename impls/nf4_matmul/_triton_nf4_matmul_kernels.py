@@ -369,18 +369,24 @@ def _pair_table_setup_asm(threads: int, dtype: torch.dtype) -> str:
     return "{\n" + "\n".join(lines) + "\n}"
 
 
+def _mma_step_constraints(n_tiles: int) -> str:
+    """_mma_step_asm's operand constraints: the sums out and in, 4 + n_tiles + 3 addresses, the offset, the table."""
+    acc = 4 * n_tiles
+    return ",".join(["=f"] * acc + ["f"] * acc + ["l"] * (7 + n_tiles) + ["f", "r"])
+
+
 def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: bool = False) -> str:
     """PTX of one step of the mma path for one thread (lane = 4·g + t of a warp owning 16 weight rows): `blocks`
     consecutive quantization blocks of 64 elements. Operands: $0.. the 4·n_tiles float32 sums out (rows g, g + 8 x
-    tokens 2t, 2t + 1 of each tile of 8 tokens, as mma's accumulator), then the same sums in, the addresses of the lane's
-    8 bytes of codes of row g and of row g + 8 in the first block, of their absmax, of x[token g + 8·tile][16t] in the
-    first block (one per tile; tokens past M read token M - 1, their sums are not stored), the addresses of rows g's
-    and g + 8's double-quantization scales (one each: a step's blocks share their group of 256), the dynamic map's,
-    the mean offset (these four read only when double_quant: the absmax addresses are then of their 8-bit codes), the
-    table's address. Each block: 4 chained
-    m16n8k16 mmas (per lane and mma: bytes 2i, 2i + 1 of its 8 from rows g and g + 8, looked up in the pair table, against
-    x elements 16t + 4i .. + 3: every lane of a column t reads the same elements of x, the k order the mma needs is the
-    same for all rows), then the sums += the block's result × each row's absmax."""
+    tokens 2t, 2t + 1 of each tile of 8 tokens, as mma's accumulator), then the same sums in, the addresses of the
+    lane's 8 bytes of codes of row g and of row g + 8 in the first block, of their absmax, of x[token g + 8·tile][16t]
+    in the first block (one per tile; tokens past M read token M - 1, their sums are not stored), the addresses of rows
+    g's and g + 8's double-quantization scales (one each: a step's blocks share their group of 256), the dynamic
+    map's, the mean offset (these four read only when double_quant: the absmax addresses are then of their 8-bit
+    codes), the table's address. Each block: 4 chained m16n8k16 mmas (per lane and mma: bytes 2i, 2i + 1 of its 8 from
+    rows g and g + 8, looked up in the pair table, against x elements 16t + 4i .. + 3: every lane of a column t reads
+    the same elements of x, the k order the mma needs is the same for all rows), then the sums += the block's result
+    × each row's absmax."""
     dtype_name = _MMA_TYPES[dtype]
     acc = 4 * n_tiles
     code_g, code_g8, absmax_g, absmax_g8 = (f"${2 * acc + i}" for i in range(4))
@@ -455,17 +461,38 @@ def _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_pt
 
 
 @triton.jit
+def _mma_fallback_tile(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row_g, row_g8,
+                       first_token, M, stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP: tl.constexpr,
+                       DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
+    """A lane's four sums of one tile of tokens (first_token = 2t + 8·tile [THREADS]), as STEP_ASM keeps them: rows g,
+    g + 8 x tokens first_token, first_token + 1 (tokens past M read token M - 1)."""
+    even, odd = tl.minimum(first_token, M - 1), tl.minimum(first_token + 1, M - 1)
+    return (_mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row_g,
+                               even, stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP, DOUBLE_QUANT,
+                               DQ_BLOCKSIZE),
+            _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row_g,
+                               odd, stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP, DOUBLE_QUANT,
+                               DQ_BLOCKSIZE),
+            _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row_g8,
+                               even, stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP, DOUBLE_QUANT,
+                               DQ_BLOCKSIZE),
+            _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row_g8,
+                               odd, stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP, DOUBLE_QUANT,
+                               DQ_BLOCKSIZE))
+
+
+@triton.jit
 def _nf4_mma_kernel(x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr, M, N, K,
                     stride_xm, stride_codes, stride_om, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
                     ROW_GROUPS: tl.constexpr,
                     K_SLICES: tl.constexpr, BLOCKS_PER_STEP: tl.constexpr, N_TILES: tl.constexpr,
-                    TABLE_SETUP_ASM: tl.constexpr, STEP_ASM: tl.constexpr):
+                    TABLE_SETUP_ASM: tl.constexpr, STEP_ASM: tl.constexpr, STEP_CONSTRAINTS: tl.constexpr):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ, blocks of 64: program (pid_0, pid_1) owns ROW_GROUPS groups of 16 weight rows
-    and tokens [16·pid_1, + 8·N_TILES); each group's K is cut into K_SLICES contiguous slices, one warp each (warp w: group w // K_SLICES, slice
-    w % K_SLICES). Tensors of one element per thread carry each lane's addresses into STEP_ASM (_mma_step_asm), which
-    keeps the lane's mma accumulators: rows g, g + 8 x tokens 2t, 2t + 1 (+ 8 in the second tile) of its group and
-    slice; the slices' sums are added at the end. Under Triton's interpreter (STEP_ASM "") _mma_fallback_sums gives
-    each lane the same sums with plain loads."""
+    and tokens [16·pid_1, + 8·N_TILES); each group's K is cut into K_SLICES contiguous slices, one warp each (warp w:
+    group w // K_SLICES, slice w % K_SLICES). Tensors of one element per thread carry each lane's addresses into
+    STEP_ASM (_mma_step_asm), which keeps the lane's mma accumulators: rows g, g + 8 x tokens 2t, 2t + 1 (+ 8 in the
+    second tile) of its group and slice; the slices' sums are added at the end. Under Triton's interpreter (STEP_ASM
+    "") _mma_fallback_tile gives each lane the same sums with plain loads."""
     THREADS: tl.constexpr = 32 * ROW_GROUPS * K_SLICES
     thread = tl.arange(0, THREADS)  # [THREADS]: one element a thread
     lane = thread % 32
@@ -501,67 +528,62 @@ def _nf4_mma_kernel(x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_
     acc6 = tl.zeros((THREADS,), dtype=tl.float32)
     acc7 = tl.zeros((THREADS,), dtype=tl.float32)
     for step in range(0, slice_blocks, BLOCKS_PER_STEP):
-        # the step's blocks share one group of DQ_BLOCKSIZE (a row's blocks and the step are multiples of the step)
-        scale_g = (scales_ptr + (row_g * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
-        scale_g8 = (scales_ptr + (row_g8 * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
         if STEP_ASM == "":
-            for tile in tl.static_range(N_TILES):
-                for pair in tl.static_range(4):  # (row g, token 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)
-                    sums = _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr,
-                                              x_ptr, row_g8 if pair >= 2 else row_g,
-                                              tl.minimum(2 * t + pair % 2 + 8 * tile, M - 1), stride_codes, stride_xm,
-                                              K, first_block + step, BLOCKS_PER_STEP, DOUBLE_QUANT, DQ_BLOCKSIZE)
-                    if 4 * tile + pair == 0:
-                        acc0 += sums
-                    elif 4 * tile + pair == 1:
-                        acc1 += sums
-                    elif 4 * tile + pair == 2:
-                        acc2 += sums
-                    elif 4 * tile + pair == 3:
-                        acc3 += sums
-                    elif 4 * tile + pair == 4:
-                        acc4 += sums
-                    elif 4 * tile + pair == 5:
-                        acc5 += sums
-                    elif 4 * tile + pair == 6:
-                        acc6 += sums
-                    else:
-                        acc7 += sums
-        elif N_TILES == 1:
-            acc0, acc1, acc2, acc3 = tl.inline_asm_elementwise(
-                STEP_ASM, "=f,=f,=f,=f,f,f,f,f,l,l,l,l,l,l,l,l,f,r",
-                [acc0, acc1, acc2, acc3, (code_g + step * 32).to(tl.int64), (code_g8 + step * 32).to(tl.int64),
-                 (absmax_g + step).to(tl.int64), (absmax_g8 + step).to(tl.int64), (x_g + step * 64).to(tl.int64),
-                 scale_g, scale_g8, dynamic_ptr.to(tl.int64) + 0 * thread, offset + 0.0 * acc0, table + 0 * thread],
-                dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+            s0, s1, s2, s3 = _mma_fallback_tile(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr,
+                                                x_ptr, row_g, row_g8, 2 * t, M, stride_codes, stride_xm, K,
+                                                first_block + step, BLOCKS_PER_STEP, DOUBLE_QUANT, DQ_BLOCKSIZE)
+            acc0, acc1, acc2, acc3 = acc0 + s0, acc1 + s1, acc2 + s2, acc3 + s3
+            if N_TILES == 2:
+                s4, s5, s6, s7 = _mma_fallback_tile(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
+                                                    table_ptr, x_ptr, row_g, row_g8, 2 * t + 8, M, stride_codes,
+                                                    stride_xm, K, first_block + step, BLOCKS_PER_STEP, DOUBLE_QUANT,
+                                                    DQ_BLOCKSIZE)
+                acc4, acc5, acc6, acc7 = acc4 + s4, acc5 + s5, acc6 + s6, acc7 + s7
         else:
-            acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = tl.inline_asm_elementwise(
-                STEP_ASM, "=f,=f,=f,=f,=f,=f,=f,=f,f,f,f,f,f,f,f,f,l,l,l,l,l,l,l,l,l,f,r",
-                [acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, (code_g + step * 32).to(tl.int64),
-                 (code_g8 + step * 32).to(tl.int64), (absmax_g + step).to(tl.int64), (absmax_g8 + step).to(tl.int64),
-                 (x_g + step * 64).to(tl.int64), (x_g8 + step * 64).to(tl.int64), scale_g, scale_g8,
-                 dynamic_ptr.to(tl.int64) + 0 * thread, offset + 0.0 * acc0, table + 0 * thread],
-                dtype=(tl.float32,) * 8, is_pure=True, pack=1)
+            # the step's operands after the sums (_mma_step_asm's order); its blocks share one group of DQ_BLOCKSIZE
+            # (a row's blocks and the step are multiples of the step)
+            codes_g, codes_g8 = (code_g + step * 32).to(tl.int64), (code_g8 + step * 32).to(tl.int64)
+            step_absmax_g, step_absmax_g8 = (absmax_g + step).to(tl.int64), (absmax_g8 + step).to(tl.int64)
+            x_tile0, x_tile1 = (x_g + step * 64).to(tl.int64), (x_g8 + step * 64).to(tl.int64)
+            dq_scale_g = (scales_ptr + (row_g * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
+            dq_scale_g8 = (scales_ptr + (row_g8 * blocks + first_block + step) // DQ_BLOCKSIZE).to(tl.int64)
+            dynamic = dynamic_ptr.to(tl.int64) + 0 * thread
+            if N_TILES == 1:
+                acc0, acc1, acc2, acc3 = tl.inline_asm_elementwise(
+                    STEP_ASM, STEP_CONSTRAINTS,
+                    [acc0, acc1, acc2, acc3, codes_g, codes_g8, step_absmax_g, step_absmax_g8, x_tile0, dq_scale_g,
+                     dq_scale_g8, dynamic, offset + 0.0 * acc0, table + 0 * thread],
+                    dtype=(tl.float32,) * 4, is_pure=True, pack=1)
+            else:
+                acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 = tl.inline_asm_elementwise(
+                    STEP_ASM, STEP_CONSTRAINTS,
+                    [acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, codes_g, codes_g8, step_absmax_g, step_absmax_g8,
+                     x_tile0, x_tile1, dq_scale_g, dq_scale_g8, dynamic, offset + 0.0 * acc0, table + 0 * thread],
+                    dtype=(tl.float32,) * 8, is_pure=True, pack=1)
     out_lane = tl.arange(0, 32)[None, :]  # [1, 32]
     out_group = tl.program_id(0) * ROW_GROUPS + tl.arange(0, ROW_GROUPS)[:, None]  # [ROW_GROUPS, 1]
     out_row = out_group * 16 + out_lane // 4  # [ROW_GROUPS, 32]: row g of each lane
     out_token = 2 * (out_lane % 4)
-    _mma_store(out_ptr, acc0, out_row, out_token, M, N, stride_om, ROW_GROUPS, K_SLICES)
-    _mma_store(out_ptr, acc1, out_row, out_token + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
-    _mma_store(out_ptr, acc2, out_row + 8, out_token, M, N, stride_om, ROW_GROUPS, K_SLICES)
-    _mma_store(out_ptr, acc3, out_row + 8, out_token + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store_tile(out_ptr, acc0, acc1, acc2, acc3, out_row, out_token, M, N, stride_om, ROW_GROUPS, K_SLICES)
     if N_TILES == 2:
-        _mma_store(out_ptr, acc4, out_row, out_token + 8, M, N, stride_om, ROW_GROUPS, K_SLICES)
-        _mma_store(out_ptr, acc5, out_row, out_token + 9, M, N, stride_om, ROW_GROUPS, K_SLICES)
-        _mma_store(out_ptr, acc6, out_row + 8, out_token + 8, M, N, stride_om, ROW_GROUPS, K_SLICES)
-        _mma_store(out_ptr, acc7, out_row + 8, out_token + 9, M, N, stride_om, ROW_GROUPS, K_SLICES)
-
+        _mma_store_tile(out_ptr, acc4, acc5, acc6, acc7, out_row, out_token + 8, M, N, stride_om, ROW_GROUPS,
+                        K_SLICES)
 
 @triton.jit
 def _mma_store(out_ptr, acc, rows, tokens, M, N, stride_om, ROW_GROUPS: tl.constexpr, K_SLICES: tl.constexpr):
     """Sum one accumulator [THREADS] over the K slices of each row group and store it at out[tokens, rows]."""
     total = tl.sum(tl.reshape(acc, (ROW_GROUPS, K_SLICES, 32)), axis=1)  # [ROW_GROUPS, 32]
     tl.store(out_ptr + tokens * stride_om + rows, total.to(out_ptr.dtype.element_ty), mask=(rows < N) & (tokens < M))
+
+
+@triton.jit
+def _mma_store_tile(out_ptr, acc0, acc1, acc2, acc3, rows, tokens, M, N, stride_om, ROW_GROUPS: tl.constexpr,
+                    K_SLICES: tl.constexpr):
+    """Store a tile's four sums of each lane: rows g, g + 8 x tokens `tokens`, `tokens` + 1 ([ROW_GROUPS, 32])."""
+    _mma_store(out_ptr, acc0, rows, tokens, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc1, rows, tokens + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc2, rows + 8, tokens, M, N, stride_om, ROW_GROUPS, K_SLICES)
+    _mma_store(out_ptr, acc3, rows + 8, tokens + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
 
 # ----------------------------------------------------------------------------------------------- host side
 
@@ -635,8 +657,8 @@ class MmaTile(NamedTuple):
 # up to 8 tokens, ~2.6 at 16, no barrier in the loop (results/sm_90/nf4_sass.json). Candidates from a probe on the H100
 # (2026-12-06, every shape of the benchmark, beside the dot path): the best were 1x4 and 4x1 warps loading 4 blocks a
 # step; fewer blocks a step keep K's that the larger steps do not divide.
-_MMA_TILES = [MmaTile(1, 4, 4), MmaTile(4, 1, 4), MmaTile(2, 4, 4), MmaTile(2, 2, 4), MmaTile(2, 2, 2), MmaTile(1, 4, 2),
-              MmaTile(4, 1, 2), MmaTile(4, 1, 1)]
+_MMA_TILES = [MmaTile(1, 4, 4), MmaTile(4, 1, 4), MmaTile(2, 4, 4), MmaTile(2, 2, 4), MmaTile(2, 2, 2),
+              MmaTile(1, 4, 2), MmaTile(4, 1, 2), MmaTile(4, 1, 1)]
 _INTERPRETER_MMA_TILE = MmaTile(2, 2, 1)  # two row groups and two K slices: the whole shell under the interpreter
 
 
@@ -787,7 +809,8 @@ def _mma_constexprs(tile: MmaTile, dtype: torch.dtype, n_tiles: int, double_quan
     warps = tile.row_groups * tile.k_slices
     return {"ROW_GROUPS": tile.row_groups, "K_SLICES": tile.k_slices, "BLOCKS_PER_STEP": tile.blocks_per_step,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _pair_table_setup_asm(32 * warps, dtype),
-            "STEP_ASM": "" if _INTERPRET else _mma_step_asm(tile.blocks_per_step, n_tiles, dtype, double_quant)}
+            "STEP_ASM": "" if _INTERPRET else _mma_step_asm(tile.blocks_per_step, n_tiles, dtype, double_quant),
+            "STEP_CONSTRAINTS": _mma_step_constraints(n_tiles)}
 
 
 def _prune_mma(configs, named_args, **kwargs):
@@ -834,7 +857,8 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
     pinned = _PINNED.get("tile")
     if isinstance(pinned, MmaTile):
         if not _mma_divides(pinned, K):
-            raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of k_slices x blocks_per_step, got K = {K}")
+            raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of k_slices x blocks_per_step, "
+                             f"got K = {K}")
         tile = pinned
     elif _INTERPRET or N * K < _AUTOTUNE_MIN_WEIGHT:
         first = [_INTERPRETER_MMA_TILE] if _INTERPRET else _MMA_TILES
