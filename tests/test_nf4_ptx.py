@@ -439,3 +439,114 @@ def test_known_wrong_pair_table_is_rejected(wrong):
     mutated = swapped if wrong == "halves swapped" else other_warp
     assert mutated != _PAIR_SETUP
     assert pair_table_problems(mutated, torch.bfloat16) != []
+
+
+def gemv_loop_problems(setup_asm: str, loop_asm: str, dtype: torch.dtype, groups: int, spans: int, steps: int,
+                       tokens: int, seed: int, double_quant: bool = False, threads: int = 128) -> list[str]:
+    """Run the GEMV path's K loop for the 32 lanes of one warp (`groups` groups of 16 rows, the last 3 past the weight's
+    last row; a slice of `steps` steps starting one step into each row, so that both the slice's offset and, double
+    quantized, two groups of scales are used) on random codes, absmax and x of `tokens` tokens: each lane's sums
+    against Σ_blocks absmax · Σ level(x's dtype) · x in float64 (rows past the last row read it, tokens past the last
+    read it), and the wavefronts of each table load (1: conflict-free)."""
+    rng = np.random.default_rng(seed)
+    program, table = _filled_program(setup_asm, threads)
+    step_blocks = 2 * spans
+    first_block, blocks = step_blocks, step_blocks * (steps + 1)  # a row's blocks: one step before the slice
+    rows = 16 * groups - 3  # the weight's rows: the last group's last 3 lanes read row rows - 1
+    codes = rng.integers(0, 256, size=(rows, 32 * blocks), dtype=np.uint8)
+    x = torch.randn(tokens, 64 * blocks, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    program.global_buffers |= {CODES_ADDRESS: codes.reshape(-1), X_ADDRESS: x.view(torch.uint8).numpy().reshape(-1)}
+    if double_quant:
+        absmax_codes = rng.integers(0, 256, size=(rows, blocks), dtype=np.uint8)
+        scales = rng.uniform(0.01, 2.0, size=-(-rows * blocks // DQ_BLOCKSIZE)).astype(np.float32)
+        offset = np.float32(rng.uniform(0.0, 1.0))
+        group_of = (np.arange(rows)[:, None] * blocks + np.arange(blocks)[None, :]) // DQ_BLOCKSIZE
+        absmax = DYNAMIC[absmax_codes] * scales[group_of] + offset  # float32 ops, each rounded: bitsandbytes' decoding
+        program.global_buffers |= {ABSMAX_ADDRESS: absmax_codes.reshape(-1), SCALES_ADDRESS: scales,
+                                   DYNAMIC_ADDRESS: DYNAMIC}
+    else:
+        absmax = rng.uniform(0.5, 2.0, size=(rows, blocks)).astype(np.float32)
+        offset = np.float32(0)
+        program.global_buffers |= {ABSMAX_ADDRESS: absmax.reshape(-1)}
+    absmax_bytes = 1 if double_quant else 4
+    sums = 2 * groups
+    warp = [Thread(lane, program) for lane in range(WARP)]
+    operands = []
+    for lane in range(WARP):
+        g, t = lane // 4, lane % 4
+        token = min(g // 2, tokens - 1)
+        values = [CODES_ADDRESS + 32 * first_block + 16 * t, ABSMAX_ADDRESS + absmax_bytes * first_block,
+                  X_ADDRESS + 2 * (token * 64 * blocks + 64 * first_block + 32 * t), g, rows - 1, 32 * blocks, steps,
+                  absmax_bytes * blocks, first_block, SCALES_ADDRESS, DYNAMIC_ADDRESS, offset, table]
+        operands.append({n: np.float32(0) for n in range(sums)} | {sums + i: v for i, v in enumerate(values)})
+    try:
+        out = run_warp(loop_asm, warp, operands)
+    except (ValueError, KeyError) as error:  # an access outside a buffer or misaligned, a register never written
+        return [f"{type(error).__name__}: {error}"]
+    levels = _half_levels(dtype)
+    weights = np.stack([levels[codes >> 4], levels[codes & 15]], axis=-1).reshape(rows, blocks, 64)[:, first_block:]
+    x64 = x.double().numpy().reshape(tokens, blocks, 64)[:, first_block:]
+    scale = absmax[:, first_block:].astype(np.float64)
+    terms = np.einsum("rbk,tbk->rtb", weights, x64) * scale[:, None, :]  # [row, token, block]
+    magnitude = np.einsum("rbk,tbk->rtb", np.abs(weights), np.abs(x64)) * np.abs(scale)[:, None, :]
+    problems = []
+    for lane in range(WARP):
+        g, t = lane // 4, lane % 4
+        for r in range(groups):
+            for half in range(2):
+                row, token = min(16 * r + 8 * half + g, rows - 1), min(t, tokens - 1)
+                want, bound = terms[row, token].sum(), 2.0 ** -21 * 2 * magnitude[row, token].sum()
+                got = float(out[lane][2 * r + half])
+                if not abs(got - want) <= bound:
+                    problems.append(f"lane {lane} row {row} token {token}: {got}, expected {want}")
+    loads = [thread.shared_loads for thread in warp]
+    worst = max(wavefronts([lane_loads[i] for lane_loads in loads]) for i in range(len(loads[0])))
+    if worst > 1:
+        problems.append(f"table loads take up to {worst} wavefronts")
+    return problems[:8]
+
+
+@pytest.mark.parametrize("dtype,groups,spans,tokens,double_quant", [(torch.bfloat16, 2, 2, 1, False),
+                                                                    (torch.float16, 1, 1, 4, False),
+                                                                    (torch.bfloat16, 2, 1, 3, True),
+                                                                    (torch.float16, 3, 2, 2, True)])
+def test_the_gemv_loop_sums_absmax_times_level_times_x_per_row_and_token(dtype, groups, spans, tokens, double_quant):
+    setup = kernels._pair_table_setup_asm(128, dtype)
+    loop = kernels._gemv_loop_asm(groups, spans, dtype, double_quant)
+    assert gemv_loop_problems(setup, loop, dtype, groups, spans, 2, tokens, 0, double_quant) == []
+
+
+_GEMV_LOOP = kernels._gemv_loop_asm(2, 2, torch.bfloat16)
+WRONG_GEMV_LOOP = {
+    "x kept in the lanes of the other block": _GEMV_LOOP.replace("setp.eq.u32 p, q, 0;", "setp.ne.u32 p, q, 0;"),
+    "x pairs of an mma swapped": _GEMV_LOOP.replace("{x0, x1}", "{x1, x0}"),
+    "rows 8 apart swapped": _GEMV_LOOP.replace("{a0, a1, a2, a3}", "{a1, a0, a3, a2}"),
+    "k halves swapped": _GEMV_LOOP.replace("{a0, a1, a2, a3}", "{a2, a3, a0, a1}"),
+    "a span's first block's absmax for both": _GEMV_LOOP.replace("fma.rn.f32 $0, d1, s1, $0;",
+                                                                 "fma.rn.f32 $0, d1, s0, $0;"),
+    "second span's sums not restarted": "{z, z, z, z}".join(_GEMV_LOOP.split("{z, z, z, z}", 2)[:2]) + "{d0, d1, d2, d3}"
+    + _GEMV_LOOP.split("{z, z, z, z}", 2)[2],
+    "rows past the last read": _GEMV_LOOP.replace("min.u32 q, q, $8;", ""),
+    "codes not advanced a step": _GEMV_LOOP.replace("add.u64 ck, ck, 128;", "add.u64 ck, ck, 0;"),
+    "x not advanced a step": _GEMV_LOOP.replace("add.u64 xk, xk, 512;", "add.u64 xk, xk, 0;"),
+    "a byte read a nibble off": _GEMV_LOOP.replace("bfe.u32 q, c0, 0, 8;", "bfe.u32 q, c0, 4, 8;"),
+    "the second span's codes from the first": _GEMV_LOOP.replace("[w+64];", "[w+0];"),
+    "the next group's codes in the current bank": _GEMV_LOOP.replace("{c16, c17, c18, c19}", "{c0, c1, c2, c3}"),
+}
+_GEMV_LOOP_DQ = kernels._gemv_loop_asm(2, 2, torch.bfloat16, True)
+WRONG_GEMV_LOOP_DQ = {
+    "scale group of the block alone": _GEMV_LOOP_DQ.replace("mul.lo.u32 q, q, $11;", ""),
+    "offset left out": re.sub(r"add\.rn\.f32 (s\d+), v, \$15;", r"mov.f32 \1, v;", _GEMV_LOOP_DQ),
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_GEMV_LOOP))
+def test_known_wrong_gemv_loop_is_rejected(name):
+    assert WRONG_GEMV_LOOP[name] != _GEMV_LOOP, "the mutation did not apply"
+    assert gemv_loop_problems(_PAIR_SETUP, WRONG_GEMV_LOOP[name], torch.bfloat16, 2, 2, 2, 1, 0) != []
+
+
+@pytest.mark.parametrize("name", list(WRONG_GEMV_LOOP_DQ))
+def test_known_wrong_double_quantized_gemv_loop_is_rejected(name):
+    assert WRONG_GEMV_LOOP_DQ[name] != _GEMV_LOOP_DQ, "the mutation did not apply"
+    assert gemv_loop_problems(_PAIR_SETUP, WRONG_GEMV_LOOP_DQ[name], torch.bfloat16, 2, 2, 2, 1, 0, True) != []
