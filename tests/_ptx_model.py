@@ -214,6 +214,7 @@ def _execute(statement: str, thread: Thread) -> None:
         if bool(thread.registers[guard.group(2)]) == (guard.group(1) == "!"):
             return
     op, _, rest = statement.partition(" ")
+    op = op.replace(".L2::256B", "")  # a cache hint: the same load
     args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
     kind = op.split(".")
     if op.startswith(".reg"):

@@ -524,7 +524,7 @@ WRONG_GEMV_LOOP = {
     "k halves swapped": _GEMV_LOOP.replace("{a0, a1, a2, a3}", "{a2, a3, a0, a1}"),
     "a span's first block's absmax for both": _GEMV_LOOP.replace("fma.rn.f32 $0, d1, s1, $0;",
                                                                  "fma.rn.f32 $0, d1, s0, $0;"),
-    "second span's sums not restarted": "{z, z, z, z}".join(_GEMV_LOOP.split("{z, z, z, z}", 2)[:2]) + "{d0, d1, d2, d3}"
+    "a chain's sums not restarted": "{z, z, z, z}".join(_GEMV_LOOP.split("{z, z, z, z}", 2)[:2]) + "{d0, d1, d2, d3}"
     + _GEMV_LOOP.split("{z, z, z, z}", 2)[2],
     "rows past the last read": _GEMV_LOOP.replace("min.u32 q, q, $8;", ""),
     "codes not advanced a step": _GEMV_LOOP.replace("add.u64 ck, ck, 128;", "add.u64 ck, ck, 0;"),

@@ -342,6 +342,9 @@ def _nf4_matmul_kernel(
 # a byte extract and a multiply-add. (Entries 256 bytes apart would make it one byte permute, but 64 KB of static
 # shared memory is over ptxas' 48 KB limit.)
 _PAIR_TABLE_COPIES = 32
+# Codes are streamed a few bytes a row and step: their loads ask L2 to fetch the 256 bytes around them, so that the
+# following steps of the row find them there.
+_L2_PREFETCH = ".L2::256B"
 _PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
 _MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -415,8 +418,8 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
             lines.append(f"ld.global.nc{vector}.f32 {{{registers}}}, [{address}];" if vector
                          else f"ld.global.nc.f32 {registers}, [{address}];")
     for j in range(blocks):
-        lines += [f"ld.global.nc.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
-                  f"ld.global.nc.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
+        lines += [f"ld.global.nc{_L2_PREFETCH}.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
+                  f"ld.global.nc{_L2_PREFETCH}.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
         for n in range(n_tiles):
             first = 8 * (blocks * n + j)
             regs = [f"x{first + r}" for r in range(8)]
@@ -627,7 +630,7 @@ def _gemv_loop_asm(groups: int, spans: int, dtype: torch.dtype, double_quant: bo
     scales, dynamic, offset, table = (f"${2 * groups + 9 + i}" for i in range(4))
     words = 4 * spans  # 32-bit words of codes a row and step
     lines = [f".reg .b32 x<{16 * spans}>, c<{4 * words}>, a<4>, q, b, n, blk, l;", ".reg .b64 ck, ak, xk, w;",
-             f".reg .f32 s<{4 * blocks}>, d<4>, z;", ".reg .pred p, more;"]
+             f".reg .f32 s<{4 * blocks}>, d<8>, z;", ".reg .pred p, more;"]
     if double_quant:
         lines += [".reg .b32 e<4>;", ".reg .f32 v, sc<4>;"]
     lines += ["mov.u32 l, %laneid;", f"mad.lo.u32 b, l, 4, {table};", "mov.f32 z, 0f00000000;",
@@ -648,16 +651,16 @@ def _gemv_loop_asm(groups: int, spans: int, dtype: torch.dtype, double_quant: bo
             slot = 2 * (r % 2) + half
             out += [f"add.u32 q, {first_row}, {16 * r + 8 * half};", f"min.u32 q, q, {last_row};",
                     f"mul.wide.u32 w, q, {code_row};", "add.u64 w, w, ck;"]
-            out += [f"ld.global.nc.v4.b32 {{{', '.join(f'c{words * slot + 4 * s + i}' for i in range(4))}}}, "
+            out += [f"ld.global.nc{_L2_PREFETCH}.v4.b32 {{{', '.join(f'c{words * slot + 4 * s + i}' for i in range(4))}}}, "
                     f"[w+{64 * s}];" for s in range(spans)]
             out += [f"mul.wide.u32 w, q, {absmax_row};", "add.u64 w, w, ak;"]
             if double_quant:  # the step's 8-bit codes in one load, and the row's scale (a step stays in its group)
-                out += [f"ld.global.nc.u{8 * blocks} e{slot}, [w];", f"mul.lo.u32 q, q, {absmax_row};",
+                out += [f"ld.global.nc{_L2_PREFETCH}.u{8 * blocks} e{slot}, [w];", f"mul.lo.u32 q, q, {absmax_row};",
                         "add.u32 q, q, blk;", "shr.u32 q, q, 8;", "mul.wide.u32 w, q, 4;", f"add.u64 w, w, {scales};",
                         f"ld.global.nc.f32 sc{slot}, [w];"]
             else:
                 registers = ", ".join(f"s{blocks * slot + j}" for j in range(blocks))
-                out.append(f"ld.global.nc.{'v4' if blocks == 4 else 'v2'}.f32 {{{registers}}}, [w];")
+                out.append(f"ld.global.nc{_L2_PREFETCH}.{'v4' if blocks == 4 else 'v2'}.f32 {{{registers}}}, [w];")
         return out
 
     def sums(r: int) -> list[str]:  # group r's mmas and its sums
@@ -676,9 +679,11 @@ def _gemv_loop_asm(groups: int, spans: int, dtype: torch.dtype, double_quant: bo
                     word = f"c{words * slot + 4 * s + byte // 4}"
                     out += [f"bfe.u32 q, {word}, {8 * (byte % 4)}, 8;", f"mad.lo.u32 q, q, {_PAIR_ENTRY_BYTES}, b;",
                             f"ld.shared.b32 a{reg}, [q];"]
-                c = "z, z, z, z" if i == 0 else "d0, d1, d2, d3"
-                out.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{d0, d1, d2, d3}}, "
+                d = ", ".join(f"d{4 * (i % 2) + j}" for j in range(4))  # two chains: even and odd byte pairs
+                c = "z, z, z, z" if i < 2 else d
+                out.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{{d}}}, "
                            f"{{a0, a1, a2, a3}}, {{x{16 * s + 2 * i}, x{16 * s + 2 * i + 1}}}, {{{c}}};")
+            out += [f"add.rn.f32 d{j}, d{j}, d{4 + j};" for j in range(4)]
             block = _GEMV_SPAN_BLOCKS * s
             for n, (d, slot) in enumerate(((0, rows[0]), (1, rows[0]), (2, rows[1]), (3, rows[1]))):
                 out.append(f"fma.rn.f32 ${2 * r + d // 2}, d{d}, s{blocks * slot + block + d % 2}, ${2 * r + d // 2};")
