@@ -67,39 +67,10 @@ def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
             "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
 
 
-def gemv_tile_record(tile, tokens: int, double_quant: bool) -> dict:
-    """One tile of the GEMV path (_nf4_gemv_kernel) compiled for bf16 x at `tokens` tokens (1-4); per element as above,
-    the elements of a loop iteration counted from its mmas (16 rows x 16 of K each, 8 elements a lane)."""
-    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
-
-    constexprs = kernels._gemv_constexprs(tile, torch.bfloat16, double_quant) | {"DOUBLE_QUANT": double_quant,
-                                                                                 "DQ_BLOCKSIZE": 256}
-    if tokens == 1:
-        constexprs["M"] = 1
-    pointers = {"x_ptr": "*bf16", "codes_ptr": "*u8", "absmax_ptr": "*u8" if double_quant else "*fp32",
-                "scales_ptr": "*fp32", "offset_ptr": "*fp32", "dynamic_ptr": "*fp32", "table_ptr": "*fp32",
-                "out_ptr": "*bf16"}
-    divisible = (*pointers, "N", "K", "stride_xm", "stride_codes", "stride_om")
-    figures = compile_sass(kernels._nf4_gemv_kernel, pointer_types=pointers, constexprs=constexprs,
-                           divisible_by_16=divisible, num_warps=tile.row_sets * tile.k_slices)
-    elements = figures["loop_ops"].get("HMMA", 0) * 8
-    return {"path": "gemv", "tokens": tokens, "double_quant": double_quant, "tile": tile._asdict(),
-            "elements_per_thread_step": elements,
-            "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
-            "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
-
-
 def sweep(first_only: bool = False) -> list[dict]:
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     records = []
-    for tile in kernels._GEMV_MMA_TILES[:1] if first_only else kernels._GEMV_MMA_TILES:
-        for double_quant in (False, True):
-            record = gemv_tile_record(tile, 1, double_quant)
-            records.append(record)
-            print(f"gemv  {tile} tokens= 1 dq={double_quant!s:5}: "
-                  f"{record['loop_instructions_per_element']:5.2f} instr/element, {record['registers']} registers, "
-                  f"{record['stack_bytes']} B stack", flush=True)
     for tile in kernels._MMA_TILES[:1] if first_only else kernels._MMA_TILES:
         for tokens, double_quant in ((1, False), (16, False), (16, True)):
             record = mma_tile_record(tile, tokens, double_quant)

@@ -1,9 +1,8 @@
 """A model of the few PTX instructions the in-house kernels' inline assembly uses, executed per thread in Python (or a
 warp in lockstep, for mma.sync), so that the assembly's arithmetic, table layout, fragment layout and shared-memory
-bank use are checked on a machine without a GPU. Not a simulator: branches only where every thread takes them alike
-(a loop's back edge; predicates guard single instructions), one program's shared memory, `bar.sync` a no-op (callers
-run every thread's code before a barrier ahead of any thread's code after it), mma.sync's sum rounded once (the
-hardware's order is unspecified)."""
+bank use are checked on a machine without a GPU. Not a simulator: straight-line code only (no branches; predicates
+guard single instructions), one program's shared memory, `bar.sync` a no-op (callers run every thread's code before a
+barrier ahead of any thread's code after it), mma.sync's sum rounded once (the hardware's order is unspecified)."""
 from __future__ import annotations
 
 import operator
@@ -15,9 +14,7 @@ import numpy as np
 
 _MASK = {"32": 0xFFFFFFFF, "64": 0xFFFFFFFFFFFFFFFF}
 _BANKS, _BANK_BYTES = 32, 4
-_BINARY = {"shr": operator.rshift, "shl": operator.lshift, "and": operator.and_, "xor": operator.xor, "add": operator.add,
-           "sub": operator.sub, "min": min}
-_LABEL = re.compile(r"(\w+):\s*")
+_BINARY = {"shr": operator.rshift, "shl": operator.lshift, "and": operator.and_, "add": operator.add}
 
 
 def _f32(value) -> np.float32:
@@ -124,17 +121,9 @@ class Thread:
         return self.value(base) + (int(offset, 0) if offset else 0)
 
 
-def _statements(asm: str) -> tuple[list[str], dict[str, int]]:
-    """The statements of an assembly block and where each label points."""
+def _statements(asm: str) -> list[str]:
     text = asm.strip().removeprefix("{").removesuffix("}")
-    statements, labels = [], {}
-    for statement in (s.strip() for s in text.split(";")):
-        while label := _LABEL.match(statement):
-            labels[label.group(1)] = len(statements)
-            statement = statement[label.end():]
-        if statement:
-            statements.append(statement)
-    return statements, labels
+    return [s.strip() for s in text.split(";") if s.strip()]
 
 
 def run(asm: str, thread: Thread, operands: dict[int, object]) -> dict[int, object]:
@@ -147,24 +136,12 @@ def run_warp(asm: str, threads: list[Thread], operands: list[dict[int, object]])
     statement, thread i with $n bound to operands[i][n]; returns every thread's $n after."""
     for thread, bound in zip(threads, operands):
         thread.registers.update({f"${n}": value for n, value in bound.items()})
-    statements, labels = _statements(asm)
-    position = 0
-    while position < len(statements):
-        statement = statements[position]
-        position += 1
-        branch = re.fullmatch(r"(?:@(!?)(\w+)\s+)?bra(?:\.uni)?\s+(\w+)", statement)
-        if branch:
-            negate, guard, label = branch.groups()
-            taken = {guard is None or bool(thread.registers[guard]) != (negate == "!") for thread in threads}
-            if len(taken) > 1:
-                raise NotImplementedError(f"PTX model: threads diverge at {statement!r}")
-            if taken.pop():
-                position = labels[label]
-        elif statement.startswith("mma.sync"):
+    for statement in _statements(asm):
+        if statement.startswith("mma.sync"):
             _mma(statement, threads)
-        else:
-            for thread in threads:
-                _execute(statement, thread)
+            continue
+        for thread in threads:
+            _execute(statement, thread)
     return [{n: thread.registers[f"${n}"] for n in bound} for thread, bound in zip(threads, operands)]
 
 
@@ -214,7 +191,6 @@ def _execute(statement: str, thread: Thread) -> None:
         if bool(thread.registers[guard.group(2)]) == (guard.group(1) == "!"):
             return
     op, _, rest = statement.partition(" ")
-    op = op.replace(".L2::256B", "")  # a cache hint: the same load
     args = [a.strip() for a in re.split(r",(?![^{]*})", rest)] if rest else []
     kind = op.split(".")
     if op.startswith(".reg"):
@@ -232,21 +208,18 @@ def _execute(statement: str, thread: Thread) -> None:
         thread.registers[low], thread.registers[high] = value & 0xFFFF, value >> 16
     elif kind[0] == "mov":
         thread.registers[d] = thread.value(args[1])
-    elif op in ("shr.u32", "shl.b32", "and.b32", "xor.b32", "add.u32", "add.u64", "sub.u32", "min.u32"):
+    elif op in ("shr.u32", "shl.b32", "and.b32", "add.u32", "add.u64"):
         result = _BINARY[kind[0]](thread.value(args[1]), thread.value(args[2]))
         thread.registers[d] = result & _MASK["64" if op.endswith("64") else "32"]
     elif op == "mul.wide.u32":
         thread.registers[d] = (thread.value(args[1]) * thread.value(args[2])) & _MASK["64"]
-    elif op == "mul.lo.u32":
-        thread.registers[d] = (thread.value(args[1]) * thread.value(args[2])) & _MASK["32"]
     elif op == "mad.lo.u32":
         thread.registers[d] = (thread.value(args[1]) * thread.value(args[2]) + thread.value(args[3])) & _MASK["32"]
     elif op == "bfe.u32":
         a, position, length = (thread.value(t) for t in args[1:4])
         thread.registers[d] = (a >> position) & ((1 << length) - 1)
-    elif op in ("setp.ne.b32", "setp.ne.u32", "setp.eq.u32"):
-        equal = thread.value(args[1]) == thread.value(args[2])
-        thread.registers[d] = equal if kind[1] == "eq" else not equal
+    elif op == "setp.ne.b32":
+        thread.registers[d] = thread.value(args[1]) != thread.value(args[2])
     elif op in ("ld.global.nc.f32", "ld.global.nc.u8"):
         dtype = np.float32 if op.endswith("f32") else np.uint8
         value = thread.program.load_global(thread.address(args[1]), dtype)

@@ -233,32 +233,3 @@ def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
             nf4.deterministic(impl, case, "cpu")
     finally:
         kernels.pin()
-
-
-@pytest.mark.parametrize("tile", [(2, 2, 2, 1), (1, 2, 3, 2)])
-def test_the_gemv_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
-    """The 1-4-token path for bf16/fp16 x (_nf4_gemv_kernel) under Triton's interpreter, each lane's sums given by
-    plain loads (its assembly is checked in tests/test_nf4_ptx.py): row sets past N, K cut into slices of several
-    steps, several groups a warp, 1-4 tokens, double quantization."""
-    pytest.importorskip("triton")
-    from llmopt import impls as registry
-
-    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
-    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
-        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
-    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
-
-    gemv_tile = kernels.GemvTile(*tile)
-    K = 128 * gemv_tile.k_slices * gemv_tile.spans * 2
-    cases = [nf4.NF4MatmulCase((1,), 40, K, dtype="bfloat16", seed=1),
-             nf4.NF4MatmulCase((3,), 24, K, double_quant=True, dtype="float16", seed=2),
-             nf4.NF4MatmulCase((2, 2), 33, K, double_quant=True, dtype="bfloat16", seed=4)]
-    kernels.pin(gemv_tile)
-    try:
-        for case in cases:
-            call = nf4.nf4_matmul_make_call(case, "cpu")
-            assert kernels._uses_gemv(call.args[0].reshape(-1, case.K), call.args[1], case.M)
-            nf4.matches_reference(impl, case, "cpu")
-            nf4.deterministic(impl, case, "cpu")
-    finally:
-        kernels.pin()

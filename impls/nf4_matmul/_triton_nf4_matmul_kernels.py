@@ -342,9 +342,6 @@ def _nf4_matmul_kernel(
 # a byte extract and a multiply-add. (Entries 256 bytes apart would make it one byte permute, but 64 KB of static
 # shared memory is over ptxas' 48 KB limit.)
 _PAIR_TABLE_COPIES = 32
-# Codes are streamed a few bytes a row and step: their loads ask L2 to fetch the 256 bytes around them, so that the
-# following steps of the row find them there.
-_L2_PREFETCH = ".L2::256B"
 _PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
 _MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
@@ -418,8 +415,8 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
             lines.append(f"ld.global.nc{vector}.f32 {{{registers}}}, [{address}];" if vector
                          else f"ld.global.nc.f32 {registers}, [{address}];")
     for j in range(blocks):
-        lines += [f"ld.global.nc{_L2_PREFETCH}.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
-                  f"ld.global.nc{_L2_PREFETCH}.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
+        lines += [f"ld.global.nc.v2.b32 {{c{4 * j}, c{4 * j + 1}}}, [{code_g}+{32 * j}];",
+                  f"ld.global.nc.v2.b32 {{c{4 * j + 2}, c{4 * j + 3}}}, [{code_g8}+{32 * j}];"]
         for n in range(n_tiles):
             first = 8 * (blocks * n + j)
             regs = [f"x{first + r}" for r in range(8)]
@@ -588,186 +585,6 @@ def _mma_store_tile(out_ptr, acc0, acc1, acc2, acc3, rows, tokens, M, N, stride_
     _mma_store(out_ptr, acc2, rows + 8, tokens, M, N, stride_om, ROW_GROUPS, K_SLICES)
     _mma_store(out_ptr, acc3, rows + 8, tokens + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
 
-
-
-# ----------------------------------------------------------------------------------------------- 1-4 tokens, mma GEMV
-
-# The GEMV path keeps the mma path's pair table and m16n8k16 fragments but loads 16 bytes of codes a lane and row: a span
-# of 2 blocks, lanes t = 0, 1 the first block, t = 2, 3 the second. mma's 8 columns hold (token, block) pairs instead of
-# 8 tokens: column 2m + p is token m against block p of the span, x zero in the lanes of the other block, so one mma
-# sums both blocks of 16 rows apart. A warp takes `groups` groups of 16 rows over one slice of K and loads each step's x
-# once for all of them. Per 2048 weight elements that is 2 wide code loads where the mma path takes 4 narrow ones, each
-# touching the same 8 rows, and x loads shared by the groups (Nsight Compute, H100, one token at 28672 x 8192: the mma
-# path's L1 data pipe 81% busy, codes and x two thirds of its global-load wavefronts, 2026-12-06).
-_GEMV_SPAN_BLOCKS = 2
-_GEMV_MAX_TOKENS = 4  # columns (token, block): 8 / 2
-_GEMV_TOKENS = 4  # calls of up to this many tokens take the GEMV path unless a tile is pinned
-
-
-def _gemv_loop_constraints(groups: int) -> str:
-    """_gemv_loop_asm's operand constraints: the sums out, 3 addresses, 6 counts, 2 addresses, the offset, the table."""
-    return ",".join(["=f"] * (2 * groups) + ["l"] * 3 + ["r"] * 6 + ["l", "l", "f", "r"])
-
-
-def _gemv_loop_asm(groups: int, spans: int, dtype: torch.dtype, double_quant: bool = False) -> str:
-    """PTX of the GEMV path's whole K loop for one thread: lane 4·g + t of a warp owning `groups` groups of 16 weight
-    rows (group r: rows first + 16·r + g and + 8, clamped to the last row) over one slice of K, `spans` spans of 2
-    blocks a step. Operands: $0.. the 2·groups float32 sums out (group r: the first row and token t at $2r, the row 8
-    on at $2r + 1), then the addresses of the lane's 16 bytes of codes in row 0 (codes + 32·first block + 16·t), of
-    row 0's first absmax of the slice (its 8-bit code when double_quant), of x[token g // 2] at element 64·first block
-    + 32·t; the lane's first row (16·groups·warp's row set + g), the last row, the bytes of a row of codes, the steps,
-    the bytes (double_quant: codes) of a row of absmax, the slice's first block; the double-quantization scales, the
-    dynamic map, the mean offset (read only when double_quant); the pair table's address. Each step: x of every span
-    once (lanes whose block is not their column's keep zeros), then group by group (the next one's codes and absmax
-    loaded before this one's sums): per span 8 chained mmas (bytes 2i, 2i + 1 of both rows looked up in the pair table
-    against x elements 32t + 4i .. + 3), each block's column times its row's absmax added to the sums."""
-    if spans not in (1, 2):
-        raise ValueError(f"the GEMV loop takes 1 or 2 spans of 2 blocks a step, got {spans}")
-    dtype_name = _MMA_TYPES[dtype]
-    blocks = _GEMV_SPAN_BLOCKS * spans  # a step's blocks: one vector of absmax a row
-    codes, absmax, x, first_row, last_row, code_row, steps, absmax_row, first_block = (
-        f"${2 * groups + i}" for i in range(9))
-    scales, dynamic, offset, table = (f"${2 * groups + 9 + i}" for i in range(4))
-    words = 4 * spans  # 32-bit words of codes a row and step
-    lines = [f".reg .b32 x<{16 * spans}>, c<{4 * words}>, a<4>, q, b, n, blk, l;", ".reg .b64 ck, ak, xk, w;",
-             f".reg .f32 s<{4 * blocks}>, d<8>, z;", ".reg .pred p, more;"]
-    if double_quant:
-        lines += [".reg .b32 e<4>;", ".reg .f32 v, sc<4>;"]
-    lines += ["mov.u32 l, %laneid;", f"mad.lo.u32 b, l, 4, {table};", "mov.f32 z, 0f00000000;",
-              # column g is (token g / 2, block g % 2): x only in the lanes of that block (t / 2)
-              "shr.u32 q, l, 1;", "shr.u32 n, l, 2;", "xor.b32 q, q, n;", "and.b32 q, q, 1;", "setp.eq.u32 p, q, 0;"]
-    lines += [f"mov.b32 x{i}, 0;" for i in range(16 * spans)]
-    lines += [f"mov.f32 ${i}, z;" for i in range(2 * groups)]
-    lines += [f"mov.b64 ck, {codes};", f"mov.b64 ak, {absmax};", f"mov.b64 xk, {x};", f"mov.u32 blk, {first_block};",
-              f"mov.u32 n, {steps};", "NF4_GEMV_STEP:"]
-    for s in range(spans):  # x: 32 elements a lane and span, 4 vector loads
-        for j in range(4):
-            regs = ", ".join(f"x{16 * s + 4 * j + r}" for r in range(4))
-            lines.append(f"@p ld.global.nc.v4.b32 {{{regs}}}, [xk+{256 * s + 16 * j}];")
-
-    def load(r: int) -> list[str]:  # group r's codes and absmax (or its codes and scale) into bank r % 2
-        out = []
-        for half in range(2):
-            slot = 2 * (r % 2) + half
-            out += [f"add.u32 q, {first_row}, {16 * r + 8 * half};", f"min.u32 q, q, {last_row};",
-                    f"mul.wide.u32 w, q, {code_row};", "add.u64 w, w, ck;"]
-            out += [f"ld.global.nc{_L2_PREFETCH}.v4.b32 {{{', '.join(f'c{words * slot + 4 * s + i}' for i in range(4))}}}, "
-                    f"[w+{64 * s}];" for s in range(spans)]
-            out += [f"mul.wide.u32 w, q, {absmax_row};", "add.u64 w, w, ak;"]
-            if double_quant:  # the step's 8-bit codes in one load, and the row's scale (a step stays in its group)
-                out += [f"ld.global.nc{_L2_PREFETCH}.u{8 * blocks} e{slot}, [w];", f"mul.lo.u32 q, q, {absmax_row};",
-                        "add.u32 q, q, blk;", "shr.u32 q, q, 8;", "mul.wide.u32 w, q, 4;", f"add.u64 w, w, {scales};",
-                        f"ld.global.nc.f32 sc{slot}, [w];"]
-            else:
-                registers = ", ".join(f"s{blocks * slot + j}" for j in range(blocks))
-                out.append(f"ld.global.nc{_L2_PREFETCH}.{'v4' if blocks == 4 else 'v2'}.f32 {{{registers}}}, [w];")
-        return out
-
-    def sums(r: int) -> list[str]:  # group r's mmas and its sums
-        out = []
-        rows = (2 * (r % 2), 2 * (r % 2) + 1)
-        if double_quant:  # as bitsandbytes decodes: dynamic[code] x scale, rounded, + offset, rounded
-            for slot in rows:
-                for j in range(blocks):
-                    out += [f"bfe.u32 q, e{slot}, {8 * j}, 8;", "mul.wide.u32 w, q, 4;", f"add.u64 w, w, {dynamic};",
-                            "ld.global.nc.f32 v, [w];", f"mul.rn.f32 v, v, sc{slot};",
-                            f"add.rn.f32 s{blocks * slot + j}, v, {offset};"]
-        for s in range(spans):
-            for i in range(8):
-                for reg, (slot, byte) in enumerate(((rows[0], 2 * i), (rows[1], 2 * i), (rows[0], 2 * i + 1),
-                                                    (rows[1], 2 * i + 1))):
-                    word = f"c{words * slot + 4 * s + byte // 4}"
-                    out += [f"bfe.u32 q, {word}, {8 * (byte % 4)}, 8;", f"mad.lo.u32 q, q, {_PAIR_ENTRY_BYTES}, b;",
-                            f"ld.shared.b32 a{reg}, [q];"]
-                d = ", ".join(f"d{4 * (i % 2) + j}" for j in range(4))  # two chains: even and odd byte pairs
-                c = "z, z, z, z" if i < 2 else d
-                out.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{{d}}}, "
-                           f"{{a0, a1, a2, a3}}, {{x{16 * s + 2 * i}, x{16 * s + 2 * i + 1}}}, {{{c}}};")
-            out += [f"add.rn.f32 d{j}, d{j}, d{4 + j};" for j in range(4)]
-            block = _GEMV_SPAN_BLOCKS * s
-            for n, (d, slot) in enumerate(((0, rows[0]), (1, rows[0]), (2, rows[1]), (3, rows[1]))):
-                out.append(f"fma.rn.f32 ${2 * r + d // 2}, d{d}, s{blocks * slot + block + d % 2}, ${2 * r + d // 2};")
-        return out
-
-    lines += load(0)
-    for r in range(groups):
-        if r + 1 < groups:
-            lines += load(r + 1)
-        lines += sums(r)
-    lines += [f"add.u64 ck, ck, {64 * spans};", f"add.u64 ak, ak, {blocks * (1 if double_quant else 4)};",
-              f"add.u64 xk, xk, {256 * spans};", f"add.u32 blk, blk, {blocks};", "sub.u32 n, n, 1;",
-              "setp.ne.u32 more, n, 0;", "@more bra NF4_GEMV_STEP;"]
-    return "{\n" + "\n".join(lines) + "\n}"
-
-
-@triton.jit
-def _gemv_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, first_row, N, M,
-                        t, stride_codes, stride_xm, K, first_block, slice_blocks, GROUPS: tl.constexpr,
-                        STEP_BLOCKS: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
-    """What LOOP_ASM returns, in plain Triton (Triton's interpreter): each lane's 2·GROUPS sums over its slice of K,
-    rows first_row + 16r and + 8 (clamped to N - 1) against token t (tokens past M read token M - 1, their sums are
-    not stored)."""
-    token = tl.minimum(t, M - 1)
-    sums = []
-    for r in tl.static_range(GROUPS):
-        for half in tl.static_range(2):
-            row = tl.minimum(first_row + 16 * r + 8 * half, N - 1)
-            total = tl.zeros(first_row.shape, dtype=tl.float32)
-            for step in range(0, slice_blocks, STEP_BLOCKS):
-                total += _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr,
-                                            x_ptr, row, token, stride_codes, stride_xm, K, first_block + step,
-                                            STEP_BLOCKS, DOUBLE_QUANT, DQ_BLOCKSIZE)
-            sums.append(total)
-    return sums
-
-
-@triton.jit
-def _nf4_gemv_kernel(x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr, M, N, K,
-                     stride_xm, stride_codes, stride_om, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
-                     ROW_SETS: tl.constexpr, K_SLICES: tl.constexpr, GROUPS: tl.constexpr, SPANS: tl.constexpr,
-                     TABLE_SETUP_ASM: tl.constexpr, LOOP_ASM: tl.constexpr, LOOP_CONSTRAINTS: tl.constexpr):
-    """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for M <= 4, blocks of 64: a program owns ROW_SETS sets of GROUPS groups of 16
-    weight rows; each set's K is cut into K_SLICES contiguous slices, one warp each (warp w: set w // K_SLICES, slice
-    w % K_SLICES), which runs LOOP_ASM (_gemv_loop_asm) once over its slice; the slices' sums are added at the end.
-    Under Triton's interpreter (LOOP_ASM "") _gemv_fallback_sums gives each lane the same sums with plain loads."""
-    THREADS: tl.constexpr = 32 * ROW_SETS * K_SLICES
-    thread = tl.arange(0, THREADS)  # [THREADS]: one element a thread
-    lane = thread % 32
-    g = lane // 4
-    t = lane % 4
-    row_set = tl.program_id(0) * ROW_SETS + thread // (32 * K_SLICES)
-    k_slice = (thread // 32) % K_SLICES
-    first_row = row_set * (16 * GROUPS) + g
-    blocks = K // 64
-    slice_blocks = blocks // K_SLICES
-    first_block = k_slice * slice_blocks  # [THREADS]
-    STEP_BLOCKS: tl.constexpr = 2 * SPANS
-    if LOOP_ASM == "":
-        sums = _gemv_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr,
-                                   first_row, N, M, t, stride_codes, stride_xm, K, first_block, slice_blocks, GROUPS,
-                                   STEP_BLOCKS, DOUBLE_QUANT, DQ_BLOCKSIZE)
-    else:
-        table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False, pack=1)
-        absmax_bytes = 1 if DOUBLE_QUANT else 4
-        x_token = tl.minimum(g // 2, M - 1)  # column g: token g // 2; tokens past M read token M - 1, not stored
-        sums = tl.inline_asm_elementwise(
-            LOOP_ASM, LOOP_CONSTRAINTS,
-            [(codes_ptr + first_block * 32 + 16 * t).to(tl.int64),
-             (absmax_ptr + first_block).to(tl.int64),
-             (x_ptr + x_token * stride_xm + first_block * 64 + 32 * t).to(tl.int64),
-             first_row, N - 1 + 0 * thread, stride_codes + 0 * thread, slice_blocks // STEP_BLOCKS + 0 * thread,
-             blocks * absmax_bytes + 0 * thread, first_block,
-             scales_ptr.to(tl.int64) + 0 * thread, dynamic_ptr.to(tl.int64) + 0 * thread,
-             tl.load(offset_ptr) + 0.0 * thread.to(tl.float32), table + 0 * thread],
-            dtype=(tl.float32,) * (2 * GROUPS), is_pure=True, pack=1)
-    out_lane = tl.arange(0, 32)[None, :]  # [1, 32]
-    out_set = tl.program_id(0) * ROW_SETS + tl.arange(0, ROW_SETS)[:, None]  # [ROW_SETS, 1]
-    out_token = out_lane % 4
-    for r in tl.static_range(GROUPS):
-        out_row = out_set * (16 * GROUPS) + 16 * r + out_lane // 4  # [ROW_SETS, 32]
-        _mma_store(out_ptr, sums[2 * r], out_row, out_token, M, N, stride_om, ROW_SETS, K_SLICES)
-        _mma_store(out_ptr, sums[2 * r + 1], out_row + 8, out_token, M, N, stride_om, ROW_SETS, K_SLICES)
-
 # ----------------------------------------------------------------------------------------------- host side
 
 
@@ -845,26 +662,9 @@ _MMA_TILES = [MmaTile(1, 4, 4), MmaTile(4, 1, 4), MmaTile(2, 4, 4), MmaTile(2, 2
 _INTERPRETER_MMA_TILE = MmaTile(2, 2, 1)  # two row groups and two K slices: the whole shell under the interpreter
 
 
-class GemvTile(NamedTuple):
-    """A program of the GEMV path (_nf4_gemv_kernel): row_sets x k_slices warps."""
-
-    row_sets: int  # sets of `groups` groups of 16 weight rows
-    k_slices: int  # warps sharing each set's K, contiguous slices summed at the end
-    groups: int  # groups of 16 rows a warp takes, each step's x loaded once for all
-    spans: int  # spans of 2 blocks a step (one vector load of absmax a row)
-
-
-# 1-4 tokens of bf16/fp16 x, blocks of 64 (K a multiple of 128).
-_GEMV_MMA_TILES = [GemvTile(1, 4, 8, 2), GemvTile(1, 8, 4, 2), GemvTile(2, 4, 4, 2), GemvTile(1, 4, 4, 2),
-                   GemvTile(1, 8, 2, 2), GemvTile(2, 2, 8, 2), GemvTile(1, 16, 2, 1), GemvTile(1, 4, 8, 1),
-                   GemvTile(2, 2, 4, 1), GemvTile(1, 2, 8, 1)]
-_INTERPRETER_GEMV_TILE = GemvTile(2, 2, 2, 1)  # two sets, two slices, two groups: the whole shell under the interpreter
-
-
-def pin(tile: Tile | MmaTile | GemvTile | None = None) -> None:
+def pin(tile: Tile | MmaTile | None = None) -> None:
     """Launch every call with `tile` instead of the autotuned or default one (None restores them): a Tile pins the
-    word, byte and dot paths' kernel, an MmaTile the mma path (for any number of tokens), a GemvTile the GEMV path
-    (for 1-4 tokens)."""
+    word, byte and dot paths' kernel, an MmaTile the mma path (for any number of tokens)."""
     if tile is None:
         _PINNED.pop("tile", None)
     else:
@@ -1027,87 +827,18 @@ def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
                            prune_configs_by={"early_config_prune": _prune_mma})(_nf4_mma_kernel)
 
 
-def _mma_operands_fit(x2: torch.Tensor, state) -> bool:
-    """The mma and GEMV paths' loads: bf16/fp16 x in rows of 16-byte aligned, unit-stride elements; blocks of 64;
-    absmax 16-byte aligned (a step's absmax is one vector load)."""
-    return (x2.dtype in _MMA_TYPES and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0
-            and x2.data_ptr() % 16 == 0 and state.absmax.data_ptr() % 16 == 0)
-
-
 def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
-    """The mma path: 2+ tokens the GEMV path does not take, or a pinned MmaTile."""
+    """The mma path: 2+ tokens (or a pinned MmaTile) of bf16/fp16 x in rows of 16-byte aligned, unit-stride elements;
+    blocks of 64; absmax 16-byte aligned (a step's absmax is one vector load)."""
     pinned = _PINNED.get("tile")
-    return ((M > 1 and pinned is None or isinstance(pinned, MmaTile)) and _mma_operands_fit(x2, state)
-            and not _uses_gemv(x2, state, M))
-
-
-def _gemv_divides(tile: GemvTile, K: int) -> bool:
-    return (K // 64) % (tile.k_slices * _GEMV_SPAN_BLOCKS * tile.spans) == 0
-
-
-def _uses_gemv(x2: torch.Tensor, state, M: int) -> bool:
-    """The GEMV path: up to _GEMV_TOKENS tokens (or a pinned GemvTile, up to _GEMV_MAX_TOKENS) whose operands fit the
-    mma path, K a multiple of 128 (whole spans)."""
-    pinned = _PINNED.get("tile")
-    tokens = _GEMV_MAX_TOKENS if isinstance(pinned, GemvTile) else _GEMV_TOKENS if pinned is None else 0
-    return M <= tokens and _mma_operands_fit(x2, state) and state.shape[1] % 128 == 0
-
-
-@functools.lru_cache(maxsize=256)
-def _gemv_constexprs(tile: GemvTile, dtype: torch.dtype, double_quant: bool) -> dict:
-    """The GEMV kernel's tile constexprs and its assembly (made once per tile, dtype, absmax kind)."""
-    warps = tile.row_sets * tile.k_slices
-    return {"ROW_SETS": tile.row_sets, "K_SLICES": tile.k_slices, "GROUPS": tile.groups, "SPANS": tile.spans,
-            "TABLE_SETUP_ASM": "" if _INTERPRET else _pair_table_setup_asm(32 * warps, dtype),
-            "LOOP_ASM": "" if _INTERPRET else _gemv_loop_asm(tile.groups, tile.spans, dtype, double_quant),
-            "LOOP_CONSTRAINTS": _gemv_loop_constraints(tile.groups)}
-
-
-def _prune_gemv(configs, named_args, **kwargs):
-    """Slices of whole steps."""
-    K = named_args["K"]
-    return [c for c in configs if (K // 64) % (c.kwargs["K_SLICES"] * _GEMV_SPAN_BLOCKS * c.kwargs["SPANS"]) == 0]
-
-
-@functools.lru_cache(maxsize=16)
-def _gemv_autotuned(dtype: torch.dtype, double_quant: bool):
-    configs = [triton.Config(_gemv_constexprs(t, dtype, double_quant), num_warps=t.row_sets * t.k_slices,
-                             num_stages=1) for t in _GEMV_MMA_TILES]
-    return triton.autotune(configs=configs, key=["N", "K", "M"],
-                           prune_configs_by={"early_config_prune": _prune_gemv})(_nf4_gemv_kernel)
-
-
-def _gemv_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor, dynamic: torch.Tensor) -> None:
-    """out (M, N) = x2 · ŵᵀ by _nf4_gemv_kernel: autotuned among _GEMV_MMA_TILES, or the pinned, interpreter's or
-    (small weights) first tile that divides K."""
-    (N, K), M = state.shape, x2.shape[0]
-    codes = state.codes if state.codes.data_ptr() % 16 == 0 else state.codes.clone()  # 16-byte loads
-    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
-    offset = state.absmax_offset if state.double_quant else state.absmax
-    args = (x2, codes, state.absmax, scales, offset, table, dynamic, out, M, N, K, x2.stride(0), K // 2, out.stride(0))
-    common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE}
-    pinned = _PINNED.get("tile")
-    if isinstance(pinned, GemvTile):
-        if not _gemv_divides(pinned, K):
-            raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of 2 x k_slices x spans, got K = {K}")
-        tile = pinned
-    elif _INTERPRET or N * K < _AUTOTUNE_MIN_WEIGHT:
-        first = [_INTERPRETER_GEMV_TILE] if _INTERPRET else _GEMV_MMA_TILES
-        tile = next(t for t in [*first, GemvTile(1, 1, 1, 1)] if _gemv_divides(t, K))
-    else:
-        _gemv_autotuned(x2.dtype, state.double_quant)[
-            lambda meta: (cdiv(N, 16 * meta["GROUPS"] * meta["ROW_SETS"]),)](*args, **common)
-        return
-    _nf4_gemv_kernel[(cdiv(N, 16 * tile.groups * tile.row_sets),)](
-        *args, **common, **_gemv_constexprs(tile, x2.dtype, state.double_quant),
-        num_warps=tile.row_sets * tile.k_slices, num_stages=1)
+    return ((M > 1 and pinned is None or isinstance(pinned, MmaTile)) and x2.dtype in _MMA_TYPES
+            and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0
+            and state.absmax.data_ptr() % 16 == 0)
 
 
 def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     """The autotuner that launches a call of M tokens of `dtype` (aligned x, blocks of 64; benchmarks read its
     choice)."""
-    if M <= _GEMV_TOKENS and dtype in _MMA_TYPES:
-        return _gemv_autotuned(dtype, double_quant)
     if M > 1 and dtype in _MMA_TYPES:
         return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
     return _AUTOTUNED[M > 1]
@@ -1151,9 +882,6 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     M = x2.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     table, dynamic = device_tables(x.device)
-    if _uses_gemv(x2, state, M):
-        _gemv_matmul(x2, state, out, table, dynamic)
-        return out.reshape(*x.shape[:-1], N)
     if _uses_mma(x2, state, M):
         _mma_matmul(x2, state, out, table, dynamic)
         return out.reshape(*x.shape[:-1], N)
