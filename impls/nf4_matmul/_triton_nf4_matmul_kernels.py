@@ -847,8 +847,10 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     return _AUTOTUNED[M > 1]
 
 
-# Compiled mma kernels by launch key (_mma_launch_key): relaunched directly once Triton has launched them.
+# Compiled mma kernels by launch key (_mma_launch_key): relaunched directly once Triton has launched them; emptied when
+# full (a server's many token counts), each key then launched by Triton once more.
 _MMA_LAUNCHES: dict[tuple, tuple] = {}
+_MMA_LAUNCHES_KEPT = 1024
 
 
 def _mma_launch_key(x2, state, out, tensors, pinned) -> tuple:
@@ -875,6 +877,8 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
         kernel, grid, constexprs = launch
         relaunch(kernel, grid, x2.device.index, (*args, *constexprs))
         return
+    if len(_MMA_LAUNCHES) >= _MMA_LAUNCHES_KEPT:
+        _MMA_LAUNCHES.clear()
     n_tiles = 1 if M <= 8 else 2
     common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
     if isinstance(pinned, MmaTile):
