@@ -1,9 +1,8 @@
 """Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al.
-2023), never writing ŵ to global memory. Two kernels. _nf4_mma_kernel, any number of tokens of bf16/fp16 x (blocks of
-64, aligned rows): a warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memory pair table (both
+2023), never writing ŵ to global memory. Two kernels. _nf4_mma_kernel, 2+ tokens of bf16/fp16 x (blocks of 64,
+aligned rows): a warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memory pair table (both
 levels in x's dtype), which are its m16n8k16 A fragments against x as B (inline PTX), each block's mma sum scaled by
-its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token the mma kernel does not take (other
-block sizes, unaligned x or absmax): 32-bit words of codes (8 elements) in
+its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8 elements) in
 inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its float32 levels
 (one conflict-free 8-byte load per byte); "bytes", one token of any dtype or layout: the same in plain Triton on byte
 tiles, levels from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other block sizes,
@@ -598,9 +597,9 @@ class Tile(NamedTuple):
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
 
 
-# sm_90 candidates. One token (before the mma path took bf16/fp16 tokens in blocks of 64, 2026-12-06: on the H100 it
-# ran 0.98-1.09x the word path's speed, 70.5 vs 74.7 us graph at 28672 x 8192; now the fallback of other block sizes and
-# layouts): the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
+# sm_90 candidates. One token (it stays here: the mma path ran it 0.98-1.09x as fast on the H100, 2026-12-06, but its
+# levels rounded to x's dtype fail the contract's tolerance on ~4% of single-output cases, emulated; the word path's
+# levels are float32): the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
 # of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows (Triton lays
 # [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
 # shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
@@ -656,7 +655,7 @@ class MmaTile(NamedTuple):
     blocks_per_step: int  # quantization blocks of 64 a warp loads before their sums
 
 
-# Any number of tokens (16 a program) of bf16/fp16 x, blocks of 64: the mma path, per element ~2.2 SASS instructions at
+# 2-16 tokens (and more, 16 a program) of bf16/fp16 x, blocks of 64: the mma path, per element ~2.2 SASS instructions at
 # up to 8 tokens, ~2.6 at 16, no barrier in the loop (results/sm_90/nf4_sass.json). Candidates from a probe on the H100
 # (2026-12-06, every shape of the benchmark, beside the dot path): the best were 1x4 and 4x1 warps loading 4 blocks a
 # step; fewer blocks a step keep K's that the larger steps do not divide.
@@ -831,10 +830,10 @@ def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
 
 
 def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
-    """The mma path (unless a Tile is pinned): bf16/fp16 x in rows of 16-byte aligned, unit-stride elements; blocks of
-    64; absmax 16-byte aligned (a step's absmax is one vector load)."""
+    """The mma path: 2+ tokens (or a pinned MmaTile) of bf16/fp16 x in rows of 16-byte aligned, unit-stride elements;
+    blocks of 64; absmax 16-byte aligned (a step's absmax is one vector load)."""
     pinned = _PINNED.get("tile")
-    return ((M >= 1 and pinned is None or isinstance(pinned, MmaTile)) and x2.dtype in _MMA_TYPES
+    return ((M > 1 and pinned is None or isinstance(pinned, MmaTile)) and x2.dtype in _MMA_TYPES
             and state.blocksize == 64 and x2.stride(1) == 1 and x2.stride(0) % 8 == 0 and x2.data_ptr() % 16 == 0
             and state.absmax.data_ptr() % 16 == 0)
 
@@ -842,28 +841,34 @@ def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
 def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     """The autotuner that launches a call of M tokens of `dtype` (aligned x, blocks of 64; benchmarks read its
     choice)."""
-    if dtype in _MMA_TYPES:
+    if M > 1 and dtype in _MMA_TYPES:
         return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
     return _AUTOTUNED[M > 1]
 
 
-# Compiled mma kernels by launch key (_mma_launch_key): relaunched directly once Triton has launched them; emptied when
-# full (a server's many token counts), each key then launched by Triton once more.
-_MMA_LAUNCHES: dict[tuple, tuple] = {}
-_MMA_LAUNCHES_KEPT = 1024
+# Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
+# through Triton on the GPU host, was longer than the kernel at every shape but the largest). A key holds everything
+# the compilation, tile and grid depend on: shapes and strides (Triton specializes integers), dtypes, absmax kind, the
+# pinned tile or plan, the device, each tensor's 16-byte alignment. Emptied when full (a server's many token counts),
+# each key then launched by Triton once more.
+_LAUNCHES: dict[tuple, tuple] = {}
+_LAUNCHES_KEPT = 1024
 
 
-def _mma_launch_key(x2, state, out, tensors, pinned) -> tuple:
-    """Everything the mma kernel's compilation, tile and grid depend on: shapes and strides (Triton specializes
-    integers), dtypes, absmax kind, the pinned tile, the device, each tensor's 16-byte alignment."""
-    return (x2.dtype, x2.shape[0], *state.shape, x2.stride(0), out.stride(0), state.double_quant, pinned,
-            x2.device.index, *(t.data_ptr() % 16 == 0 for t in tensors))
+def _remember(key, kernel, grid: tuple[int, int], jit_function, runtime_args: int, constexprs: dict) -> None:
+    """Keep (kernel, grid, the constexprs after the runtime arguments in signature order) under `key` (None: keep
+    nothing, under the interpreter)."""
+    if key is None:
+        return
+    if len(_LAUNCHES) >= _LAUNCHES_KEPT:
+        _LAUNCHES.clear()
+    _LAUNCHES[key] = (kernel, (*grid, 1), tuple(constexprs[name] for name in jit_function.arg_names[runtime_args:]))
 
 
 def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor, dynamic: torch.Tensor) -> None:
     """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
-    weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly after its
-    first launch."""
+    weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly (_LAUNCHES)
+    after its first launch."""
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
@@ -871,16 +876,16 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, out.stride(0))
     pinned = _PINNED.get("tile")
-    key = None if _INTERPRET else _mma_launch_key(x2, state, out, tensors, pinned)
-    launch = _MMA_LAUNCHES.get(key)
+    key = None if _INTERPRET else ("mma", x2.dtype, state.double_quant, pinned, x2.device.index, *args[len(tensors):],
+                                   *(t.data_ptr() % 16 == 0 for t in tensors))
+    launch = _LAUNCHES.get(key)
     if launch is not None:
         kernel, grid, constexprs = launch
         relaunch(kernel, grid, x2.device.index, (*args, *constexprs))
         return
-    if len(_MMA_LAUNCHES) >= _MMA_LAUNCHES_KEPT:
-        _MMA_LAUNCHES.clear()
     n_tiles = 1 if M <= 8 else 2
     common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
+    tile = None
     if isinstance(pinned, MmaTile):
         if not _mma_divides(pinned, K):
             raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of k_slices x blocks_per_step, "
@@ -889,18 +894,16 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
     elif _INTERPRET or N * K < _AUTOTUNE_MIN_WEIGHT:
         first = [_INTERPRETER_MMA_TILE] if _INTERPRET else _MMA_TILES
         tile = next(t for t in [*first, MmaTile(1, 1, 1)] if _mma_divides(t, K))
-    else:
+    if tile is None:
         tuner = _mma_autotuned(x2.dtype, n_tiles, state.double_quant)
         kernel = tuner[lambda meta: (cdiv(N, 16 * meta["ROW_GROUPS"]), cdiv(M, 16))](*args, **common)
         constexprs = common | tuner.best_config.kwargs
-        _MMA_LAUNCHES[key] = (kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1),
-                              tuple(constexprs[name] for name in _nf4_mma_kernel.arg_names[len(args):]))
-        return
-    constexprs = common | _mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant)
-    grid = (cdiv(N, 16 * tile.row_groups), cdiv(M, 16), 1)
-    kernel = _nf4_mma_kernel[grid](*args, **constexprs, num_warps=tile.row_groups * tile.k_slices, num_stages=1)
-    if key is not None:
-        _MMA_LAUNCHES[key] = (kernel, grid, tuple(constexprs[name] for name in _nf4_mma_kernel.arg_names[len(args):]))
+    else:
+        constexprs = common | _mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant)
+        kernel = _nf4_mma_kernel[(cdiv(N, 16 * tile.row_groups), cdiv(M, 16))](
+            *args, **constexprs, num_warps=tile.row_groups * tile.k_slices, num_stages=1)
+    _remember(key, kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16)), _nf4_mma_kernel, len(args),
+              constexprs)
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
@@ -926,12 +929,23 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
     partial, arrivals = _split_buffers(plan, N, M, x.device)
-    args = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
-            K, *x2.stride(), K // 2, *out.stride())
+    tensors = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
+    args = (*tensors, M, N, K, *x2.stride(), K // 2, *out.stride())
+    key = None if _INTERPRET else ("words", x.dtype, state.blocksize, state.double_quant, pairs, plan.tile,
+                                   x.device.index, *args[len(tensors):], *(t.data_ptr() % 16 == 0 for t in tensors))
+    launch = _LAUNCHES.get(key)
+    if launch is not None:
+        kernel, grid, constexprs = launch
+        relaunch(kernel, grid, x.device.index, (*args, *constexprs))
+        return out.reshape(*x.shape[:-1], N)
     tokens = plan.tokens
     if plan.tile is None:
-        _AUTOTUNED[plan.use_dot][lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args,
-                                                                                                 **plan.constexprs)
+        tuner = _AUTOTUNED[plan.use_dot]
+        kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
+        constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
-        _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **plan.constexprs)
+        constexprs = plan.constexprs
+        kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
+    _remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]), _nf4_matmul_kernel,
+              len(args), constexprs)
     return out.reshape(*x.shape[:-1], N)
