@@ -846,29 +846,19 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     return _AUTOTUNED[M > 1]
 
 
-# Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
+# Compiled mma kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
 # through Triton on the GPU host, was longer than the kernel at every shape but the largest). A key holds everything
 # the compilation, tile and grid depend on: shapes and strides (Triton specializes integers), dtypes, absmax kind, the
-# pinned tile or plan, the device, each tensor's 16-byte alignment. Emptied when full (a server's many token counts),
-# each key then launched by Triton once more.
-_LAUNCHES: dict[tuple, tuple] = {}
-_LAUNCHES_KEPT = 1024
-
-
-def _remember(key, kernel, grid: tuple[int, int], jit_function, runtime_args: int, constexprs: dict) -> None:
-    """Keep (kernel, grid, the constexprs after the runtime arguments in signature order) under `key` (None: keep
-    nothing, under the interpreter)."""
-    if key is None:
-        return
-    if len(_LAUNCHES) >= _LAUNCHES_KEPT:
-        _LAUNCHES.clear()
-    _LAUNCHES[key] = (kernel, (*grid, 1), tuple(constexprs[name] for name in jit_function.arg_names[runtime_args:]))
+# pinned tile, the device, each tensor's 16-byte alignment. Emptied when full (a server's many token counts), each key
+# then launched by Triton once more.
+_MMA_LAUNCHES: dict[tuple, tuple] = {}
+_MMA_LAUNCHES_KEPT = 1024
 
 
 def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor, dynamic: torch.Tensor) -> None:
     """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
-    weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly (_LAUNCHES)
-    after its first launch."""
+    weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly
+    (_MMA_LAUNCHES) after its first launch."""
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
@@ -876,9 +866,9 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, out.stride(0))
     pinned = _PINNED.get("tile")
-    key = None if _INTERPRET else ("mma", x2.dtype, state.double_quant, pinned, x2.device.index, *args[len(tensors):],
+    key = None if _INTERPRET else (x2.dtype, state.double_quant, pinned, x2.device.index, *args[len(tensors):],
                                    *(t.data_ptr() % 16 == 0 for t in tensors))
-    launch = _LAUNCHES.get(key)
+    launch = _MMA_LAUNCHES.get(key)
     if launch is not None:
         kernel, grid, constexprs = launch
         relaunch(kernel, grid, x2.device.index, (*args, *constexprs))
@@ -902,8 +892,11 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
         constexprs = common | _mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant)
         kernel = _nf4_mma_kernel[(cdiv(N, 16 * tile.row_groups), cdiv(M, 16))](
             *args, **constexprs, num_warps=tile.row_groups * tile.k_slices, num_stages=1)
-    _remember(key, kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16)), _nf4_mma_kernel, len(args),
-              constexprs)
+    if key is not None:
+        if len(_MMA_LAUNCHES) >= _MMA_LAUNCHES_KEPT:
+            _MMA_LAUNCHES.clear()
+        _MMA_LAUNCHES[key] = (kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1),
+                              tuple(constexprs[name] for name in _nf4_mma_kernel.arg_names[len(args):]))
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
@@ -929,23 +922,12 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
     offset = state.absmax_offset if state.double_quant else state.absmax
     partial, arrivals = _split_buffers(plan, N, M, x.device)
-    tensors = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
-    args = (*tensors, M, N, K, *x2.stride(), K // 2, *out.stride())
-    key = None if _INTERPRET else ("words", x.dtype, state.blocksize, state.double_quant, pairs, plan.tile,
-                                   x.device.index, *args[len(tensors):], *(t.data_ptr() % 16 == 0 for t in tensors))
-    launch = _LAUNCHES.get(key)
-    if launch is not None:
-        kernel, grid, constexprs = launch
-        relaunch(kernel, grid, x.device.index, (*args, *constexprs))
-        return out.reshape(*x.shape[:-1], N)
+    args = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
+            K, *x2.stride(), K // 2, *out.stride())
     tokens = plan.tokens
     if plan.tile is None:
-        tuner = _AUTOTUNED[plan.use_dot]
-        kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
-        constexprs = plan.constexprs | tuner.best_config.kwargs
+        _AUTOTUNED[plan.use_dot][lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args,
+                                                                                                 **plan.constexprs)
     else:
-        constexprs = plan.constexprs
-        kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
-    _remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]), _nf4_matmul_kernel,
-              len(args), constexprs)
+        _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **plan.constexprs)
     return out.reshape(*x.shape[:-1], N)
