@@ -1,0 +1,78 @@
+"""How often an NF4 matmul of a given arithmetic fails the `nf4_matmul` contract's tolerance (noise-relative: 2x the
+error of dequantize-then-matmul in x's dtype, plus a floor) on the contract's kind of draws, emulated on the CPU in
+float64: "levels in x's dtype" (the mma path: each level rounded to x's dtype, float32 block sums times the float32
+absmax) and "float32 levels" (the word path: float32 level x absmax products summed in float32). Both are exact-
+precision arithmetics of the technique; the first rounds each weight about as much as the reference's own dequantize
+does, so where the contract's eager error is small by chance (few output values) it fails now and then.
+`python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S]`."""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+
+import torch
+from llmopt.reference import nf4 as contract
+from llmopt.reference import tolerance
+from llmopt.reference.contract import PropertyFailed
+from llmopt.reference.nf4_format import nf4_table
+
+ARITHMETICS = ("levels in x's dtype", "float32 levels")
+BATCHES = {"one token": [(1,)], "2+ tokens": [(2,), (5,), (16,), (2, 3), (17,), (40,)]}  # the contract's draws
+ROWS = {"all rows": [1, 3, 16, 31, 64, 65, 130], "N <= 3": [1, 3]}
+
+
+def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
+    """x (M, K) · ŵᵀ as `arithmetic` computes it, blocks of 64 -> (M, N) in x's dtype."""
+    (N, K), M = state.shape, x.shape[0]
+    levels = nf4_table("cpu")
+    if arithmetic == ARITHMETICS[0]:
+        levels = levels.to(x.dtype)
+    codes = contract.unpack(state.codes, N * K).reshape(N, K // 64, 64)
+    weights = levels[codes].double()  # [N, blocks, 64]
+    absmax = contract.dequantize_absmax(state).reshape(N, K // 64).double()
+    x64 = x.double().reshape(M, K // 64, 64)
+    if arithmetic == ARITHMETICS[0]:  # each block's sum in float32 (the mma), then times absmax
+        sums = torch.einsum("nbk,mbk->mnb", weights, x64).float().double() * absmax[None]
+    else:  # each product level x absmax in float32, then times x
+        sums = torch.einsum("nbk,mbk->mnb", (weights * absmax[:, :, None]).float().double(), x64)
+    return sums.sum(-1).float().to(x.dtype)
+
+
+def failures(arithmetic: str, batches: list, rows: list, draws: int, seed: int) -> tuple[int, float]:
+    """(failing draws, largest margin) over `draws` cases of the contract's kind (K 64-512, plain or double-quantized,
+    bf16 or fp16 x)."""
+    rng = random.Random(seed)
+    failed, worst = 0, 0.0
+    for _ in range(draws):
+        case = contract.NF4MatmulCase(rng.choice(batches), rng.choice(rows), 64 * rng.choice([1, 2, 3, 5, 8]),
+                                      double_quant=rng.random() < 0.5, dtype=rng.choice(["bfloat16", "float16"]),
+                                      seed=rng.randrange(2**16))
+        x, state = contract.nf4_matmul_make_call(case, "cpu").args
+        x2 = x.reshape(-1, case.K)
+        out = emulated(x2, state, arithmetic).reshape(*x.shape[:-1], case.N)
+        try:
+            worst = max(worst, tolerance.noise_relative(
+                "x·ŵᵀ", out, contract.nf4_matmul(x.double(), state), contract.nf4_matmul(x, state), x.dtype,
+                eager_float32=lambda x=x, state=state: contract.nf4_matmul(x.float(), state)))
+        except PropertyFailed:
+            failed += 1
+    return failed, worst
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for arithmetic in ARITHMETICS:
+        for tokens, batches in BATCHES.items():
+            for rows_name, rows in ROWS.items():
+                failed, worst = failures(arithmetic, batches, rows, args.draws, args.seed)
+                print(f"{arithmetic:19} {tokens:10} {rows_name:9}: {failed:4} of {args.draws} draws fail "
+                      f"(largest passing margin {worst:.3f})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
