@@ -21,6 +21,8 @@ def relaunch(kernel, grid: tuple[int, int, int], device_index: int, args: tuple)
     dtypes, constexprs, device): a launch bypasses that check."""
     import triton
 
+    if len(grid) != 3:
+        raise ValueError(f"relaunch needs the grid's three sizes, got {grid}")
     hooks = triton.knobs.runtime
     stream = triton.runtime.driver.active.get_current_stream(device_index)
     metadata = (None if hooks.launch_enter_hook is None and hooks.launch_exit_hook is None

@@ -233,3 +233,49 @@ def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
             nf4.deterministic(impl, case, "cpu")
     finally:
         kernels.pin()
+
+
+def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
+    """impls/_host.relaunch (the mma path's launches after the first) calls a compiled kernel's launcher as Triton's own
+    launch does: the grid's three sizes, the current stream of the device, the kernel's function and packed metadata,
+    launch metadata only when a launch hook is set, both hooks, then every argument in signature order. A grid of
+    another length would shift every argument by one (the launcher raised TypeError on each call of a word-path build
+    that passed four): refused before the call."""
+    triton = pytest.importorskip("triton")
+    from llmopt.impls._host import relaunch
+
+    class Driver:
+        def get_current_stream(self, device_index):
+            return 1000 + device_index
+
+    class Kernel:
+        function, packed_metadata = "function", "packed"
+
+        def __init__(self):
+            self.calls, self.metadata_calls = [], []
+
+        def run(self, *launch):
+            self.calls.append(launch)
+
+        def launch_metadata(self, grid, stream, *args):
+            self.metadata_calls.append((grid, stream, args))
+            return "metadata"
+
+    monkeypatch.setattr(triton.runtime.driver, "_active", Driver())
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", None)
+    monkeypatch.setattr(triton.knobs.runtime, "launch_exit_hook", None)
+    kernel = Kernel()
+    relaunch(kernel, (3, 2, 1), 1, ("x", 7, "ASM"))
+    assert kernel.calls == [(3, 2, 1, 1001, "function", "packed", None, None, None, "x", 7, "ASM")]
+    assert kernel.metadata_calls == []
+
+    def hook(metadata):
+        return None
+
+    monkeypatch.setattr(triton.knobs.runtime, "launch_enter_hook", hook)
+    relaunch(kernel, (3, 2, 1), 0, ("x",))
+    assert kernel.calls[-1] == (3, 2, 1, 1000, "function", "packed", "metadata", hook, None, "x")
+    assert kernel.metadata_calls == [((3, 2, 1), 1000, ("x",))]
+    with pytest.raises(ValueError, match="three sizes"):
+        relaunch(kernel, (3, 2, 1, 1), 0, ("x",))
+    assert len(kernel.calls) == 2
