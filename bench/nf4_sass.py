@@ -37,8 +37,13 @@ def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None 
     elements = tile.block_n * tile.block_k / (32 * tile.num_warps)
     return {"path": "dot" if use_dot else "words", "tokens": _TOKENS[use_dot], "double_quant": double_quant,
             "tile": {"block_n": tile.block_n, "block_k": tile.block_k, "num_warps": tile.num_warps,
-                     "num_stages": tile.num_stages, "prefetch": tile.prefetch},
-            "elements_per_thread_step": elements,
+                     "num_stages": tile.num_stages, "prefetch": tile.prefetch}, **_per_element(figures, elements)}
+
+
+def _per_element(figures: dict, elements: float) -> dict:
+    """compile_sass's figures with the main loop's instructions and opcodes divided by the weight elements a thread
+    takes in one iteration."""
+    return {"elements_per_thread_step": elements,
             "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
             "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
 
@@ -62,9 +67,7 @@ def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
                            divisible_by_16=divisible, num_warps=warps)
     elements = figures["loop_ops"].get("HMMA", 0) / n_tiles * 8  # an mma: 16 rows x 16 of K, 8 elements a lane
     return {"path": "mma", "tokens": tokens, "double_quant": double_quant, "tile": tile._asdict(),
-            "elements_per_thread_step": elements,
-            "loop_instructions_per_element": round(figures["loop_instructions"] / elements, 3),
-            "loop_ops_per_element": {op: round(n / elements, 3) for op, n in figures["loop_ops"].items()}, **figures}
+            **_per_element(figures, elements)}
 
 
 def sweep(first_only: bool = False) -> list[dict]:

@@ -18,8 +18,10 @@ from llmopt.reference.contract import PropertyFailed
 from llmopt.reference.nf4_format import nf4_table
 
 ARITHMETICS = ("levels in x's dtype", "float32 levels")
-BATCHES = {"one token": [(1,)], "2+ tokens": [(2,), (5,), (16,), (2, 3), (17,), (40,)]}  # the contract's draws
-ROWS = {"all rows": [1, 3, 16, 31, 64, 65, 130], "N <= 3": [1, 3]}
+_DRAWS = contract.NF4_MATMUL_DRAWS[False]  # the contract's draws on a GPU, blocks of 64 (the mma path's)
+BATCHES = {"one token": [b for b in _DRAWS["batches"] if b == (1,)],
+           "2+ tokens": [b for b in _DRAWS["batches"] if b != (1,)]}
+ROWS = {"all rows": _DRAWS["rows"], "N <= 3": [n for n in _DRAWS["rows"] if n <= 3]}
 
 
 def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
@@ -45,7 +47,7 @@ def failures(arithmetic: str, batches: list, rows: list, draws: int, seed: int) 
     rng = random.Random(seed)
     failed, worst = 0, 0.0
     for _ in range(draws):
-        case = contract.NF4MatmulCase(rng.choice(batches), rng.choice(rows), 64 * rng.choice([1, 2, 3, 5, 8]),
+        case = contract.NF4MatmulCase(rng.choice(batches), rng.choice(rows), 64 * rng.choice(_DRAWS["block_multiples"]),
                                       double_quant=rng.random() < 0.5, dtype=rng.choice(["bfloat16", "float16"]),
                                       seed=rng.randrange(2**16))
         x, state = contract.nf4_matmul_make_call(case, "cpu").args

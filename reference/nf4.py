@@ -495,21 +495,27 @@ def nf4_matmul_make_call(case: NF4MatmulCase, device: str) -> Call:
     return Call((x, state))
 
 
+# What nf4_matmul_cases draws from (small: the interpreter's and the CPU's budget); bench/nf4_tolerance draws the same.
+NF4_MATMUL_DRAWS = {small: {"block_multiples": [1, 2, 3] if small else [1, 2, 3, 5, 8],
+                            "batches": [(1,), (1,), (2,), (5,), (16,), (2, 3)] + ([] if small else [(17,), (40,)]),
+                            "rows": [1, 3, 16, 31, 64] + ([] if small else [65, 130])} for small in (False, True)}
+
+
 def nf4_matmul_cases(impl, mode: str):
     from hypothesis import strategies as st
 
     on, small, dtypes = drawing(impl, mode)
+    draws = NF4_MATMUL_DRAWS[small]
 
     @st.composite
     def build(draw):
         blocksize = draw(st.sampled_from([64, 64, 32, 128]))
-        multiples = [1, 2, 3] if small else [1, 2, 3, 5, 8]
-        K = blocksize * draw(st.sampled_from(multiples))
+        K = blocksize * draw(st.sampled_from(draws["block_multiples"]))
         if on("k_not_multiple_of_blocksize") and draw(st.booleans()):
             K = draw(st.sampled_from([1, 2, 3, 33, 96, 130]))
         return NF4MatmulCase(
-            batch=draw(st.sampled_from([(1,), (1,), (2,), (5,), (16,), (2, 3)] + ([] if small else [(17,), (40,)]))),
-            N=draw(st.sampled_from([1, 3, 16, 31, 64] + ([] if small else [65, 130]))), K=K, blocksize=blocksize,
+            batch=draw(st.sampled_from(draws["batches"])), N=draw(st.sampled_from(draws["rows"])), K=K,
+            blocksize=blocksize,
             double_quant=draw(st.booleans()) if on("double_quant") else False, dtype=draw(st.sampled_from(dtypes)),
             x_layout=draw(st.sampled_from(["contiguous", "strided"] if on("strided") else ["contiguous"])),
             seed=draw(st.integers(0, 2**16)))

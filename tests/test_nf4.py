@@ -279,3 +279,16 @@ def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
     with pytest.raises(ValueError, match="three sizes"):
         relaunch(kernel, (3, 2, 1, 1), 0, ("x",))
     assert len(kernel.calls) == 2
+
+
+def test_the_tolerance_emulation_tells_the_two_matmul_arithmetics_apart():
+    """bench/nf4_tolerance on one-token draws with N <= 3 (where the contract's eager error is smallest by chance): the
+    mma path's arithmetic (levels rounded to x's dtype) fails some, the word path's (float32 levels) none, with
+    margins well inside the bound."""
+    from llmopt.bench import nf4_tolerance
+
+    batches, rows = nf4_tolerance.BATCHES["one token"], nf4_tolerance.ROWS["N <= 3"]
+    rounded_failures, _ = nf4_tolerance.failures("levels in x's dtype", batches, rows, 300, 1)
+    float32_failures, float32_margin = nf4_tolerance.failures("float32 levels", batches, rows, 300, 1)
+    assert rounded_failures > 0
+    assert float32_failures == 0 and float32_margin < 0.5

@@ -334,7 +334,7 @@ def _nf4_matmul_kernel(
                           pid_m * tl.num_programs(0) + pid_n, pid_k, M * N, SPLIT_K)
 
 
-# ----------------------------------------------------------------------------------------------- 1-16 tokens, mma
+# ----------------------------------------------------------------------------------------------- 2+ tokens, mma
 
 # Pair table: entry b (one byte of codes) holds both its levels rounded to x's 16-bit dtype as one 32-bit pair, the high
 # nibble's (even element) in the low half: the A operand register of an mma for elements (2j, 2j + 1). Stored 32 times
@@ -569,6 +569,7 @@ def _nf4_mma_kernel(x_ptr, codes_ptr, absmax_ptr, scales_ptr, offset_ptr, table_
         _mma_store_tile(out_ptr, acc4, acc5, acc6, acc7, out_row, out_token + 8, M, N, stride_om, ROW_GROUPS,
                         K_SLICES)
 
+
 @triton.jit
 def _mma_store(out_ptr, acc, rows, tokens, M, N, stride_om, ROW_GROUPS: tl.constexpr, K_SLICES: tl.constexpr):
     """Sum one accumulator [THREADS] over the K slices of each row group and store it at out[tokens, rows]."""
@@ -598,35 +599,33 @@ class Tile(NamedTuple):
 
 
 # sm_90 candidates. One token (it stays here: the mma path ran it 0.98-1.09x as fast on the H100, 2026-12-06, but its
-# levels rounded to x's dtype fail the contract's tolerance on ~4% of single-output cases, emulated; the word path's
-# levels are float32): the problem is streaming N·K/2 bytes of codes once; a program takes 8-128 rows, 16 bytes
-# of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows (Triton lays
-# [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half an 8-byte
-# shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the more
-# (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
+# levels rounded to x's dtype fail the contract's tolerance on 32 of 3000 one-token draws, the word path's float32
+# levels on none: bench/nf4_tolerance.py): the problem is streaming N·K/2 bytes of codes once; a program takes 8-128
+# rows, 16 bytes of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows
+# (Triton lays [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half
+# an 8-byte shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the
+# more (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
 # table's 32 KB of shared memory caps a program at 6 per SM. The dot path (2-16 tokens before the mma path took them;
-# now its fallback): 16-token tensor-core dots (wgmma) on
-# 64-256-row tiles, each thread decoding whole words to their 8 weights, which Triton stores to the dot's shared operand
-# with 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3 double-quantized) and two barriers a step
-# (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks, bytes] tiles)
-# took 9.0-14.6 and 0.55-1.5 barriers per element, its operand converted in chunks with a barrier each. 32-row tiles
-# fall back to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they
-# hide, below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest
-# latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays
-# under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on
-# the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens
-# on 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
-# kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one (their shared memory fell
-# from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
-# dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates.
-# Triton does not pipeline the word path's loads (num_stages changes nothing in its SASS); with at most 6 programs an SM
-# the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in registers (+0.1-0.4
-# instructions per element, no spills; unmeasured on a GPU when added). Every one-token candidate keeps its loop free
-# of barriers (no layout conversion through shared memory: the absmax comes by inline assembly); tiles of 8 or more
-# blocks a step (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were dropped, and so were
-# prefetching tiles that need over 200 registers.
-# Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every sweep and
-# were dropped.
+# now its fallback): 16-token tensor-core dots (wgmma) on 64-256-row tiles, each thread decoding whole words to their 8
+# weights, which Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.6 SASS instructions per weight
+# element (4.5-5.3 double-quantized) and two barriers a step (results/sm_90/nf4_sass.json). The byte-tile decode it
+# replaced (16-entry table in L1, [rows, blocks, bytes] tiles) took 9.0-14.6 and 0.55-1.5 barriers per element, its
+# operand converted in chunks with a barrier each. 32-row tiles fall back to mma.sync at ~7 and were dropped; so were
+# 2-stage tiles (~6: the pipeliner's buffers cost more than they hide, below). Weights of few rows (4096 x 4096: 64-256
+# programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept
+# only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20%
+# off the 2-16-token path on the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token
+# path slow: at 16 tokens on 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue
+# slots used, and probe kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one
+# (their shared memory fell from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the
+# decode to read back); the dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles
+# lead the candidates. Triton does not pipeline the word path's loads (num_stages changes nothing in its SASS); with at
+# most 6 programs an SM the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in
+# registers (+0.1-0.4 instructions per element, no spills; unmeasured on a GPU when added). Every one-token candidate
+# keeps its loop free of barriers (no layout conversion through shared memory: the absmax comes by inline assembly);
+# tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were
+# dropped, and so were prefetching tiles that need over 200 registers. Tiles of [rows, elements] that read each byte and
+# absmax per element ran 2-6x slower than these in every sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
@@ -801,8 +800,9 @@ def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[t
             arrival_counters(device, plan.output_tiles))
 
 
-def _mma_divides(tile: MmaTile, K: int) -> bool:
-    return (K // 64) % (tile.k_slices * tile.blocks_per_step) == 0
+def _mma_divides(k_slices: int, blocks_per_step: int, K: int) -> bool:
+    """Whether K's blocks of 64 cut into k_slices slices of whole steps."""
+    return (K // 64) % (k_slices * blocks_per_step) == 0
 
 
 @functools.lru_cache(maxsize=256)
@@ -817,8 +817,7 @@ def _mma_constexprs(tile: MmaTile, dtype: torch.dtype, n_tiles: int, double_quan
 
 def _prune_mma(configs, named_args, **kwargs):
     """Steps and slices that divide the row's blocks."""
-    K = named_args["K"]
-    return [c for c in configs if (K // 64) % (c.kwargs["K_SLICES"] * c.kwargs["BLOCKS_PER_STEP"]) == 0]
+    return [c for c in configs if _mma_divides(c.kwargs["K_SLICES"], c.kwargs["BLOCKS_PER_STEP"], named_args["K"])]
 
 
 @functools.lru_cache(maxsize=16)
@@ -855,14 +854,13 @@ _MMA_LAUNCHES: dict[tuple, tuple] = {}
 _MMA_LAUNCHES_KEPT = 1024
 
 
-def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor, dynamic: torch.Tensor) -> None:
+def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
+                table: torch.Tensor, dynamic: torch.Tensor) -> None:
     """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
     weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly
     (_MMA_LAUNCHES) after its first launch."""
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
-    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
-    offset = state.absmax_offset if state.double_quant else state.absmax
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, out.stride(0))
     pinned = _PINNED.get("tile")
@@ -877,13 +875,13 @@ def _mma_matmul(x2: torch.Tensor, state, out: torch.Tensor, table: torch.Tensor,
     common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
     tile = None
     if isinstance(pinned, MmaTile):
-        if not _mma_divides(pinned, K):
+        if not _mma_divides(pinned.k_slices, pinned.blocks_per_step, K):
             raise ValueError(f"pinned {pinned} needs K / 64 to be a multiple of k_slices x blocks_per_step, "
                              f"got K = {K}")
         tile = pinned
     elif _INTERPRET or N * K < _AUTOTUNE_MIN_WEIGHT:
         first = [_INTERPRETER_MMA_TILE] if _INTERPRET else _MMA_TILES
-        tile = next(t for t in [*first, MmaTile(1, 1, 1)] if _mma_divides(t, K))
+        tile = next(t for t in [*first, MmaTile(1, 1, 1)] if _mma_divides(t.k_slices, t.blocks_per_step, K))
     if tile is None:
         tuner = _mma_autotuned(x2.dtype, n_tiles, state.double_quant)
         kernel = tuner[lambda meta: (cdiv(N, 16 * meta["ROW_GROUPS"]), cdiv(M, 16))](*args, **common)
@@ -909,8 +907,10 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     M = x2.shape[0]
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     table, dynamic = device_tables(x.device)
+    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
+    offset = state.absmax_offset if state.double_quant else state.absmax
     if _uses_mma(x2, state, M):
-        _mma_matmul(x2, state, out, table, dynamic)
+        _mma_matmul(x2, state, scales, offset, out, table, dynamic)
         return out.reshape(*x.shape[:-1], N)
     pinned = _PINNED.get("tile")
     pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
@@ -919,8 +919,6 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
                  pinned if isinstance(pinned, Tile) else None)
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
-    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
-    offset = state.absmax_offset if state.double_quant else state.absmax
     partial, arrivals = _split_buffers(plan, N, M, x.device)
     args = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
             K, *x2.stride(), K // 2, *out.stride())
