@@ -281,6 +281,31 @@ def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
     assert len(kernel.calls) == 2
 
 
+def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkeypatch):
+    """The launch table both NF4 matmul kernels share: what _remember keeps under a key, _relaunched hands to relaunch
+    as the runtime arguments followed by each constexpr of the kernel's signature in order (built as the word path
+    builds them: its path's and its tile's), with the grid's three sizes; a grid of other length is refused when kept,
+    not when relaunched on the GPU."""
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+    calls = []
+    monkeypatch.setattr(kernels, "relaunch", lambda *launch: calls.append(launch))
+    monkeypatch.setattr(kernels, "_LAUNCHES", {})
+    tile = kernels.Tile(64, 256, 4, 1, split_k=2, prefetch=True)
+    constexprs = (kernels.path_constexprs(False, True, torch.bfloat16, 64, True) | kernels.tile_constexprs(tile)
+                  | {"num_warps": tile.num_warps})
+    args = tuple(f"runtime {i}" for i in range(20))
+    assert not kernels._relaunched(("words", 1), 0, args)
+    kernels._remember(("words", 1), "compiled", (7, 1, 2), kernels._nf4_matmul_kernel, args, constexprs)
+    assert kernels._relaunched(("words", 1), 3, args)
+    names = kernels._nf4_matmul_kernel.arg_names
+    assert names[len(args)] == "BLOCKSIZE" and calls[0][:3] == ("compiled", (7, 1, 2), 3)
+    assert calls[0][3] == (*args, *(constexprs[name] for name in names[len(args):]))
+    assert calls[0][3][names.index("SPLIT_K")] == 2 and calls[0][3][names.index("DOUBLE_QUANT")] is True
+    with pytest.raises(ValueError, match="three sizes"):
+        kernels._remember(("words", 2), "compiled", (7, 1, 2, 1), kernels._nf4_matmul_kernel, args, constexprs)
+    assert not kernels._relaunched(None, 0, args) and len(calls) == 1
+
+
 def test_the_tolerance_emulation_tells_the_two_matmul_arithmetics_apart():
     """bench/nf4_tolerance on one-token draws with N <= 3 (where the contract's eager error is smallest by chance): the
     mma path's arithmetic (levels rounded to x's dtype) fails some, the word path's (float32 levels) none, with

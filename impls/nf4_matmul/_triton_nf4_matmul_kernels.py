@@ -845,31 +845,58 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     return _AUTOTUNED[M > 1]
 
 
-# Compiled mma kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
+# Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
 # through Triton on the GPU host, was longer than the kernel at every shape but the largest). A key holds everything
-# the compilation, tile and grid depend on: shapes and strides (Triton specializes integers), dtypes, absmax kind, the
-# pinned tile, the device, each tensor's 16-byte alignment. Emptied when full (a server's many token counts), each key
-# then launched by Triton once more.
-_MMA_LAUNCHES: dict[tuple, tuple] = {}
-_MMA_LAUNCHES_KEPT = 1024
+# the compilation, tile and grid depend on: which kernel, shapes and strides (Triton specializes integers), dtypes,
+# absmax kind, the pinned tile or plan, the device, each tensor's 16-byte alignment. Emptied when full (a server's many
+# token counts), each key then launched by Triton once more.
+_LAUNCHES: dict[tuple, tuple] = {}
+_LAUNCHES_KEPT = 1024
+
+
+def _launch_key(kind: str, settings: tuple, tensors: tuple, args: tuple) -> tuple | None:
+    """The launch key of a call (None under the interpreter, which relaunches nothing): the kernel's kind, the call's
+    settings (dtypes, absmax kind, tile or plan, device), its integer arguments, each tensor's 16-byte alignment."""
+    if _INTERPRET:
+        return None
+    return (kind, *settings, *args[len(tensors):], *(t.data_ptr() % 16 == 0 for t in tensors))
+
+
+def _relaunched(key: tuple | None, device_index: int, args: tuple) -> bool:
+    """Relaunch the compiled kernel kept under `key` with `args` (its runtime arguments); False when none is kept."""
+    launch = _LAUNCHES.get(key) if key is not None else None
+    if launch is None:
+        return False
+    kernel, grid, constexprs = launch
+    relaunch(kernel, grid, device_index, (*args, *constexprs))
+    return True
+
+
+def _remember(key: tuple | None, kernel, grid: tuple[int, int, int], jit_function, args: tuple,
+              constexprs: dict) -> None:
+    """Keep (kernel, its grid of three sizes, the constexprs after the runtime arguments in signature order) under
+    `key` (None: nothing, under the interpreter)."""
+    if len(grid) != 3:
+        raise ValueError(f"a kept launch needs the grid's three sizes, got {grid}")
+    if key is None:
+        return
+    if len(_LAUNCHES) >= _LAUNCHES_KEPT:
+        _LAUNCHES.clear()
+    _LAUNCHES[key] = (kernel, grid, tuple(constexprs[name] for name in jit_function.arg_names[len(args):]))
 
 
 def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
                 table: torch.Tensor, dynamic: torch.Tensor) -> None:
     """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
     weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly
-    (_MMA_LAUNCHES) after its first launch."""
+    (_LAUNCHES) after its first launch."""
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, out.stride(0))
     pinned = _PINNED.get("tile")
-    key = None if _INTERPRET else (x2.dtype, state.double_quant, pinned, x2.device.index, *args[len(tensors):],
-                                   *(t.data_ptr() % 16 == 0 for t in tensors))
-    launch = _MMA_LAUNCHES.get(key)
-    if launch is not None:
-        kernel, grid, constexprs = launch
-        relaunch(kernel, grid, x2.device.index, (*args, *constexprs))
+    key = _launch_key("mma", (x2.dtype, state.double_quant, pinned, x2.device.index), tensors, args)
+    if _relaunched(key, x2.device.index, args):
         return
     n_tiles = 1 if M <= 8 else 2
     common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
@@ -890,11 +917,8 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
         constexprs = common | _mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant)
         kernel = _nf4_mma_kernel[(cdiv(N, 16 * tile.row_groups), cdiv(M, 16))](
             *args, **constexprs, num_warps=tile.row_groups * tile.k_slices, num_stages=1)
-    if key is not None:
-        if len(_MMA_LAUNCHES) >= _MMA_LAUNCHES_KEPT:
-            _MMA_LAUNCHES.clear()
-        _MMA_LAUNCHES[key] = (kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1),
-                              tuple(constexprs[name] for name in _nf4_mma_kernel.arg_names[len(args):]))
+    _remember(key, kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1), _nf4_mma_kernel, args,
+              constexprs)
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
@@ -920,12 +944,20 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
     partial, arrivals = _split_buffers(plan, N, M, x.device)
-    args = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals, M, N,
-            K, *x2.stride(), K // 2, *out.stride())
+    tensors = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
+    args = (*tensors, M, N, K, *x2.stride(), K // 2, *out.stride())
+    key = _launch_key("words", (x.dtype, state.blocksize, state.double_quant, pairs, plan.tile, x.device.index), tensors,
+                      args)
+    if _relaunched(key, x.device.index, args):
+        return out.reshape(*x.shape[:-1], N)
     tokens = plan.tokens
     if plan.tile is None:
-        _AUTOTUNED[plan.use_dot][lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args,
-                                                                                                 **plan.constexprs)
+        tuner = _AUTOTUNED[plan.use_dot]
+        kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
+        constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
-        _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **plan.constexprs)
+        constexprs = plan.constexprs
+        kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
+    _remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]), _nf4_matmul_kernel, args,
+              constexprs)
     return out.reshape(*x.shape[:-1], N)
