@@ -946,8 +946,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     partial, arrivals = _split_buffers(plan, N, M, x.device)
     tensors = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
     args = (*tensors, M, N, K, *x2.stride(), K // 2, *out.stride())
-    key = _launch_key("words", (x.dtype, state.blocksize, state.double_quant, pairs, plan.tile, x.device.index), tensors,
-                      args)
+    settings = (x.dtype, state.blocksize, state.double_quant, pairs, plan.tile, x.device.index)
+    key = _launch_key("words", settings, tensors, args)
     if _relaunched(key, x.device.index, args):
         return out.reshape(*x.shape[:-1], N)
     tokens = plan.tokens
