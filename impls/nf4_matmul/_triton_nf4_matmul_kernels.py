@@ -34,8 +34,6 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # which an 8-byte shared-memory load serves together, each read their own copy: no bank conflicts for any bytes.
 _TABLE_COPIES = 16
 _TABLE_BYTES = 256 * _TABLE_COPIES * 8
-_PAIR_TABLE_COPIES = 32  # the pair table's (below): 4 bytes an entry, one copy per lane
-_PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
 
 
 def _table_setup_asm(threads: int) -> str:
@@ -65,23 +63,6 @@ _WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
                  + "\n    ".join(_WORD_DOT_BYTE.format(shift=8 * j, entry=8 * _TABLE_COPIES, even=2 + 2 * j,
                                                         odd=3 + 2 * j) for j in range(4))
                  + "\n    mov.f32 $0, s;\n}")
-
-# One bf16 token reads its levels as 16-bit fraction codes instead (FRACTIONS): the pair table (below; 4 bytes an entry,
-# a warp's loads one wavefront, half the float32 table's) holds code = 0x8000 | u per level, u = min(floor((level + 1)
-# · 2^14 + 0.5), 2^15 - 1), and a byte permute makes each code the float32 f = 1 + u · 2^-15 in [1, 2), so that
-# level ≈ 2f - 3 (within 2^-15; 1.0 is 1 - 2^-14) and Σ level · x = 2 Σ f · x - 3 Σ x. Emulated on the CPU (bench/
-# nf4_tolerance.py, 3000 one-token bf16 draws of the contract's kind): no draw fails its tolerance, largest margin
-# 0.36 (float32 levels: 0.33); fp16 x, whose own rounding is 8x finer, fails 3 in 1000 with it and keeps float32
-# levels. $0: Σ over the word's 8 elements of f · x; operands as _WORD_DOT_ASM's, $10 the pair table's address. Per
-# byte: its entry's address (lane's copy), one 4-byte load, two permutes (bytes 0x00, code, 0x3F), two FMAs.
-FRACTIONS = "fractions"
-_WORD_FRACTIONS_BYTE = """bfe.u32 a, $1, {shift}, 8; mad.lo.u32 a, a, {entry}, b; ld.shared.b32 e, [a];
-    prmt.b32 h, e, k, 0x4105; prmt.b32 l, e, k, 0x4325; fma.rn.f32 s, h, ${even}, s; fma.rn.f32 s, l, ${odd}, s;"""
-_WORD_FRACTIONS_ASM = ("{\n    .reg .b32 a, b, e, k;\n    .reg .f32 h, l, s;\n"
-                       "    mov.u32 b, %laneid; mad.lo.u32 b, b, 4, $10; mov.b32 k, 63; mov.f32 s, 0f00000000;\n    "
-                       + "\n    ".join(_WORD_FRACTIONS_BYTE.format(shift=8 * j, entry=_PAIR_ENTRY_BYTES, even=2 + 2 * j,
-                                                                 odd=3 + 2 * j) for j in range(4))
-                       + "\n    mov.f32 $0, s;\n}")
 
 # $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32, then to x's 16-bit dtype (as
 # Triton's multiply and cast would); $8: the word, $9: its block's absmax, $10: the byte table's address. Per byte: its
@@ -135,35 +116,23 @@ def _byte_levels(words, BYTE: tl.constexpr, table_ptr):
 
 
 @triton.jit
-def _fraction(level):
-    """f = 1 + u · 2^-15 of a level's fraction code (FRACTIONS): level ≈ 2f - 3."""
-    return 1.0 + tl.minimum(tl.floor((level + 1.0) * 16384.0 + 0.5), 32767.0) * (1.0 / 32768.0)
-
-
-@triton.jit
-def _byte_dot(words, even, odd, BYTE: tl.constexpr, table_ptr, FRACTION_CODES: tl.constexpr):
-    """level(element 2·BYTE) · x[2·BYTE] + level(element 2·BYTE + 1) · x[2·BYTE + 1], with plain loads; f in place of
-    each level with FRACTION_CODES."""
+def _byte_dot(words, even, odd, BYTE: tl.constexpr, table_ptr):
+    """level(element 2·BYTE) · x[2·BYTE] + level(element 2·BYTE + 1) · x[2·BYTE + 1], with plain loads."""
     high, low = _byte_levels(words, BYTE, table_ptr)
-    if FRACTION_CODES:
-        high, low = _fraction(high), _fraction(low)
     return high * even + low * odd
 
 
 @triton.jit
-def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM: tl.constexpr,
-              FRACTION_CODES: tl.constexpr):
-    """Σ over the 8 elements of each word of codes of level · x (float32; f · x with FRACTION_CODES); x0..x7 float32.
-    Inline PTX on the GPU (WORD_DOT_ASM over the table in shared memory at byte_table, the same sum), plain loads
-    otherwise (Triton's interpreter)."""
+def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM: tl.constexpr):
+    """Σ over the 8 elements of each word of codes of level · x (float32); x0..x7 float32. Inline PTX on the GPU
+    (WORD_DOT_ASM over the byte table in shared memory at byte_table, the same sum), plain loads otherwise (Triton's
+    interpreter)."""
     if WORD_DOT_ASM != "":
         return tl.inline_asm_elementwise(WORD_DOT_ASM, "=f,r,f,f,f,f,f,f,f,f,r",
                                          [words, x0, x1, x2, x3, x4, x5, x6, x7, byte_table], dtype=tl.float32,
                                          is_pure=True, pack=1)
-    return (_byte_dot(words, x0, x1, 0, table_ptr, FRACTION_CODES) + _byte_dot(words, x2, x3, 1, table_ptr,
-                                                                               FRACTION_CODES)
-            + _byte_dot(words, x4, x5, 2, table_ptr, FRACTION_CODES) + _byte_dot(words, x6, x7, 3, table_ptr,
-                                                                                 FRACTION_CODES))
+    return (_byte_dot(words, x0, x1, 0, table_ptr) + _byte_dot(words, x2, x3, 1, table_ptr)
+            + _byte_dot(words, x4, x5, 2, table_ptr) + _byte_dot(words, x6, x7, 3, table_ptr))
 
 
 @triton.jit
@@ -216,18 +185,14 @@ def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, of
 
 @triton.jit
 def _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS: tl.constexpr,
-               WORD_DOT_ASM: tl.constexpr, FRACTION_CODES: tl.constexpr):
+               WORD_DOT_ASM: tl.constexpr):
     """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes (_words_load's step); x decoded to
-    float32 once per thread and element (and, with FRACTION_CODES, 3 Σ x over each word: Σ level·x = 2 Σ f·x - 3 Σ x),
-    however many rows the thread takes."""
+    float32 once per thread and element, however many rows the thread takes."""
     x0, x1 = _pair_values(p0, X_PAIRS)
     x2, x3 = _pair_values(p1, X_PAIRS)
     x4, x5 = _pair_values(p2, X_PAIRS)
     x6, x7 = _pair_values(p3, X_PAIRS)
-    sums = _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM, FRACTION_CODES)
-    if FRACTION_CODES:
-        sums = 2.0 * sums - 3.0 * (((x0 + x1) + (x2 + x3)) + ((x4 + x5) + (x6 + x7)))
-    return acc + sums * absmax
+    return acc + _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM) * absmax
 
 
 @triton.jit
@@ -278,9 +243,9 @@ def _nf4_matmul_kernel(
     x_ptr, x_pairs_ptr, codes_ptr, words_ptr, absmax_ptr, scales_ptr, offset_ptr, table_ptr, dynamic_ptr, out_ptr,
     partial_ptr, arrivals_ptr, M, N, K, stride_xm, stride_xk, stride_codes, stride_om, stride_on,
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
-    X_PAIRS: tl.constexpr, FRACTION_CODES: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr,
-    ABSMAX_ASM: tl.constexpr, DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
+    X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -321,8 +286,7 @@ def _nf4_matmul_kernel(
                                 DQ_BLOCKSIZE, ABSMAX_ASM)
             if not PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
-            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM,
-                             FRACTION_CODES)
+            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM)
             if PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
         elif PATH == "dot":
@@ -377,16 +341,16 @@ def _nf4_matmul_kernel(
 # side by side (128 bytes an entry, 32 KB), one copy per lane, so a warp's 4-byte loads never conflict; the address is
 # a byte extract and a multiply-add. (Entries 256 bytes apart would make it one byte permute, but 64 KB of static
 # shared memory is over ptxas' 48 KB limit.)
+_PAIR_TABLE_COPIES = 32
+_PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
 _MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
-def _pair_table_setup_asm(threads: int, levels) -> str:
+def _pair_table_setup_asm(threads: int, dtype: torch.dtype) -> str:
     """PTX that declares the pair table in shared memory, fills it from the 16 float32 levels at $1, waits for the whole
-    program and returns its address. `levels`: x's dtype (each level rounded to it, the mma path's A operands) or
-    FRACTIONS (each level's 16-bit fraction code, the word path's for bf16 x). Warp w, lane l stores copy l of entries
-    w, w + warps, ...: entry e = w + warps·k has high nibble (warps·k) // 16, a constant, and low nibble
-    w + (warps·k) % 16, so each thread loads the 16 levels and its 16 / warps low-nibble levels once (and encodes them
-    once), then per entry packs one pair and stores it (warps divides 16)."""
+    program and returns its address. Warp w, lane l stores copy l of entries w, w + warps, ...: entry e = w + warps·k
+    has high nibble (warps·k) // 16, a constant, and low nibble w + (warps·k) % 16, so each thread loads the 16 levels
+    and its 16 / warps low-nibble levels once, then per entry converts one pair and stores it (warps divides 16)."""
     warps = threads // 32
     if threads % 32 or 16 % warps:
         raise ValueError(f"the pair table's fill needs 1, 2, 4, 8 or 16 warps, got {threads} threads")
@@ -397,19 +361,10 @@ def _pair_table_setup_asm(threads: int, levels) -> str:
              "mul.wide.u32 p, w, 4;", "add.u64 p, p, $1;"]
     lines += [f"ld.global.nc.f32 h{q}, [$1+{4 * q}];" for q in range(16)]
     lines += [f"ld.global.nc.f32 l{i}, [p+{4 * warps * i}];" for i in range(lows)]  # level[w + warps·i]
-    if levels == FRACTIONS:  # code = 0x8000 | min(floor((level + 1) x 2^14 + 0.5), 2^15 - 1), float32 steps
-        lines.insert(4, f".reg .b32 ch<16>, cl<{lows}>;")
-        for level, code in [*((f"h{q}", f"ch{q}") for q in range(16)), *((f"l{i}", f"cl{i}") for i in range(lows))]:
-            lines += [f"add.rn.f32 {level}, {level}, 0f3F800000;", f"mul.rn.f32 {level}, {level}, 0f46800000;",
-                      f"add.rn.f32 {level}, {level}, 0f3F000000;", f"cvt.rmi.u32.f32 {code}, {level};",
-                      f"min.u32 {code}, {code}, 32767;", f"or.b32 {code}, {code}, 32768;"]
     for k in range(256 // warps):
         high, low = divmod(warps * k, 16)
-        if levels == FRACTIONS:  # the high nibble's code in the low half
-            lines.append(f"prmt.b32 v, ch{high}, cl{low // warps}, 0x5410;")
-        else:  # the low nibble's level to the high half
-            lines.append(f"cvt.rn.{_MMA_TYPES[levels]}x2.f32 v, l{low // warps}, h{high};")
-        lines.append(f"st.shared.b32 [a+{_PAIR_ENTRY_BYTES * warps * k}], v;")
+        lines += [f"cvt.rn.{_MMA_TYPES[dtype]}x2.f32 v, l{low // warps}, h{high};",  # low nibble's level high
+                  f"st.shared.b32 [a+{_PAIR_ENTRY_BYTES * warps * k}], v;"]
     lines.append("bar.sync 0;")
     return "{\n" + "\n".join(lines) + "\n}"
 
@@ -687,7 +642,6 @@ _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small ti
 _AUTOTUNE_MIN_WEIGHT = 1 << 22  # N·K below which the first candidate runs instead of autotuning (verification shapes)
 _DOT_BLOCK_M = 16
 _PAIR_FORMATS = {torch.bfloat16: "bf16", torch.float16: "fp16"}  # x dtypes the word path reads as 32-bit pairs
-_FRACTION_DTYPES = (torch.bfloat16,)  # x dtypes whose one token reads fraction codes (fp16's own rounding is finer)
 _INTERPRETER_SMS = 2
 _PINNED: dict[str, Tile] = {}
 
@@ -729,17 +683,14 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
     return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
 
 
-def tile_constexprs(tile: Tile, fraction_codes: bool = False) -> dict:
-    """The tile's block sizes, and the fill of the word-decoding paths' table for its thread count: the float32 byte
-    table, or the pair table of fraction codes."""
-    setup = (_pair_table_setup_asm(32 * tile.num_warps, FRACTIONS) if fraction_codes
-             else _table_setup_asm(32 * tile.num_warps))
+def tile_constexprs(tile: Tile) -> dict:
+    """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
-            "TABLE_SETUP_ASM": "" if _INTERPRET else setup}
+            "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
-def _config(tile: Tile, fraction_codes: bool) -> triton.Config:
-    return triton.Config(tile_constexprs(tile, fraction_codes), num_warps=tile.num_warps, num_stages=tile.num_stages)
+def _config(tile: Tile) -> triton.Config:
+    return triton.Config(tile_constexprs(tile), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -779,11 +730,9 @@ def _cuda_check(code: int, call: str, kernel: str) -> None:
 if not _INTERPRET:
     triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
-_AUTOTUNED = {(use_dot, fraction_codes): triton.autotune(configs=[_config(t, fraction_codes) for t in tiles],
-                                                         key=["N", "K", "M"],
-                                                         prune_configs_by={"early_config_prune": _prune})(
-                                                             _nf4_matmul_kernel)
-              for use_dot, tiles in _CANDIDATES.items() for fraction_codes in ((False,) if use_dot else (False, True))}
+_AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
+                                       prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
+              for use_dot, tiles in _CANDIDATES.items()}
 
 
 def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
@@ -800,20 +749,13 @@ def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: in
     return tile._replace(block_k=max(tile.block_k, blocksize))
 
 
-def fraction_codes(use_dot: bool, pairs: bool, dtype: torch.dtype) -> bool:
-    """Whether the word path reads its levels as fraction codes (FRACTIONS): one token of bf16 pairs."""
-    return not use_dot and pairs and dtype in _FRACTION_DTYPES
-
-
 def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: int, double_quant: bool) -> dict:
-    """The kernel's constexprs other than the tile's: which path, x's pair format, the levels' form, the assembly, the
-    dot precision."""
-    fractions = fraction_codes(use_dot, pairs, dtype)
+    """The kernel's constexprs other than the tile's: which path, x's pair format, the assembly, the dot precision."""
     return {"BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
             "PATH": "dot" if use_dot else "words" if pairs else "bytes",
-            "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none", "FRACTION_CODES": fractions,
-            "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot
-            else _WORD_FRACTIONS_ASM if fractions else _WORD_DOT_ASM if pairs else "",
+            "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
+            "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot else _WORD_DOT_ASM if pairs
+            else "",
             "ABSMAX_ASM": "" if _INTERPRET or not (use_dot or pairs) else _ABSMAX_ASM[double_quant],
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
 
@@ -844,8 +786,7 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
     if tile is not None:
-        constexprs |= (tile_constexprs(tile, constexprs["FRACTION_CODES"])
-                       | {"num_warps": tile.num_warps, "num_stages": tile.num_stages})
+        constexprs |= tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 
@@ -901,7 +842,7 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     choice)."""
     if M > 1 and dtype in _MMA_TYPES:
         return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
-    return _AUTOTUNED[M > 1, fraction_codes(M > 1, dtype in _PAIR_FORMATS, dtype)]
+    return _AUTOTUNED[M > 1]
 
 
 # Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
@@ -1011,7 +952,7 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
         return out.reshape(*x.shape[:-1], N)
     tokens = plan.tokens
     if plan.tile is None:
-        tuner = _AUTOTUNED[plan.use_dot, plan.constexprs["FRACTION_CODES"]]
+        tuner = _AUTOTUNED[plan.use_dot]
         kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
         constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
