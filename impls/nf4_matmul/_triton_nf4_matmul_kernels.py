@@ -245,7 +245,7 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -255,8 +255,6 @@ def _nf4_matmul_kernel(
     program pid_k takes one of SPLIT_K equal spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
-    # pipelined loops (STAGES > 1) load the absmax in Triton, so that it is copied ahead with the codes
-    STEP_ABSMAX_ASM: tl.constexpr = ABSMAX_ASM if STAGES == 1 else ""
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
     rows_in = rows < N
@@ -279,13 +277,13 @@ def _nf4_matmul_kernel(
         words, p0, p1, p2, p3, absmax = _words_load(
             words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
             rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
-            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, STEP_ABSMAX_ASM)
-    for k0 in tl.range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K, num_stages=STAGES):
+            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
+    for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
             ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                 dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
                                 k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
-                                DQ_BLOCKSIZE, STEP_ABSMAX_ASM)
+                                DQ_BLOCKSIZE, ABSMAX_ASM)
             if not PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
             acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM)
@@ -295,8 +293,7 @@ def _nf4_matmul_kernel(
             step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
                                            rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
-                                           BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
-                                           STEP_ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
+                                           BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
             words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
                             mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
             weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
@@ -632,9 +629,7 @@ class Tile(NamedTuple):
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
-                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2))),
-               *(Tile(n, k, w, stages) for n, k, w, most in ((128, 256, 8, 4), (64, 256, 4, 4), (32, 256, 2, 3),
-                                                              (64, 512, 4, 3)) for stages in range(2, most + 1))]
+                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
@@ -691,7 +686,6 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
-            "STAGES": tile.num_stages,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
