@@ -64,14 +64,6 @@ _WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
                                                         odd=3 + 2 * j) for j in range(4))
                  + "\n    mov.f32 $0, s;\n}")
 
-# A prefetch of one 128-byte line of codes into L2 ($1 its address, issued where $2 is not 0; $0 a dummy result): the
-# word path's tiles that ask (L2_AHEAD) issue one per row and line L2_AHEAD steps ahead of the step they load.
-_PREFETCH_L2_ASM = tl.constexpr("""{
-    .reg .pred p;
-    setp.ne.b32 p, $2, 0; mov.b32 $0, 0;
-    @p prefetch.global.L2 [$1];
-}""")
-
 # $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32, then to x's 16-bit dtype (as
 # Triton's multiply and cast would); $8: the word, $9: its block's absmax, $10: the byte table's address. Per byte: its
 # entry's address, one 8-byte load of both levels, two products, one conversion of the pair.
@@ -253,7 +245,7 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr, L2_AHEAD: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -286,16 +278,8 @@ def _nf4_matmul_kernel(
             words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
             rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
             step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
-    k_end = tl.minimum(k_start + k_span, K)
-    for k0 in range(k_start, k_end, BLOCK_K):
+    for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
-            if L2_AHEAD > 0 and WORD_ASM != "":  # codes L2_AHEAD steps on into L2: a line per row and 256 elements
-                lines = tl.arange(0, BLOCK_K // 256)[None, :]  # [1, LINES]
-                k_ahead = k0 + L2_AHEAD * BLOCK_K + 256 * lines
-                tl.inline_asm_elementwise(_PREFETCH_L2_ASM, "=r,l,r",
-                                          [codes_ptr + rows[:, None] * stride_codes + k_ahead // 2,
-                                           (rows_in[:, None] & (k_ahead < k_end)).to(tl.int32)],
-                                          dtype=tl.int32, is_pure=False, pack=1)
             ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                 dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
                                 k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
@@ -612,7 +596,6 @@ class Tile(NamedTuple):
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
-    l2_ahead: int = 0  # word path: steps ahead whose codes each step prefetches into L2 (0: none)
 
 
 # sm_90 candidates. One token (it stays here: the mma path ran it 0.98-1.09x as fast on the H100, 2026-12-06, but its
@@ -646,8 +629,7 @@ class Tile(NamedTuple):
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
-                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2))),
-               *(Tile(n, 256, w, 1, prefetch=True, l2_ahead=ahead) for n, w in ((128, 8), (64, 4)) for ahead in (4, 8))]
+                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
@@ -704,7 +686,6 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
-            "L2_AHEAD": tile.l2_ahead,
             "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
