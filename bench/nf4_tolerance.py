@@ -1,9 +1,11 @@
 """How often an NF4 matmul of a given arithmetic fails the `nf4_matmul` contract's tolerance (noise-relative: 2x the
 error of dequantize-then-matmul in x's dtype, plus a floor) on the contract's kind of draws, emulated on the CPU in
 float64: "levels in x's dtype" (the mma path: each level rounded to x's dtype, float32 block sums times the float32
-absmax) and "float32 levels" (the word path: float32 level x absmax products summed in float32). Both are exact-
-precision arithmetics of the technique; the first rounds each weight about as much as the reference's own dequantize
-does, so where the contract's eager error is small by chance (few output values) it fails now and then.
+absmax), "float32 levels" (the word path: float32 level x absmax products summed in float32) and "levels as two terms
+of x's dtype" (a candidate for the mma path: each level as the sum of two values of x's dtype, the second the first's
+rounding error, both summed by mma). All are exact-precision arithmetics of the technique; the first rounds each
+weight about as much as the reference's own dequantize does, so where the contract's eager error is small by chance
+(few output values) it fails now and then.
 `python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S]`."""
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from llmopt.reference import tolerance
 from llmopt.reference.contract import PropertyFailed
 from llmopt.reference.nf4_format import nf4_table
 
-ARITHMETICS = ("levels in x's dtype", "float32 levels")
+ARITHMETICS = ("levels in x's dtype", "float32 levels", "levels as two terms of x's dtype")
 _DRAWS = contract.NF4_MATMUL_DRAWS[False]  # the contract's draws on a GPU, blocks of 64 (the mma path's)
 BATCHES = {"one token": [b for b in _DRAWS["batches"] if b == (1,)],
            "2+ tokens": [b for b in _DRAWS["batches"] if b != (1,)]}
@@ -30,11 +32,14 @@ def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
     levels = nf4_table("cpu")
     if arithmetic == ARITHMETICS[0]:
         levels = levels.to(x.dtype)
+    elif arithmetic == ARITHMETICS[2]:  # level ≈ high + low, both in x's dtype: two mmas a block, one accumulator
+        high = levels.to(x.dtype)
+        levels = high.double() + (levels.double() - high.double()).to(x.dtype).double()
     codes = contract.unpack(state.codes, N * K).reshape(N, K // 64, 64)
     weights = levels[codes].double()  # [N, blocks, 64]
     absmax = contract.dequantize_absmax(state).reshape(N, K // 64).double()
     x64 = x.double().reshape(M, K // 64, 64)
-    if arithmetic == ARITHMETICS[0]:  # each block's sum in float32 (the mma), then times absmax
+    if arithmetic != ARITHMETICS[1]:  # each block's sum in float32 (the mma), then times absmax
         sums = torch.einsum("nbk,mbk->mnb", weights, x64).float().double() * absmax[None]
     else:  # each product level x absmax in float32, then times x
         sums = torch.einsum("nbk,mbk->mnb", (weights * absmax[:, :, None]).float().double(), x64)
