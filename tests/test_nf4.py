@@ -284,9 +284,10 @@ def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
 def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkeypatch):
     """The launch table both NF4 matmul kernels share: what _remember keeps under a key, _relaunched hands to relaunch
     as the runtime arguments followed by each constexpr of the kernel's signature in order (built as the word path
-    builds them: its path's and its tile's), with the grid's three sizes; a grid of other length is refused when kept,
-    not when relaunched on the GPU."""
+    builds them: its path's and its tile's), with the grid's three sizes; a kept grid of other length is refused by
+    relaunch before any launcher sees it."""
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+    real_relaunch = kernels.relaunch
     calls = []
     monkeypatch.setattr(kernels, "relaunch", lambda *launch: calls.append(launch))
     monkeypatch.setattr(kernels, "_LAUNCHES", {})
@@ -301,9 +302,11 @@ def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkey
     assert names[len(args)] == "BLOCKSIZE" and calls[0][:3] == ("compiled", (7, 1, 2), 3)
     assert calls[0][3] == (*args, *(constexprs[name] for name in names[len(args):]))
     assert calls[0][3][names.index("SPLIT_K")] == 2 and calls[0][3][names.index("DOUBLE_QUANT")] is True
-    with pytest.raises(ValueError, match="three sizes"):
-        kernels._remember(("words", 2), "compiled", (7, 1, 2, 1), kernels._nf4_matmul_kernel, args, constexprs)
     assert not kernels._relaunched(None, 0, args) and len(calls) == 1
+    kernels._remember(("words", 2), "compiled", (7, 1, 2, 1), kernels._nf4_matmul_kernel, args, constexprs)
+    monkeypatch.setattr(kernels, "relaunch", real_relaunch)
+    with pytest.raises(ValueError, match="three sizes"):
+        kernels._relaunched(("words", 2), 0, args)
 
 
 def test_the_tolerance_emulation_tells_the_matmul_arithmetics_apart():

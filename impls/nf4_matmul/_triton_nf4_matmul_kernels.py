@@ -586,6 +586,7 @@ def _mma_store_tile(out_ptr, acc0, acc1, acc2, acc3, rows, tokens, M, N, stride_
     _mma_store(out_ptr, acc2, rows + 8, tokens, M, N, stride_om, ROW_GROUPS, K_SLICES)
     _mma_store(out_ptr, acc3, rows + 8, tokens + 1, M, N, stride_om, ROW_GROUPS, K_SLICES)
 
+
 # ----------------------------------------------------------------------------------------------- host side
 
 
@@ -619,13 +620,15 @@ class Tile(NamedTuple):
 # slots used, and probe kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one
 # (their shared memory fell from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the
 # decode to read back); the dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles
-# lead the candidates. Triton does not pipeline the word path's loads (num_stages changes nothing in its SASS); with at
-# most 6 programs an SM the prefetching tiles overlap a step's memory latency with the previous step's sums instead, in
-# registers (+0.1-0.4 instructions per element, no spills; unmeasured on a GPU when added). Every one-token candidate
-# keeps its loop free of barriers (no layout conversion through shared memory: the absmax comes by inline assembly);
-# tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were
-# dropped, and so were prefetching tiles that need over 200 registers. Tiles of [rows, elements] that read each byte and
-# absmax per element ran 2-6x slower than these in every sweep and were dropped.
+# lead the candidates. Triton pipelines a plain range loop only when it holds a dot, so num_stages never reaches the
+# word path; forced with tl.range(num_stages=2-4) its tiles ran 1.3-1.7x slower on the H100 (2026-12-06, commit 88a8267:
+# each step reads its operands back from shared memory). The prefetching tiles overlap a step's memory latency with the
+# previous step's sums in registers instead (+0.1-0.4 instructions per element, no spills): the autotuner's choice at
+# 4096², 8192² and 28672 x 8192 on the H100 (2026-12-06). Every one-token candidate keeps its loop free of barriers (no
+# layout conversion through shared memory: the absmax comes by inline assembly); tiles of 8 or more blocks a step
+# (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were dropped, and so were prefetching tiles
+# that need over 200 registers. Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower
+# than these in every sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
@@ -876,8 +879,6 @@ def _remember(key: tuple | None, kernel, grid: tuple[int, int, int], jit_functio
               constexprs: dict) -> None:
     """Keep (kernel, its grid of three sizes, the constexprs after the runtime arguments in signature order) under
     `key` (None: nothing, under the interpreter)."""
-    if len(grid) != 3:
-        raise ValueError(f"a kept launch needs the grid's three sizes, got {grid}")
     if key is None:
         return
     if len(_LAUNCHES) >= _LAUNCHES_KEPT:
