@@ -240,6 +240,20 @@ def _execute(statement: str, thread: Thread) -> None:
         thread.shared_loads.append((address, 4))
         offset = thread.program._offset(address, 4)
         thread.registers[d] = struct.unpack("<I", bytes(thread.program.shared[offset:offset + 4]))[0]
+    elif op == "st.shared.v2.b32":
+        offset = thread.program._offset(thread.address(d), 8)
+        values = [thread.value(t.strip()) & _MASK["32"] for t in args[1].strip("{} ").split(",")]
+        thread.program.shared[offset:offset + 8] = struct.pack("<II", *values)
+        thread.program.written[offset:offset + 8] = b"\x01" * 8
+    elif op == "ld.shared.v2.b32":
+        address = thread.address(args[1])
+        thread.shared_loads.append((address, 8))
+        offset = thread.program._offset(address, 8)
+        words = struct.unpack("<II", bytes(thread.program.shared[offset:offset + 8]))
+        for name, word in zip(d.strip("{} ").split(","), words):
+            thread.registers[name.strip()] = word
+    elif op in ("cvt.f32.bf16", "cvt.f32.f16"):  # a 16-bit register's value, exactly
+        thread.registers[d] = _f32(_half_value(thread.value(args[1]), kind[2]))
     elif op == "st.shared.v2.f32":
         values = [thread.value(t) for t in args[1].strip("{} ").split(",")]
         thread.program.store_shared_f32(thread.address(d), values)
@@ -251,9 +265,9 @@ def _execute(statement: str, thread: Thread) -> None:
     elif op == "fma.rn.f32":
         a, b, c = (float(thread.value(t)) for t in args[1:4])
         thread.registers[d] = _f32(a * b + c)  # a·b exact in float64, the sum rounded (twice, rarely apart)
-    elif op in ("mul.rn.f32", "add.rn.f32"):
+    elif op in ("mul.rn.f32", "add.rn.f32", "sub.rn.f32"):
         a, b = _f32(thread.value(args[1])), _f32(thread.value(args[2]))
-        thread.registers[d] = a * b if op.startswith("mul") else a + b  # float32, correctly rounded
+        thread.registers[d] = {"mul": a * b, "add": a + b, "sub": a - b}[kind[0]]  # float32, correctly rounded
     elif op in ("cvt.rn.bf16x2.f32", "cvt.rn.f16x2.f32"):  # a to the high half, b to the low
         high, low = (_half_bits(thread.value(t), kind[2]) for t in args[1:3])
         thread.registers[d] = high << 16 | low

@@ -1,14 +1,14 @@
-"""Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al.
-2023), never writing ŵ to global memory. Two kernels. _nf4_mma_kernel, 2+ tokens of bf16/fp16 x (blocks of 64,
-aligned rows): a warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memory pair table (both
-levels in x's dtype), which are its m16n8k16 A fragments against x as B (inline PTX), each block's mma sum scaled by
-its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8 elements) in
-inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its float32 levels
-(one conflict-free 8-byte load per byte); "bytes", one token of any dtype or layout: the same in plain Triton on byte
-tiles, levels from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other block sizes,
-unaligned x): each word decoded in one thread to its 8 weights, tensor-core dots over BLOCK_M = 16 tokens. Absmax
-plain or double-quantized (decoded in place). Codes whose storage is not 4-byte (8-byte for mma) aligned are copied
-first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32 partials in span order (one
+"""Fused NF4 matmul y = x·ŵᵀ in Triton for a weight stored in bitsandbytes' NF4 format (QLoRA, Dettmers et al. 2023),
+never writing ŵ to global memory. Two kernels. _nf4_mma_kernel, 2+ tokens of bf16/fp16 x (blocks of 64, aligned rows): a
+warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memory pair table (both levels, each as two
+terms of x's dtype), which are the A fragments of two m16n8k16 mmas against x as B (inline PTX), each block's mma sum
+scaled by its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8
+elements) in inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its
+float32 levels (one conflict-free 8-byte load per byte); "bytes", one token of any dtype or layout: the same in plain
+Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other
+block sizes, unaligned x): each word decoded in one thread to its 8 weights, tensor-core dots over BLOCK_M = 16 tokens.
+Absmax plain or double-quantized (decoded in place). Codes whose storage is not 4-byte (8-byte for mma) aligned are
+copied first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32 partials in span order (one
 launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
@@ -336,35 +336,41 @@ def _nf4_matmul_kernel(
 
 # ----------------------------------------------------------------------------------------------- 2+ tokens, mma
 
-# Pair table: entry b (one byte of codes) holds both its levels rounded to x's 16-bit dtype as one 32-bit pair, the high
-# nibble's (even element) in the low half: the A operand register of an mma for elements (2j, 2j + 1). Stored 32 times
-# side by side (128 bytes an entry, 32 KB), one copy per lane, so a warp's 4-byte loads never conflict; the address is
-# a byte extract and a multiply-add. (Entries 256 bytes apart would make it one byte permute, but 64 KB of static
-# shared memory is over ptxas' 48 KB limit.)
-_PAIR_TABLE_COPIES = 32
-_PAIR_ENTRY_BYTES = 4 * _PAIR_TABLE_COPIES
+# Pair table: entry b (one byte of codes) holds both its levels as two terms of x's 16-bit dtype, high = level rounded,
+# low = (level - high) rounded, as two 32-bit pairs (high terms, then low terms), the high nibble's (even element) in
+# each pair's low half: the A operand registers of two mmas for elements (2j, 2j + 1) whose sum carries the level to
+# ~16 bits (one term in x's dtype fails the contract's tolerance now and then: bench/nf4_tolerance.py). Stored 16 times
+# side by side (128 bytes an entry, 32 KB), one copy per lane of a half-warp, so a warp's 8-byte loads never conflict;
+# the address is a byte extract and a multiply-add.
+_PAIR_TABLE_COPIES = 16
+_PAIR_ENTRY_BYTES = 8 * _PAIR_TABLE_COPIES
 _MMA_TYPES = {torch.bfloat16: "bf16", torch.float16: "f16"}
 
 
 def _pair_table_setup_asm(threads: int, dtype: torch.dtype) -> str:
     """PTX that declares the pair table in shared memory, fills it from the 16 float32 levels at $1, waits for the whole
-    program and returns its address. Warp w, lane l stores copy l of entries w, w + warps, ...: entry e = w + warps·k
-    has high nibble (warps·k) // 16, a constant, and low nibble w + (warps·k) % 16, so each thread loads the 16 levels
-    and its 16 / warps low-nibble levels once, then per entry converts one pair and stores it (warps divides 16)."""
+    program and returns its address. Thread t (u = t // 16) stores copy t % 16 of entries u, u + 2·warps, ...: entry
+    e = u + 2·warps·k has high nibble (2·warps·k) // 16, a constant, and low nibble u + (2·warps·k) % 16, so each thread
+    loads the 16 levels and its 8 / warps low-nibble levels once, then per entry rounds one pair to x's dtype, takes
+    the two rounding errors in float32 (exact) and rounds them, and stores both pairs (warps divides 8)."""
     warps = threads // 32
-    if threads % 32 or 16 % warps:
-        raise ValueError(f"the pair table's fill needs 1, 2, 4, 8 or 16 warps, got {threads} threads")
-    lows = 16 // warps
-    lines = [f".shared .align 128 .b8 pairs[{256 * _PAIR_ENTRY_BYTES}];", ".reg .b32 t, w, a, v;", ".reg .b64 p;",
-             f".reg .f32 h<16>, l<{lows}>;", "mov.u32 t, %tid.x;", "shr.u32 w, t, 5;", "and.b32 t, t, 31;",
-             "mov.u32 $0, pairs;", "mad.lo.u32 a, t, 4, $0;", f"mad.lo.u32 a, w, {_PAIR_ENTRY_BYTES}, a;",
-             "mul.wide.u32 p, w, 4;", "add.u64 p, p, $1;"]
+    if threads % 32 or 8 % warps:
+        raise ValueError(f"the pair table's fill needs 1, 2, 4 or 8 warps, got {threads} threads")
+    step = 2 * warps  # entries apart of one thread's successive stores
+    lows = 16 // step
+    name = _MMA_TYPES[dtype]
+    lines = [f".shared .align 128 .b8 pairs[{256 * _PAIR_ENTRY_BYTES}];", ".reg .b32 t, u, a, v, r;", ".reg .b64 p;",
+             ".reg .b16 eh, el;", f".reg .f32 h<16>, l<{lows}>, fh, fl;", "mov.u32 t, %tid.x;", "shr.u32 u, t, 4;",
+             "and.b32 t, t, 15;", "mov.u32 $0, pairs;", "mad.lo.u32 a, t, 8, $0;",
+             f"mad.lo.u32 a, u, {_PAIR_ENTRY_BYTES}, a;", "mul.wide.u32 p, u, 4;", "add.u64 p, p, $1;"]
     lines += [f"ld.global.nc.f32 h{q}, [$1+{4 * q}];" for q in range(16)]
-    lines += [f"ld.global.nc.f32 l{i}, [p+{4 * warps * i}];" for i in range(lows)]  # level[w + warps·i]
-    for k in range(256 // warps):
-        high, low = divmod(warps * k, 16)
-        lines += [f"cvt.rn.{_MMA_TYPES[dtype]}x2.f32 v, l{low // warps}, h{high};",  # low nibble's level high
-                  f"st.shared.b32 [a+{_PAIR_ENTRY_BYTES * warps * k}], v;"]
+    lines += [f"ld.global.nc.f32 l{i}, [p+{4 * step * i}];" for i in range(lows)]  # level[u + 2·warps·i]
+    for k in range(256 // step):
+        high, low = divmod(step * k, 16)
+        lines += [f"cvt.rn.{name}x2.f32 v, l{low // step}, h{high};",  # the low nibble's term to the high half
+                  "mov.b32 {eh, el}, v;", f"cvt.f32.{name} fh, eh;", f"cvt.f32.{name} fl, el;",
+                  f"sub.rn.f32 fh, h{high}, fh;", f"sub.rn.f32 fl, l{low // step}, fl;",
+                  f"cvt.rn.{name}x2.f32 r, fl, fh;", f"st.shared.v2.b32 [a+{_PAIR_ENTRY_BYTES * step * k}], {{v, r}};"]
     lines.append("bar.sync 0;")
     return "{\n" + "\n".join(lines) + "\n}"
 
@@ -383,19 +389,19 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
     in the first block (one per tile; tokens past M read token M - 1, their sums are not stored), the addresses of rows
     g's and g + 8's double-quantization scales (one each: a step's blocks share their group of 256), the dynamic
     map's, the mean offset (these four read only when double_quant: the absmax addresses are then of their 8-bit
-    codes), the table's address. Each block: 4 chained m16n8k16 mmas (per lane and mma: bytes 2i, 2i + 1 of its 8 from
-    rows g and g + 8, looked up in the pair table, against x elements 16t + 4i .. + 3: every lane of a column t reads
-    the same elements of x, the k order the mma needs is the same for all rows), then the sums += the block's result
-    × each row's absmax."""
+    codes), the table's address. Each block: 4 k steps of two chained m16n8k16 mmas, the levels' high terms then
+    their low terms (per lane and k step: bytes 2i, 2i + 1 of its 8 from rows g and g + 8, looked up in the pair
+    table, against x elements 16t + 4i .. + 3: every lane of a column t reads the same elements of x, the k order
+    the mma needs is the same for all rows), then the sums += the block's result × each row's absmax."""
     dtype_name = _MMA_TYPES[dtype]
     acc = 4 * n_tiles
     code_g, code_g8, absmax_g, absmax_g8 = (f"${2 * acc + i}" for i in range(4))
     x_ptrs = [f"${2 * acc + 4 + i}" for i in range(n_tiles)]
     scale_g, scale_g8, dynamic, offset = (f"${2 * acc + 4 + n_tiles + i}" for i in range(4))
     table = f"${2 * acc + 8 + n_tiles}"
-    lines = [f".reg .b32 c<{4 * blocks}>, x<{8 * blocks * n_tiles}>, a<4>, q, b;",
-             f".reg .f32 s<{2 * blocks}>, d<{acc}>, z;", "mov.u32 b, %laneid;",
-             "mov.f32 z, 0f00000000;", f"mad.lo.u32 b, b, 4, {table};"]
+    lines = [f".reg .b32 c<{4 * blocks}>, x<{8 * blocks * n_tiles}>, a<4>, e<4>, q, b;",
+             f".reg .f32 s<{2 * blocks}>, d<{acc}>, z;", "mov.u32 b, %laneid;", "and.b32 b, b, 15;",
+             "mov.f32 z, 0f00000000;", f"mad.lo.u32 b, b, 8, {table};"]
     if double_quant:
         lines += [".reg .b32 e;", ".reg .b64 w;", ".reg .f32 v, sg, sg8;", f"ld.global.nc.f32 sg, [{scale_g}];",
                   f"ld.global.nc.f32 sg8, [{scale_g8}];"]
@@ -427,13 +433,14 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
             for reg, (row_word, byte) in enumerate(((0, 2 * i), (2, 2 * i), (0, 2 * i + 1), (2, 2 * i + 1))):
                 word = f"c{4 * j + row_word + byte // 4}"  # row g: c[4j], c[4j + 1]; row g + 8: c[4j + 2], c[4j + 3]
                 lines += [f"bfe.u32 q, {word}, {8 * (byte % 4)}, 8;", f"mad.lo.u32 q, q, {_PAIR_ENTRY_BYTES}, b;",
-                          f"ld.shared.b32 a{reg}, [q];"]
+                          f"ld.shared.v2.b32 {{a{reg}, e{reg}}}, [q];"]
             for n in range(n_tiles):
                 first = 8 * (blocks * n + j)
                 d = ", ".join(f"d{4 * n + r}" for r in range(4))
                 c = "z, z, z, z" if i == 0 else d  # each block's sum starts at 0
-                lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{{d}}}, "
-                             f"{{a0, a1, a2, a3}}, {{x{first + 2 * i}, x{first + 2 * i + 1}}}, {{{c}}};")
+                for terms, into in (("a0, a1, a2, a3", c), ("e0, e1, e2, e3", d)):  # the levels' high terms, then low
+                    lines.append(f"mma.sync.aligned.m16n8k16.row.col.f32.{dtype_name}.{dtype_name}.f32 {{{d}}}, "
+                                 f"{{{terms}}}, {{x{first + 2 * i}, x{first + 2 * i + 1}}}, {{{into}}};")
         for n in range(n_tiles):
             lines += [f"fma.rn.f32 ${4 * n}, d{4 * n}, s{2 * j}, ${4 * n};",
                       f"fma.rn.f32 ${4 * n + 1}, d{4 * n + 1}, s{2 * j}, ${4 * n + 1};",
@@ -443,16 +450,24 @@ def _mma_step_asm(blocks: int, n_tiles: int, dtype: torch.dtype, double_quant: b
 
 
 @triton.jit
+def _two_terms(level, dtype):
+    """level ≈ its high term (rounded to dtype) + its low term (level - high, rounded to dtype), summed in float32
+    (exact), as the pair table holds it."""
+    high = level.to(dtype).to(tl.float32)
+    return high + (level - high).to(dtype).to(tl.float32)
+
+
+@triton.jit
 def _mma_fallback_sums(codes_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, x_ptr, row, token,
                        stride_codes, stride_xm, K, first_block, BLOCKS_PER_STEP: tl.constexpr,
                        DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr):
     """What STEP_ASM adds to one of a lane's sums, in plain Triton (Triton's interpreter): Σ over the step's blocks of
-    absmax · Σ level (rounded to x's dtype) · x for weight rows `row` and tokens `token` [THREADS]."""
+    absmax · Σ level (as its two terms of x's dtype) · x for weight rows `row` and tokens `token` [THREADS]."""
     block = first_block[:, None] + tl.arange(0, BLOCKS_PER_STEP)[None, :]  # [THREADS, BPS]
     byte = block[:, :, None] * 32 + tl.arange(0, 32)[None, None, :]  # [THREADS, BPS, 32]
     packed = tl.load(codes_ptr + row[:, None, None] * stride_codes + byte).to(tl.int32)
-    high = tl.load(table_ptr + (packed >> 4)).to(x_ptr.dtype.element_ty).to(tl.float32)
-    low = tl.load(table_ptr + (packed & 15)).to(x_ptr.dtype.element_ty).to(tl.float32)
+    high = _two_terms(tl.load(table_ptr + (packed >> 4)), x_ptr.dtype.element_ty)
+    low = _two_terms(tl.load(table_ptr + (packed & 15)), x_ptr.dtype.element_ty)
     x_even = tl.load(x_ptr + token[:, None, None] * stride_xm + 2 * byte).to(tl.float32)
     x_odd = tl.load(x_ptr + token[:, None, None] * stride_xm + 2 * byte + 1).to(tl.float32)
     absmax = block_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, row[:, None] * (K // 64) + block,
