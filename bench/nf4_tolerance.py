@@ -5,15 +5,17 @@ absmax), "float32 levels" (the word path: float32 level x absmax products summed
 of x's dtype" (a candidate for the mma path: each level as the sum of two values of x's dtype, the second the first's
 rounding error, both summed by mma). All are exact-precision arithmetics of the technique; the first rounds each
 weight about as much as the reference's own dequantize does, so where the contract's eager error is small by chance
-(few output values) it fails now and then.
-`python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S]`."""
+(few output values) it fails now and then. With --impl, a registered impl runs the same draws on --device instead.
+`python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S] [--impl NAME --device cuda]`."""
 from __future__ import annotations
 
 import argparse
 import random
 import sys
+from collections.abc import Callable
 
 import torch
+from llmopt import impls as registry
 from llmopt.reference import nf4 as contract
 from llmopt.reference import tolerance
 from llmopt.reference.contract import PropertyFailed
@@ -46,18 +48,20 @@ def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
     return sums.sum(-1).float().to(x.dtype)
 
 
-def failures(arithmetic: str, batches: list, rows: list, draws: int, seed: int) -> tuple[int, float]:
+def failures(arithmetic: str | Callable, batches: list, rows: list, draws: int, seed: int,
+             device: str = "cpu") -> tuple[int, float]:
     """(failing draws, largest margin) over `draws` cases of the contract's kind (K 64-512, plain or double-quantized,
-    bf16 or fp16 x)."""
+    bf16 or fp16 x) on `device`: `arithmetic` one of ARITHMETICS (emulated) or an impl's function (x, state) -> out."""
+    compute = arithmetic if callable(arithmetic) else (
+        lambda x, state: emulated(x.reshape(-1, x.shape[-1]), state, arithmetic).reshape(*x.shape[:-1], -1))
     rng = random.Random(seed)
     failed, worst = 0, 0.0
     for _ in range(draws):
         case = contract.NF4MatmulCase(rng.choice(batches), rng.choice(rows), 64 * rng.choice(_DRAWS["block_multiples"]),
                                       double_quant=rng.random() < 0.5, dtype=rng.choice(["bfloat16", "float16"]),
                                       seed=rng.randrange(2**16))
-        x, state = contract.nf4_matmul_make_call(case, "cpu").args
-        x2 = x.reshape(-1, case.K)
-        out = emulated(x2, state, arithmetic).reshape(*x.shape[:-1], case.N)
+        x, state = contract.nf4_matmul_make_call(case, device).args
+        out = compute(x, state)
         try:
             worst = max(worst, tolerance.noise_relative(
                 "x·ŵᵀ", out, contract.nf4_matmul(x.double(), state), contract.nf4_matmul(x, state), x.dtype,
@@ -71,12 +75,25 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--impl", help="a registered nf4_matmul impl to run instead of the emulations")
+    parser.add_argument("--device", default="cpu", help="where --impl runs (cpu, cuda)")
     args = parser.parse_args(argv)
-    for arithmetic in ARITHMETICS:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device")
+    if args.impl:
+        try:
+            arithmetics = {args.impl: registry.get("nf4_matmul", args.impl, args.device).fn}
+        except registry.ImplError as error:
+            parser.error(str(error))
+    elif args.device != "cpu":
+        parser.error("the emulations run on the CPU; --device is for --impl")
+    else:
+        arithmetics = {name: name for name in ARITHMETICS}
+    for name, arithmetic in arithmetics.items():
         for tokens, batches in BATCHES.items():
             for rows_name, rows in ROWS.items():
-                failed, worst = failures(arithmetic, batches, rows, args.draws, args.seed)
-                print(f"{arithmetic:19} {tokens:10} {rows_name:9}: {failed:4} of {args.draws} draws fail "
+                failed, worst = failures(arithmetic, batches, rows, args.draws, args.seed, args.device)
+                print(f"{name:19} {tokens:10} {rows_name:9}: {failed:4} of {args.draws} draws fail "
                       f"(largest passing margin {worst:.3f})", flush=True)
     return 0
 

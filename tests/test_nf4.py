@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from _known_wrong_coverage import assert_rejects
+from llmopt import impls
 from llmopt.impls import load_user_impl
 from llmopt.reference import nf4, tolerance
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
@@ -321,3 +322,14 @@ def test_the_tolerance_emulation_tells_the_matmul_arithmetics_apart():
     for arithmetic in ("float32 levels", "levels as two terms of x's dtype"):
         failures, margin = nf4_tolerance.failures(arithmetic, batches, rows, 300, 1)
         assert failures == 0 and margin < 0.5, arithmetic
+
+
+def test_the_tolerance_count_runs_an_impl_and_counts_its_failures():
+    """bench/nf4_tolerance --impl: an impl's function runs the same draws; the dense matmul of the dequantized weight
+    passes them all, the same with its output off by one part in 16 (a wrong scale) fails them all."""
+    from llmopt.bench import nf4_tolerance
+
+    dense = impls.get("nf4_matmul", "bf16_dense", "cpu").fn
+    batches, rows = nf4_tolerance.BATCHES["2+ tokens"], nf4_tolerance.ROWS["all rows"]
+    assert nf4_tolerance.failures(dense, batches, rows, 20, 2)[0] == 0
+    assert nf4_tolerance.failures(lambda x, state: dense(x, state) * (1 + 1 / 16), batches, rows, 20, 2)[0] == 20
