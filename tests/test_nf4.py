@@ -150,20 +150,27 @@ def test_nf4_claims_hold_their_computed_values():
     assert torch.allclose(-seed.flip(0), seed) and seed.abs().min() > 0.04  # symmetric, no zero level
 
 
+def _triton_nf4_matmul_and_device():
+    """The Triton NF4 matmul and where its tile tests run: compiled on a GPU, else under the interpreter (skipped
+    where neither is possible, with the reason)."""
+    pytest.importorskip("triton")
+    impl = impls.discover("nf4_matmul")["triton_nf4_matmul"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reason = impl.unavailable_reason(device)
+    if reason:
+        pytest.skip(f"the Triton NF4 matmul: {reason}")
+    return impl, device
+
+
 @pytest.mark.parametrize(("tokens", "split_k", "prefetch"), [("one", 1, False), ("one", 2, False), ("one", 1, True),
                                                               ("one", 2, True), ("several", 1, False),
                                                               ("several", 2, False)])
 def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
     partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead;
-    each must meet the contract on its own, so each runs here under Triton's interpreter on the contract's examples and
-    on shapes that split (K of two steps or more)."""
-    pytest.importorskip("triton")
-    from llmopt import impls as registry
-
-    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
-    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
-        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    each must meet the contract on its own, so each runs here (compiled on a GPU, else under Triton's interpreter) on
+    the contract's examples and on shapes that split (K of two steps or more)."""
+    impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     use_dot = tokens == "several"
@@ -172,14 +179,14 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
-    cases = [case for case in [*nf4.nf4_matmul_examples("interpret"), *extra]
+    cases = [case for case in [*nf4.nf4_matmul_examples(impl.runs_on(device)), *extra]
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
     kernels.pin(tile)
     try:
         for case in cases:
-            nf4.matches_reference(impl, case, "cpu")
-            nf4.deterministic(impl, case, "cpu")
+            nf4.matches_reference(impl, case, device)
+            nf4.deterministic(impl, case, device)
     finally:
         kernels.pin()
 
@@ -188,18 +195,13 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
 def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
     """The word-decoding paths read codes as 32-bit words; codes whose storage starts off a 4-byte boundary (a view
     into a larger buffer) must give the same output, bit for bit, as the same codes aligned."""
-    pytest.importorskip("triton")
-    from llmopt import impls as registry
-
-    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
-    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
-        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    impl, device = _triton_nf4_matmul_and_device()
     generator = torch.Generator().manual_seed(11)
-    state = nf4.nf4_quantize(torch.randn(8, 128, generator=generator) * 0.02, double_quant=True)
-    buffer = torch.zeros(state.codes.numel() + 3, dtype=torch.uint8)
+    state = nf4.nf4_quantize((torch.randn(8, 128, generator=generator) * 0.02).to(device), double_quant=True)
+    buffer = torch.zeros(state.codes.numel() + 3, dtype=torch.uint8, device=device)
     shifted = buffer[3:]  # storage offset 3
     shifted.copy_(state.codes)
-    x = torch.randn(tokens, 128, generator=generator).to(torch.bfloat16)
+    x = torch.randn(tokens, 128, generator=generator).to(device, torch.bfloat16)
     aligned = impl.fn(x, state)
     assert torch.equal(impl.fn(x, dataclasses.replace(state, codes=shifted)), aligned)
     assert torch.equal(shifted, state.codes)  # the caller's codes untouched
@@ -207,16 +209,11 @@ def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
 
 @pytest.mark.parametrize("tile", [(2, 2, 1), (1, 4, 2), (4, 1, 1)])
 def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
-    """The 2+-token path for bf16/fp16 x (_nf4_mma_kernel) under Triton's interpreter, each lane's mma sums given by
-    plain loads (its assembly is checked in tests/test_nf4_ptx.py): row groups past N, K cut into 2-4 slices, several
-    blocks a step, one and two tiles of 8 tokens, tokens in programs of 16, double quantization, one token when
-    pinned."""
-    pytest.importorskip("triton")
-    from llmopt import impls as registry
-
-    impl = registry.discover("nf4_matmul")["triton_nf4_matmul"]
-    if impl.unavailable_reason("cpu") or impl.runs_on("cpu") != "interpret":
-        pytest.skip("the Triton NF4 matmul runs under the interpreter only with TRITON_INTERPRET=1")
+    """The 2+-token path for bf16/fp16 x (_nf4_mma_kernel): on a GPU its assembly, under Triton's interpreter each
+    lane's mma sums given by plain loads (the assembly is checked in tests/test_nf4_ptx.py): row groups past N, K cut
+    into 2-4 slices, several blocks a step, one and two tiles of 8 tokens, tokens in programs of 16, double
+    quantization, one token when pinned."""
+    impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     mma_tile = kernels.MmaTile(*tile)
@@ -228,10 +225,10 @@ def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
     kernels.pin(mma_tile)
     try:
         for case in cases:
-            call = nf4.nf4_matmul_make_call(case, "cpu")
+            call = nf4.nf4_matmul_make_call(case, device)
             assert kernels._uses_mma(call.args[0].reshape(-1, case.K), call.args[1], case.M)
-            nf4.matches_reference(impl, case, "cpu")
-            nf4.deterministic(impl, case, "cpu")
+            nf4.matches_reference(impl, case, device)
+            nf4.deterministic(impl, case, device)
     finally:
         kernels.pin()
 
