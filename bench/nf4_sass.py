@@ -87,7 +87,7 @@ def sweep(first_only: bool = False) -> list[dict]:
                 record = tile_record(use_dot, tile, double_quant)
                 records.append(record)
                 print(f"{record['path']:5} {tile.block_n:3}x{tile.block_k:4} w{tile.num_warps} s{tile.num_stages}"
-                      f"{f' prefetch{tile.prefetch}' if tile.prefetch else '':10} "
+                      f"{' prefetch' if tile.prefetch else '':9} "
                       f"dq={double_quant!s:5}: {record['loop_instructions_per_element']:5.2f} instr/element, "
                       f"{record['registers']} registers, {record['stack_bytes']} B stack, "
                       f"{record['static_shared_bytes'] + record['dynamic_shared_bytes']} B shared", flush=True)

@@ -162,12 +162,12 @@ def _triton_nf4_matmul_and_device():
     return impl, device
 
 
-@pytest.mark.parametrize(("tokens", "split_k", "prefetch"), [("one", 1, 0), ("one", 2, 0), ("one", 1, 1), ("one", 2, 1),
-                                                              ("one", 1, 2), ("one", 2, 2), ("several", 1, 0),
-                                                              ("several", 2, 0)])
+@pytest.mark.parametrize(("tokens", "split_k", "prefetch"), [("one", 1, False), ("one", 2, False), ("one", 1, True),
+                                                              ("one", 2, True), ("several", 1, False),
+                                                              ("several", 2, False)])
 def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
-    partials) of the one-token and the 2-16-token paths, the one-token ones loading zero, one or two steps ahead;
+    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead;
     each must meet the contract on its own, so each runs here (compiled on a GPU, else under Triton's interpreter) on
     the contract's examples and on shapes that split (K of two steps or more)."""
     impl, device = _triton_nf4_matmul_and_device()
@@ -289,7 +289,7 @@ def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkey
     calls = []
     monkeypatch.setattr(kernels, "relaunch", lambda *launch: calls.append(launch))
     monkeypatch.setattr(kernels, "_LAUNCHES", {})
-    tile = kernels.Tile(64, 256, 4, 1, split_k=2, prefetch=1)
+    tile = kernels.Tile(64, 256, 4, 1, split_k=2, prefetch=True)
     constexprs = (kernels.path_constexprs(False, True, torch.bfloat16, 64, True) | kernels.tile_constexprs(tile)
                   | {"num_warps": tile.num_warps})
     args = tuple(f"runtime {i}" for i in range(20))

@@ -273,30 +273,22 @@ def _nf4_matmul_kernel(
                                                pack=1)
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
     k_start = pid_k * k_span
-    if PATH == "words" and PREFETCH > 0:  # the first steps' reads; each step then issues the read PREFETCH steps
-        words, p0, p1, p2, p3, absmax = _words_load(  # ahead before its sums
+    if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
+        words, p0, p1, p2, p3, absmax = _words_load(
             words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
             rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
-            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
-    if PATH == "words" and PREFETCH > 1:
-        next_step = _words_load(
-            words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
-            rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start + BLOCK_K,
             step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
     for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
             ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                 dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
-                                k0 + PREFETCH * BLOCK_K, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
+                                k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
                                 DQ_BLOCKSIZE, ABSMAX_ASM)
-            if PREFETCH == 0:
+            if not PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
             acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM)
-            if PREFETCH == 1:
+            if PREFETCH:
                 words, p0, p1, p2, p3, absmax = ahead
-            elif PREFETCH == 2:
-                words, p0, p1, p2, p3, absmax = next_step
-                next_step = ahead
         elif PATH == "dot":
             step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
@@ -619,7 +611,7 @@ class Tile(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
-    prefetch: int = 0  # word path: each step loads the codes, x and absmax of the step this many ahead before its sums
+    prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
 
 
 # sm_90 candidates. One token (it stays here: the mma path ran it 0.98-1.09x as fast on the H100, 2026-12-06, but its
@@ -654,8 +646,8 @@ class Tile(NamedTuple):
 # than these in every sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
-               *(Tile(n, k, w, 1, prefetch=1) for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2))),
-               *(Tile(n, k, w, 1, prefetch=2) for n, k, w in ((64, 256, 4), (32, 256, 2), (128, 256, 8)))]
+               *(Tile(n, k, w, 1, prefetch=True)
+                 for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
