@@ -50,7 +50,8 @@ def _per_element(figures: dict, elements: float) -> dict:
 
 def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
     """One tile of the mma path (_nf4_mma_kernel) compiled for bf16 x at `tokens` tokens (1-16); per element as above,
-    the elements of a loop iteration counted from its mmas (ptxas may unroll the loop over several steps)."""
+    the elements of a loop iteration counted from its mmas, two per product (ptxas may unroll the loop over several
+    steps)."""
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     n_tiles = 1 if tokens <= 8 else 2
@@ -65,7 +66,8 @@ def mma_tile_record(tile, tokens: int, double_quant: bool) -> dict:
     warps = tile.row_groups * tile.k_slices
     figures = compile_sass(kernels._nf4_mma_kernel, pointer_types=pointers, constexprs=constexprs,
                            divisible_by_16=divisible, num_warps=warps)
-    elements = figures["loop_ops"].get("HMMA", 0) / n_tiles * 8  # an mma: 16 rows x 16 of K, 8 elements a lane
+    # two mmas of 16 rows x 16 of K (8 elements a lane) a tile of 8 tokens: the levels' high terms, then their low terms
+    elements = figures["loop_ops"].get("HMMA", 0) / (2 * n_tiles) * 8
     return {"path": "mma", "tokens": tokens, "double_quant": double_quant, "tile": tile._asdict(),
             **_per_element(figures, elements)}
 

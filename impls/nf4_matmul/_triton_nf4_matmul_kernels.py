@@ -614,36 +614,37 @@ class Tile(NamedTuple):
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
 
 
-# sm_90 candidates. One token (it stays here: the mma path ran it 0.98-1.09x as fast on the H100, 2026-12-06, but its
-# levels rounded to x's dtype fail the contract's tolerance on 32 of 3000 one-token draws, the word path's float32
-# levels on none: bench/nf4_tolerance.py): the problem is streaming N·K/2 bytes of codes once; a program takes 8-128
-# rows, 16 bytes of codes per thread per row per step, rows wrapping so that a thread reuses its decoded x for 2-16 rows
-# (Triton lays [blocks, rows, words] tiles out that way). Per weight element, in the SASS of these tiles: one FFMA, half
-# an 8-byte shared load, an extract and an address per byte, 3.3-4.3 instructions in all, the fewer rows a thread the
-# more (results/sm_90/nf4_sass.json; the 16-entry table in L1 took ~7.1, Nsight Compute, H100, 2026-12-05); the byte
-# table's 32 KB of shared memory caps a program at 6 per SM. The dot path (2-16 tokens before the mma path took them;
-# now its fallback): 16-token tensor-core dots (wgmma) on 64-256-row tiles, each thread decoding whole words to their 8
-# weights, which Triton stores to the dot's shared operand with 16-byte stores: 4.0-4.6 SASS instructions per weight
-# element (4.5-5.3 double-quantized) and two barriers a step (results/sm_90/nf4_sass.json). The byte-tile decode it
-# replaced (16-entry table in L1, [rows, blocks, bytes] tiles) took 9.0-14.6 and 0.55-1.5 barriers per element, its
-# operand converted in chunks with a barrier each. 32-row tiles fall back to mma.sync at ~7 and were dropped; so were
-# 2-stage tiles (~6: the pipeliner's buffers cost more than they hide, below). Weights of few rows (4096 x 4096: 64-256
-# programs over 132 SMs) leave SMs idle and the rest latency-bound: every tile also comes split over K (_SPLITS), kept
-# only while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20%
-# off the 2-16-token path on the three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token
-# path slow: at 16 tokens on 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue
-# slots used, and probe kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one
-# (their shared memory fell from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the
-# decode to read back); the dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles
-# lead the candidates. Triton pipelines a plain range loop only when it holds a dot, so num_stages never reaches the
-# word path; forced with tl.range(num_stages=2-4) its tiles ran 1.3-1.7x slower on the H100 (2026-12-06, commit 88a8267:
-# each step reads its operands back from shared memory). The prefetching tiles overlap a step's memory latency with the
-# previous step's sums in registers instead (+0.1-0.4 instructions per element, no spills): the autotuner's choice at
-# 4096², 8192² and 28672 x 8192 on the H100 (2026-12-06). Every one-token candidate keeps its loop free of barriers (no
-# layout conversion through shared memory: the absmax comes by inline assembly); tiles of 8 or more blocks a step
-# (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and were dropped, and so were prefetching tiles
-# that need over 200 registers. Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower
-# than these in every sweep and were dropped.
+# sm_90 candidates. One token (it stays here: the mma path, whose levels in one term of x's dtype failed the contract's
+# tolerance on 32 of 3000 one-token draws, passes all with two terms but took 84.5 µs at 28672 x 8192 against the word
+# path's 74.6 on the H100, 2026-12-06; bench/nf4_tolerance.py counts the failures): the problem is streaming N·K/2 bytes
+# of codes once; a program takes 8-128 rows, 16 bytes of codes per thread per row per step, rows wrapping so that a
+# thread reuses its decoded x for 2-16 rows (Triton lays [blocks, rows, words] tiles out that way). Per weight element,
+# in the SASS of these tiles: one FFMA, half an 8-byte shared load, an extract and an address per byte, 3.3-4.3
+# instructions in all, the fewer rows a thread the more (results/sm_90/nf4_sass.json; the 16-entry table in L1 took
+# ~7.1, Nsight Compute, H100, 2026-12-05); the byte table's 32 KB of shared memory caps a program at 6 per SM. The dot
+# path (2-16 tokens before the mma path took them; now its fallback): 16-token tensor-core dots (wgmma) on 64-256-row
+# tiles, each thread decoding whole words to their 8 weights, which Triton stores to the dot's shared operand with
+# 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3 double-quantized) and two barriers a step
+# (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks, bytes] tiles)
+# took 9.0-14.6 and 0.55-1.5 barriers per element, its operand converted in chunks with a barrier each. 32-row tiles
+# fall back to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they
+# hide, below). Weights of few rows (4096 x 4096: 64-256 programs over 132 SMs) leave SMs idle and the rest
+# latency-bound: every tile also comes split over K (_SPLITS), kept only while the grid stays under
+# _SPLIT_PROGRAMS_PER_SM programs per SM. On the H200 (2026-12-04) split-K took 7-20% off the 2-16-token path on the
+# three smaller weights. Software pipelining (num_stages > 1) is what made the 2-16-token path slow: at 16 tokens on
+# 28672 x 8192, Nsight Compute showed the L1/shared-memory pipe 97% busy with 3.5% of issue slots used, and probe
+# kernels of the same decode-then-dot took 1.3-1.7 ms with 2-3 stages, 0.31-0.41 ms with one (their shared memory fell
+# from 50-230 KB to 4-8 KB: the pipeliner buffers the codes, gathers and absmax there for the decode to read back); the
+# dense bf16 operand, loaded straight into the dot, pipelines well (0.12 ms). One-stage tiles lead the candidates.
+# Triton pipelines a plain range loop only when it holds a dot, so num_stages never reaches the word path; forced with
+# tl.range(num_stages=2-4) its tiles ran 1.3-1.7x slower on the H100 (2026-12-06, commit 88a8267: each step reads its
+# operands back from shared memory). The prefetching tiles overlap a step's memory latency with the previous step's sums
+# in registers instead (+0.1-0.4 instructions per element, no spills): the autotuner's choice at 4096², 8192² and 28672
+# x 8192 on the H100 (2026-12-06). Every one-token candidate keeps its loop free of barriers (no layout conversion
+# through shared memory: the absmax comes by inline assembly); tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2
+# warps, 1024 at 4) convert their codes every step and were dropped, and so were prefetching tiles that need over 200
+# registers. Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every
+# sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
@@ -672,8 +673,9 @@ class MmaTile(NamedTuple):
     blocks_per_step: int  # quantization blocks of 64 a warp loads before their sums
 
 
-# 2-16 tokens (and more, 16 a program) of bf16/fp16 x, blocks of 64: the mma path, per element ~2.2 SASS instructions at
-# up to 8 tokens, ~2.6 at 16, no barrier in the loop (results/sm_90/nf4_sass.json). Candidates from a probe on the H100
+# 2-16 tokens (and more, 16 a program) of bf16/fp16 x, blocks of 64: the mma path, per element ~3.1-3.3 SASS
+# instructions at up to 8 tokens, ~4.5-5.4 at 16 (two mmas a product since the levels' two terms: 2.0-2.4 and 2.4-2.9
+# with one), no barrier in the loop (results/sm_90/nf4_sass.json). Candidates from a probe on the H100
 # (2026-12-06, every shape of the benchmark, beside the dot path): the best were 1x4 and 4x1 warps loading 4 blocks a
 # step; fewer blocks a step keep K's that the larger steps do not divide.
 _MMA_TILES = [MmaTile(1, 4, 4), MmaTile(4, 1, 4), MmaTile(2, 4, 4), MmaTile(2, 2, 4), MmaTile(2, 2, 2),
