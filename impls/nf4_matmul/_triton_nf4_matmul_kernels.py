@@ -643,8 +643,9 @@ class Tile(NamedTuple):
 # x 8192 on the H100 (2026-12-06). Every one-token candidate keeps its loop free of barriers (no layout conversion
 # through shared memory: the absmax comes by inline assembly); tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2
 # warps, 1024 at 4) convert their codes every step and were dropped, and so were prefetching tiles that need over 200
-# registers. Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in every
-# sweep and were dropped.
+# registers, and tiles loading two steps ahead (168-176 registers, the 128-row tile one program an SM: slower than one
+# step ahead on every one-token shape, H100, 2026-12-06, commit ed1f74c). Tiles of [rows, elements] that read each byte
+# and absmax per element ran 2-6x slower than these in every sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
