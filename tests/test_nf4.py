@@ -191,6 +191,17 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
         kernels.pin()
 
 
+def test_the_triton_nf4_matmul_refuses_x_whose_last_dimension_is_not_k():
+    """x of shape (2, 2K) would reshape to (4, K) without complaint: refused, with the shape it needs."""
+    pytest.importorskip("triton")
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    state = nf4.nf4_quantize(torch.randn(8, 128) * 0.02)
+    for x in (torch.randn(2, 256), torch.randn(3, 64), torch.randn(())):
+        with pytest.raises(ValueError, match=r"x of shape \(\.\.\., K\) with the weight's K = 128"):
+            kernels.nf4_matmul(x, state)
+
+
 @pytest.mark.parametrize("tokens", [1, 3])
 def test_the_triton_nf4_matmul_reads_codes_stored_at_any_byte_offset(tokens):
     """The word-decoding paths read codes as 32-bit words; codes whose storage starts off a 4-byte boundary (a view

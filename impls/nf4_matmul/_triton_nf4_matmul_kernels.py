@@ -811,11 +811,16 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
 
 
+_PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
+
+
 def _split_buffers(plan: _Plan, N: int, M: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(partial sums (splits, M, N) float32, arrival counters) for the plan's largest split; 1-element placeholders when
-    nothing splits."""
+    """(partial sums (splits, M, N) float32, arrival counters) for the plan's largest split; a 1-element placeholder
+    kept per device when nothing splits (unsplit programs never touch it)."""
     if plan.splits == 1:
-        placeholder = torch.empty(1, dtype=torch.float32, device=device)
+        placeholder = _PLACEHOLDERS.get(device)
+        if placeholder is None:
+            placeholder = _PLACEHOLDERS[device] = torch.empty(1, dtype=torch.float32, device=device)
         return placeholder, placeholder
     return (torch.empty(plan.splits, M, N, dtype=torch.float32, device=device),
             arrival_counters(device, plan.output_tiles))
@@ -912,7 +917,7 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
-    args = (*tensors, M, N, K, x2.stride(0), K // 2, out.stride(0))
+    args = (*tensors, M, N, K, x2.stride(0), K // 2, N)  # out: (M, N) with rows N apart
     pinned = _PINNED.get("tile")
     key = _launch_key("mma", (x2.dtype, state.double_quant, pinned, x2.device.index), tensors, args)
     if _relaunched(key, x2.device.index, args):
@@ -941,34 +946,41 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
-    """x (..., K) · ŵᵀ for an NF4State of an (N, K) weight with K % blocksize == 0 -> (..., N) in x's dtype."""
+    """x (..., K) · ŵᵀ for an NF4State of an (N, K) weight with K % blocksize == 0 -> (..., N) in x's dtype. The host
+    path is what an eager one-token call at small weights waits on (the kernel takes ~13 µs at 4096²): no reshape of
+    2-D x or of the output (allocated in its final shape, rows N apart), no views on a relaunch (the launcher reads
+    only pointers), one placeholder per device."""
     N, K = state.shape
     if K % state.blocksize or state.blocksize < 8:
         raise ValueError(f"triton_nf4_matmul needs K % blocksize == 0 (a block within one row) and blocksize >= 8, got "
                          f"K = {K}, blocksize {state.blocksize}")
-    x2 = x.reshape(-1, K)
-    M = x2.shape[0]
-    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    table, dynamic = device_tables(x.device)
-    scales = state.absmax_scales if state.double_quant else state.absmax  # placeholders without double quantization
-    offset = state.absmax_offset if state.double_quant else state.absmax
+    if x.dim() == 0 or x.shape[-1] != K:
+        raise ValueError(f"triton_nf4_matmul needs x of shape (..., K) with the weight's K = {K}, got {tuple(x.shape)}")
+    x2 = x if x.dim() == 2 else x.reshape(-1, K)  # (M, K)
+    M, device, double_quant = x2.shape[0], x.device, state.double_quant
+    out = torch.empty(*x.shape[:-1], N, dtype=x.dtype, device=device)  # (..., N) contiguous: (M, N) with rows N apart
+    table, dynamic = device_tables(device)
+    scales = state.absmax_scales if double_quant else state.absmax  # placeholders without double quantization
+    offset = state.absmax_offset if double_quant else state.absmax
     if _uses_mma(x2, state, M):
         _mma_matmul(x2, state, scales, offset, out, table, dynamic)
-        return out.reshape(*x.shape[:-1], N)
+        return out
     pinned = _PINNED.get("tile")
     pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
     codes = state.codes if state.codes.storage_offset() % 4 == 0 else state.codes.clone()  # words: 4-byte aligned
-    plan = _plan(N, K, M, x.dtype, state.blocksize, state.double_quant, pairs, x.device,
+    plan = _plan(N, K, M, x.dtype, state.blocksize, double_quant, pairs, device,
                  pinned if isinstance(pinned, Tile) else None)
+    partial, arrivals = _split_buffers(plan, N, M, device)
+    # x2 and codes stand for their 32-bit views (x_pairs, words): the same pointers, all a relaunch passes
+    tensors = (x2, x2, codes, codes, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
+    ints = (M, N, K, *x2.stride(), K // 2, N, 1)  # M, N, K, x's strides, codes' row stride, the output's strides
+    settings = (x.dtype, state.blocksize, double_quant, pairs, plan.tile, device.index)
+    key = _launch_key("words", settings, tensors, (*tensors, *ints))
+    if _relaunched(key, device.index, (*tensors, *ints)):
+        return out
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
-    partial, arrivals = _split_buffers(plan, N, M, x.device)
-    tensors = (x2, x_pairs, codes, words, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
-    args = (*tensors, M, N, K, *x2.stride(), K // 2, *out.stride())
-    settings = (x.dtype, state.blocksize, state.double_quant, pairs, plan.tile, x.device.index)
-    key = _launch_key("words", settings, tensors, args)
-    if _relaunched(key, x.device.index, args):
-        return out.reshape(*x.shape[:-1], N)
+    args = (x2, x_pairs, codes, words, *tensors[4:], *ints)
     tokens = plan.tokens
     if plan.tile is None:
         tuner = _AUTOTUNED[plan.use_dot]
@@ -979,4 +991,4 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
         kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
     _remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]), _nf4_matmul_kernel, args,
               constexprs)
-    return out.reshape(*x.shape[:-1], N)
+    return out
