@@ -911,9 +911,9 @@ def _remember(key: tuple | None, kernel, grid: tuple[int, int, int], jit_functio
 
 def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
                 table: torch.Tensor, dynamic: torch.Tensor) -> None:
-    """out (M, N) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the pinned, interpreter's or (small
-    weights) first tile that divides K; on the GPU a launch key's compiled kernel is relaunched directly
-    (_LAUNCHES) after its first launch."""
+    """out (M·N contiguous elements, rows N apart) = x2 · ŵᵀ by _nf4_mma_kernel: autotuned among _MMA_TILES, or the
+    pinned, interpreter's or (small weights) first tile that divides K; on the GPU a launch key's compiled kernel is
+    relaunched directly (_LAUNCHES) after its first launch."""
     (N, K), M = state.shape, x2.shape[0]
     codes = state.codes if state.codes.data_ptr() % 8 == 0 else state.codes.clone()  # 8-byte loads
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
