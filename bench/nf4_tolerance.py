@@ -1,9 +1,9 @@
 """How often an NF4 matmul of a given arithmetic fails the `nf4_matmul` contract's tolerance (noise-relative: 2x the
 error of dequantize-then-matmul in x's dtype, plus a floor) on the contract's kind of draws, emulated on the CPU in
-float64: "levels in x's dtype" (the mma path: each level rounded to x's dtype, float32 block sums times the float32
-absmax), "float32 levels" (the word path: float32 level x absmax products summed in float32) and "levels as two terms
-of x's dtype" (a candidate for the mma path: each level as the sum of two values of x's dtype, the second the first's
-rounding error, both summed by mma). All are exact-precision arithmetics of the technique; the first rounds each
+float64: "levels in x's dtype" (the mma path until 7284a84: each level rounded to x's dtype, float32 block sums times
+the float32 absmax), "float32 levels" (the word path: float32 level x absmax products summed in float32) and "levels
+as two terms of x's dtype" (the mma path since: each level as the sum of two values of x's dtype, the second the
+first's rounding error, both summed by mma). All are exact-precision arithmetics of the technique; the first rounds each
 weight about as much as the reference's own dequantize does, so where the contract's eager error is small by chance
 (few output values) it fails now and then. With --impl, a registered impl runs the same draws on --device instead.
 `python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S] [--impl NAME --device cuda]`."""

@@ -320,8 +320,8 @@ def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkey
 
 def test_the_tolerance_emulation_tells_the_matmul_arithmetics_apart():
     """bench/nf4_tolerance on one-token draws with N <= 3 (where the contract's eager error is smallest by chance): the
-    mma path's arithmetic (levels rounded to x's dtype) fails some; the word path's (float32 levels) and the mma
-    path's candidate fix (each level as two terms of x's dtype) none, with margins well inside the bound."""
+    mma path's former arithmetic (levels rounded to x's dtype) fails some; the word path's (float32 levels) and the mma
+    path's (each level as two terms of x's dtype) none, with margins well inside the bound."""
     from llmopt.bench import nf4_tolerance
 
     batches, rows = nf4_tolerance.BATCHES["one token"], nf4_tolerance.ROWS["N <= 3"]
