@@ -975,8 +975,9 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     tensors = (x2, x2, codes, codes, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
     ints = (M, N, K, *x2.stride(), K // 2, N, 1)  # M, N, K, x's strides, codes' row stride, the output's strides
     settings = (x.dtype, state.blocksize, double_quant, pairs, plan.tile, device.index)
-    key = _launch_key("words", settings, tensors, (*tensors, *ints))
-    if _relaunched(key, device.index, (*tensors, *ints)):
+    relaunch_args = (*tensors, *ints)
+    key = _launch_key("words", settings, tensors, relaunch_args)
+    if _relaunched(key, device.index, relaunch_args):
         return out
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
