@@ -245,10 +245,10 @@ def test_the_mma_path_of_the_triton_nf4_matmul_matches_the_reference(tile):
 
 
 def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
-    """impls/_host.relaunch (the mma path's launches after the first) calls a compiled kernel's launcher as Triton's own
-    launch does: the grid's three sizes, the current stream of the device, the kernel's function and packed metadata,
-    launch metadata only when a launch hook is set, both hooks, then every argument in signature order. A grid of
-    another length would shift every argument by one (the launcher raised TypeError on each call of a word-path build
+    """impls/_host.relaunch (every NF4 matmul launch after a key's first) calls a compiled kernel's launcher as Triton's
+    own launch does: the grid's three sizes, the current stream of the device, the kernel's function and packed
+    metadata, launch metadata only when a launch hook is set, both hooks, then every argument in signature order. A grid
+    of another length would shift every argument by one (the launcher raised TypeError on each call of a word-path build
     that passed four): refused before the call."""
     triton = pytest.importorskip("triton")
     from llmopt.impls._host import relaunch
@@ -295,7 +295,9 @@ def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkey
     as the runtime arguments followed by each constexpr of the kernel's signature in order (built as the word path
     builds them: its path's and its tile's), with the grid's three sizes; a kept grid of other length is refused by
     relaunch before any launcher sees it."""
+    pytest.importorskip("triton")
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
     real_relaunch = kernels.relaunch
     calls = []
     monkeypatch.setattr(kernels, "relaunch", lambda *launch: calls.append(launch))
