@@ -1,5 +1,5 @@
 """Static view of the in-house NF4 matmul (QLoRA's NF4 format, Dettmers et al. 2023) on sm_90, no GPU needed: every
-candidate tile of the one-token word path, the 2-16-token mma path and the dot path (its fallback) compiled for bf16 x,
+candidate tile of the one-token word path (words and chunks), the 2-16-token mma path and the dot path (its fallback) compiled for bf16 x,
 with and without double quantization; its main loop's SASS instructions per weight element by opcode, registers,
 spills and shared memory. `python -m llmopt.bench.nf4_sass OUT_DIR` writes OUT_DIR/nf4_sass.json (`--first`: each
 path's first tile only)."""
@@ -37,7 +37,8 @@ def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None 
     elements = tile.block_n * tile.block_k / (32 * tile.num_warps)
     return {"path": "dot" if use_dot else "words", "tokens": _TOKENS[use_dot], "double_quant": double_quant,
             "tile": {"block_n": tile.block_n, "block_k": tile.block_k, "num_warps": tile.num_warps,
-                     "num_stages": tile.num_stages, "prefetch": tile.prefetch}, **_per_element(figures, elements)}
+                     "num_stages": tile.num_stages, "prefetch": tile.prefetch, "chunks": tile.chunks},
+            **_per_element(figures, elements)}
 
 
 def _per_element(figures: dict, elements: float) -> dict:
@@ -83,13 +84,13 @@ def sweep(first_only: bool = False) -> list[dict]:
             print(f"mma   {tile} tokens={tokens:2} dq={double_quant!s:5}: "
                   f"{record['loop_instructions_per_element']:5.2f} instr/element, {record['registers']} registers, "
                   f"{record['stack_bytes']} B stack", flush=True)
-    for use_dot, tiles in ((False, kernels._GEMV_TILES), (True, kernels._DOT_TILES)):
+    for use_dot, tiles in ((False, kernels._FAMILIES["chunks"]), (True, kernels._DOT_TILES)):
         for tile in tiles[:1] if first_only else tiles:
             for double_quant in (False, True):
                 record = tile_record(use_dot, tile, double_quant)
                 records.append(record)
                 print(f"{record['path']:5} {tile.block_n:3}x{tile.block_k:4} w{tile.num_warps} s{tile.num_stages}"
-                      f"{' prefetch' if tile.prefetch else '':9} "
+                      f"{' prefetch' if tile.prefetch else '':9}{' chunks' if tile.chunks else '':7} "
                       f"dq={double_quant!s:5}: {record['loop_instructions_per_element']:5.2f} instr/element, "
                       f"{record['registers']} registers, {record['stack_bytes']} B stack, "
                       f"{record['static_shared_bytes'] + record['dynamic_shared_bytes']} B shared", flush=True)

@@ -162,31 +162,53 @@ def _triton_nf4_matmul_and_device():
     return impl, device
 
 
-@pytest.mark.parametrize(("tokens", "split_k", "prefetch"), [("one", 1, False), ("one", 2, False), ("one", 1, True),
-                                                              ("one", 2, True), ("several", 1, False),
-                                                              ("several", 2, False)])
-def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch):
+@pytest.mark.parametrize(("tokens", "split_k", "prefetch", "chunks"),
+                         [("one", 1, False, False), ("one", 2, False, False), ("one", 1, True, False),
+                          ("one", 2, True, False), ("one", 1, False, True), ("one", 2, True, True),
+                          ("several", 1, False, False), ("several", 2, False, False)])
+def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch, chunks):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
-    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead;
-    each must meet the contract on its own, so each runs here (compiled on a GPU, else under Triton's interpreter) on
-    the contract's examples and on shapes that split (K of two steps or more)."""
+    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead, in
+    words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32); each must meet the contract on its own,
+    so each runs here (compiled on a GPU, else under Triton's interpreter) on the contract's examples and on shapes
+    that split (K of two steps or more), rows that do not fill a tile and K that does not fill a step."""
     impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     use_dot = tokens == "several"
-    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch)
+    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch, chunks=chunks)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs
+             nf4.NF4MatmulCase((1,), 33, 3 * tile.block_k // 2, blocksize=32, double_quant=True, dtype="float16",
+                               seed=10),
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
     cases = [case for case in [*nf4.nf4_matmul_examples(impl.runs_on(device)), *extra]
-             if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None]
+             if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None
+             and (not chunks or case.dtype != "float32" and case.x_layout == "contiguous")]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
     kernels.pin(tile)
     try:
         for case in cases:
             nf4.matches_reference(impl, case, device)
             nf4.deterministic(impl, case, device)
+    finally:
+        kernels.pin()
+
+
+def test_a_pinned_chunk_tile_refuses_calls_it_cannot_read_in_chunks():
+    """Chunk tiles load 16 bytes of x and of a row of codes at a time: pinned (benchmarks, probes) on a call whose x is
+    float32, or whose x starts off a 16-byte boundary, the matmul refuses with what the tile needs instead of reading
+    misaligned memory or quietly taking another tile."""
+    pytest.importorskip("triton")
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    state = nf4.nf4_quantize(torch.randn(8, 128) * 0.02)
+    kernels.pin(kernels._INTERPRETER_TILES[False]._replace(chunks=True, split_k=1))
+    try:
+        for x in (torch.randn(1, 128), torch.randn(1, 132, dtype=torch.bfloat16)[:, 4:]):
+            with pytest.raises(ValueError, match="16-byte chunks: it needs one bf16/fp16 token, x and every row"):
+                kernels.nf4_matmul(x, state)
     finally:
         kernels.pin()
 

@@ -98,6 +98,17 @@ _ABSMAX_ASM = {
 }"""}
 
 
+# A chunk: 16 bytes of one row's codes (32 elements, half a block of 64) or of x's pairs, one vector load in inline
+# assembly. Loads of Triton's own would give a [rows, chunks] tile the layout of their addresses (lanes down the rows,
+# each in a different row); by assembly the tile keeps Triton's default, lanes along a row's chunks, so a warp reads up
+# to 512 contiguous bytes of one row an instruction. $0..$3: the 4 words at $4 (16-byte aligned), zeros where $5 is 0.
+_CHUNK_LOAD_ASM = """{
+    .reg .pred p;
+    setp.ne.b32 p, $5, 0; mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0;
+    @p ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];
+}"""
+
+
 @triton.jit
 def _pair_values(pair, X_PAIRS: tl.constexpr):
     """float32 (x[2j], x[2j + 1]) of an int32 holding a bf16 or fp16 pair, little endian."""
@@ -184,15 +195,76 @@ def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, of
 
 
 @triton.jit
-def _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS: tl.constexpr,
-               WORD_DOT_ASM: tl.constexpr):
-    """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes (_words_load's step); x decoded to
+def _pairs_dot(words, p0, p1, p2, p3, table_ptr, byte_table, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr):
+    """Σ level·x over each word of codes, x as the word's 4 pairs p0..p3 (pair j: elements 2j, 2j + 1), decoded to
     float32 once per thread and element, however many rows the thread takes."""
     x0, x1 = _pair_values(p0, X_PAIRS)
     x2, x3 = _pair_values(p1, X_PAIRS)
     x4, x5 = _pair_values(p2, X_PAIRS)
     x6, x7 = _pair_values(p3, X_PAIRS)
-    return acc + _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM) * absmax
+    return _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM)
+
+
+@triton.jit
+def _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr):
+    """acc [BPS, BLOCK_N, WPB] += absmax · Σ level·x over each word of codes (loaded: _words_load's step)."""
+    words, p0, p1, p2, p3, absmax = loaded
+    return acc + _pairs_dot(words, p0, p1, p2, p3, table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM) * absmax
+
+
+@triton.jit
+def _chunk_load(ptr, mask, CHUNK_ASM: tl.constexpr):
+    """The 4 words at ptr .. ptr + 3 (16 bytes, 16-byte aligned), zeros where mask is false: one vector load by
+    CHUNK_ASM on the GPU, plain loads otherwise (Triton's interpreter)."""
+    if CHUNK_ASM != "":
+        return tl.inline_asm_elementwise(CHUNK_ASM, "=r,=r,=r,=r,l,r", [ptr, mask.to(tl.int32)],
+                                         dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+    return (tl.load(ptr, mask=mask, other=0), tl.load(ptr + 1, mask=mask, other=0),
+            tl.load(ptr + 2, mask=mask, other=0), tl.load(ptr + 3, mask=mask, other=0))
+
+
+@triton.jit
+def _chunks_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
+                 x_row, K, k0, chunks, BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+                 DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr, CHUNK_ASM: tl.constexpr):
+    """What the step of K at k0 reads in chunks of 32 elements (zeros past K): (the 4 words of each chunk of codes
+    [BLOCK_N, CHUNKS] each, its x as 4 times 4 pairs [1, CHUNKS] each, absmax [BLOCK_N, CHUNKS]); rows [BLOCK_N, 1],
+    chunks [1, CHUNKS]. Codes rows and x 16-byte aligned, BLOCKSIZE a multiple of 32."""
+    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0,
+                                   chunks // (BLOCKSIZE // 32), BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
+    words = _chunk_load(words_ptr + rows * stride_words + k0 // 8 + 4 * chunks, rows_in & step_in, CHUNK_ASM)
+    first_pair = x_pairs_ptr + x_row + k0 // 2 + 16 * chunks
+    return (words, _chunk_load(first_pair, step_in, CHUNK_ASM), _chunk_load(first_pair + 4, step_in, CHUNK_ASM),
+            _chunk_load(first_pair + 8, step_in, CHUNK_ASM), _chunk_load(first_pair + 12, step_in, CHUNK_ASM), absmax)
+
+
+@triton.jit
+def _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS: tl.constexpr, WORD_DOT_ASM: tl.constexpr):
+    """acc [BLOCK_N, CHUNKS] += absmax · Σ level·x over each chunk of codes (loaded: _chunks_load's step)."""
+    words, xa, xb, xc, xd, absmax = loaded
+    sums = (_pairs_dot(words[0], xa[0], xa[1], xa[2], xa[3], table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
+            + _pairs_dot(words[1], xb[0], xb[1], xb[2], xb[3], table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
+            + _pairs_dot(words[2], xc[0], xc[1], xc[2], xc[3], table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM)
+            + _pairs_dot(words[3], xd[0], xd[1], xd[2], xd[3], table_ptr, byte_table, X_PAIRS, WORD_DOT_ASM))
+    return acc + sums * absmax
+
+
+@triton.jit
+def _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows,
+                    rows_in, x_row, K, k0, BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
+                    DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr, CHUNK_ASM: tl.constexpr,
+                    BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr):
+    """The word path's reads of the step at k0: in chunks (_chunks_load) or in words (_words_load); rows [BLOCK_N]."""
+    if CHUNKS:  # one return: Triton checks every return of a function against the others, constexpr branches too
+        loaded = _chunks_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
+                              rows[:, None], rows_in[:, None], x_row, K, k0, tl.arange(0, BLOCK_K // 32)[None, :],
+                              BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM)
+    else:
+        loaded = _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
+                             rows[None, :, None], rows_in[None, :, None], x_row, K, k0,
+                             tl.arange(0, BLOCK_K // BLOCKSIZE)[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
+                             DQ_BLOCKSIZE, ABSMAX_ASM)
+    return loaded
 
 
 @triton.jit
@@ -245,13 +317,14 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr,
+    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr, CHUNKS: tl.constexpr, CHUNK_ASM: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
     Tiles are contiguous along the last dimension: [blocks, rows, words] for PATH "words" (block sums kept per word
     until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
-    bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x). SPLIT_K > 1:
+    bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x); with CHUNKS,
+    "words" takes [rows, chunks of 32 elements] tiles instead (_chunks_load: 16-byte loads along a row). SPLIT_K > 1:
     program pid_k takes one of SPLIT_K equal spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
     pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
@@ -263,6 +336,8 @@ def _nf4_matmul_kernel(
     tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     if PATH == "dot":
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    elif PATH == "words" and CHUNKS:
+        acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
     elif PATH == "words":
         acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, BLOCKSIZE // 8), dtype=tl.float32)
     else:
@@ -274,21 +349,23 @@ def _nf4_matmul_kernel(
     k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
     k_start = pid_k * k_span
     if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
-        words, p0, p1, p2, p3, absmax = _words_load(
-            words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
-            rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K, k_start,
-            step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
+        loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                 dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k_start, BLOCKSIZE,
+                                 DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
     for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
         if PATH == "words":
-            ahead = _words_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                dynamic_ptr, rows[None, :, None], rows_in[None, :, None], pid_m * (stride_xm // 2), K,
-                                k0 + BLOCK_K if PREFETCH else k0, step_blocks[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
-                                DQ_BLOCKSIZE, ABSMAX_ASM)
+            ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                    dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
+                                    k0 + BLOCK_K if PREFETCH else k0, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
+                                    ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
             if not PREFETCH:
-                words, p0, p1, p2, p3, absmax = ahead
-            acc = _words_dot(acc, words, p0, p1, p2, p3, absmax, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                loaded = ahead
+            if CHUNKS:
+                acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+            else:
+                acc = _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
             if PREFETCH:
-                words, p0, p1, p2, p3, absmax = ahead
+                loaded = ahead
         elif PATH == "dot":
             step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
             step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
@@ -326,7 +403,7 @@ def _nf4_matmul_kernel(
         out_offsets = pid_m * stride_om + rows * stride_on  # [BLOCK_N]
         partial_offsets = pid_m * N + rows
         out_mask = rows_in
-        total = tl.sum(tl.sum(acc, axis=2), axis=0) if PATH == "words" else tl.sum(acc, axis=1)
+        total = tl.sum(tl.sum(acc, axis=2), axis=0) if PATH == "words" and not CHUNKS else tl.sum(acc, axis=1)
     if SPLIT_K == 1:
         tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
@@ -612,6 +689,7 @@ class Tile(NamedTuple):
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
+    chunks: bool = False  # word path: [rows, chunks of 32 elements] tiles, 16-byte loads along a row (_chunks_load)
 
 
 # sm_90 candidates. One token (it stays here: the mma path, whose levels in one term of x's dtype failed the contract's
@@ -650,12 +728,23 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
                  for n, k, w in ((32, 256, 2), (64, 256, 4), (128, 256, 8), (16, 256, 2)))]
+# Chunk tiles, for one token of x and codes whose rows start 16-byte aligned (blocks a multiple of 32): each element of
+# a [rows, chunks] tile is 16 bytes of one row's codes (32 elements), so a warp's load reads up to 512 contiguous bytes
+# of a row where the word tiles read 32 bytes from each of 16 rows. From a probe on the H100 (2026-12-06, one token,
+# bf16, results/h100/probes/2026-12-06-nf4-chunk-probe.json): at 28672 x 8192 the best took 69.2 µs against 74.6 for the
+# word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs).
+_CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
+                Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
+                Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
 _SPLIT_PROGRAMS_PER_SM = 4
-_CANDIDATES = {use_dot: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
-               for use_dot, tiles in ((False, _GEMV_TILES), (True, _DOT_TILES))}
+# Candidate families: "words" (one token), "chunks" (one token that chunk tiles may read: the word tiles and those),
+# "dot" (2+ tokens the mma kernel does not take). A family's first tile runs small weights without autotuning.
+_FAMILIES = {"words": _GEMV_TILES, "chunks": [*_GEMV_TILES, *_CHUNK_TILES], "dot": _DOT_TILES}
+_CANDIDATES = {family: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
+               for family, tiles in _FAMILIES.items()}
 # The interpreter splits K in two where K holds two steps, so both epilogues are checked on the CPU.
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1, split_k=2), True: Tile(16, 64, 4, 1, split_k=2)}
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
@@ -707,7 +796,7 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tok
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
-            "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
+            "CHUNKS": tile.chunks, "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
 def _config(tile: Tile) -> triton.Config:
@@ -751,20 +840,27 @@ def _cuda_check(code: int, call: str, kernel: str) -> None:
 if not _INTERPRET:
     triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
-_AUTOTUNED = {use_dot: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
-                                       prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
-              for use_dot, tiles in _CANDIDATES.items()}
+_AUTOTUNED = {family: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
+                                      prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
+              for family, tiles in _CANDIDATES.items()}
 
 
-def _fixed_tile(use_dot: bool, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
+def _family(use_dot: bool, chunks: bool) -> str:
+    return "dot" if use_dot else "chunks" if chunks else "words"
+
+
+def _fixed_tile(family: str, N: int, K: int, dtype: torch.dtype, blocksize: int) -> Tile | None:
     if isinstance(_PINNED.get("tile"), Tile):
         tile = _PINNED["tile"]
+        if tile.chunks and family != "chunks":
+            raise ValueError(f"pinned {tile} reads codes in 16-byte chunks: it needs one bf16/fp16 token, x and every "
+                             f"row of codes 16-byte aligned and blocks a multiple of 32 (got blocksize {blocksize})")
     elif _INTERPRET:
-        tile = _INTERPRETER_TILES[use_dot]
-    elif use_dot and dtype == torch.float32:
+        tile = _INTERPRETER_TILES[family == "dot"]
+    elif family == "dot" and dtype == torch.float32:
         tile = _FLOAT32_DOT_TILE
     elif N * K < _AUTOTUNE_MIN_WEIGHT:
-        tile = _CANDIDATES[use_dot][0]
+        tile = _CANDIDATES[family][0]
     else:
         return None
     return tile._replace(block_k=max(tile.block_k, blocksize))
@@ -778,37 +874,40 @@ def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: i
             "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot else _WORD_DOT_ASM if pairs
             else "",
             "ABSMAX_ASM": "" if _INTERPRET or not (use_dot or pairs) else _ABSMAX_ASM[double_quant],
+            "CHUNK_ASM": "" if _INTERPRET or use_dot or not pairs else _CHUNK_LOAD_ASM,
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
 
 
 class _Plan(NamedTuple):
     """Everything about a launch that depends only on shapes, dtypes and the pinned tile, worked out once."""
 
-    use_dot: bool
+    family: str  # of candidate tiles (_FAMILIES)
     tokens: int  # programs along the tokens: blocks of _DOT_BLOCK_M tokens (dot) or single tokens
-    tile: Tile | None  # None: autotuned among _CANDIDATES[use_dot]
+    tile: Tile | None  # None: autotuned among _CANDIDATES[family]
     splits: int  # rows of the split-K partial buffer: the largest split a candidate may take here
     output_tiles: int  # arrival counters the largest split needs
     constexprs: dict
 
 
 @functools.lru_cache(maxsize=512)
-def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_quant: bool, pairs: bool,
+def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_quant: bool, pairs: bool, chunks: bool,
           device: torch.device, pinned: Tile | None) -> _Plan:
+    """chunks: x and the codes' rows 16-byte aligned, so that chunk tiles may read them (with pairs, one token)."""
     use_dot = M > 1
+    family = _family(use_dot, pairs and chunks and blocksize % 32 == 0)
     tokens = cdiv(M, _DOT_BLOCK_M) if use_dot else M
     sms = _num_sms(device)
-    tile = _fixed_tile(use_dot, N, K, dtype, blocksize)
+    tile = _fixed_tile(family, N, K, dtype, blocksize)
     if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens, sms):
         tile = tile._replace(split_k=1)
-    allowed = [t for t in (_CANDIDATES[use_dot] if tile is None else [tile])
+    allowed = [t for t in (_CANDIDATES[family] if tile is None else [tile])
                if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
     if tile is not None:
         constexprs |= tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
-    return _Plan(use_dot, tokens, tile, splits, output_tiles, constexprs)
+    return _Plan(family, tokens, tile, splits, output_tiles, constexprs)
 
 
 _PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
@@ -868,7 +967,7 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     choice)."""
     if M > 1 and dtype in _MMA_TYPES:
         return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
-    return _AUTOTUNED[M > 1]
+    return _AUTOTUNED[_family(M > 1, dtype in _PAIR_FORMATS)]
 
 
 # Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
@@ -968,7 +1067,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     pinned = _PINNED.get("tile")
     pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
     codes = state.codes if state.codes.storage_offset() % 4 == 0 else state.codes.clone()  # words: 4-byte aligned
-    plan = _plan(N, K, M, x.dtype, state.blocksize, double_quant, pairs, device,
+    chunks = x2.data_ptr() % 16 == 0 and codes.data_ptr() % 16 == 0 and K % 32 == 0  # 16-byte loads of x and rows
+    plan = _plan(N, K, M, x.dtype, state.blocksize, double_quant, pairs, chunks, device,
                  pinned if isinstance(pinned, Tile) else None)
     partial, arrivals = _split_buffers(plan, N, M, device)
     # x2 and codes stand for their 32-bit views (x_pairs, words): the same pointers, all a relaunch passes
@@ -984,7 +1084,7 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     args = (x2, x_pairs, codes, words, *tensors[4:], *ints)
     tokens = plan.tokens
     if plan.tile is None:
-        tuner = _AUTOTUNED[plan.use_dot]
+        tuner = _AUTOTUNED[plan.family]
         kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
         constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
