@@ -1,8 +1,8 @@
 """Static view of the in-house NF4 matmul (QLoRA's NF4 format, Dettmers et al. 2023) on sm_90, no GPU needed: every
-candidate tile of the one-token word path (words and chunks), the 2-16-token mma path and the dot path (its fallback) compiled for bf16 x,
-with and without double quantization; its main loop's SASS instructions per weight element by opcode, registers,
-spills and shared memory. `python -m llmopt.bench.nf4_sass OUT_DIR` writes OUT_DIR/nf4_sass.json (`--first`: each
-path's first tile only)."""
+candidate tile of the one-token word path (words and chunks), the 2-16-token mma path and the dot path (its fallback)
+compiled for bf16 x, with and without double quantization; its main loop's SASS instructions per weight element by
+opcode, registers, spills and shared memory. `python -m llmopt.bench.nf4_sass OUT_DIR` writes OUT_DIR/nf4_sass.json
+(`--first`: each path's first tile only)."""
 from __future__ import annotations
 
 import argparse
