@@ -200,13 +200,13 @@ def test_a_pinned_chunk_tile_refuses_calls_it_cannot_read_in_chunks():
     """Chunk tiles load 16 bytes of x and of a row of codes at a time: pinned (benchmarks, probes) on a call whose x is
     float32, or whose x starts off a 16-byte boundary, the matmul refuses with what the tile needs instead of reading
     misaligned memory or quietly taking another tile."""
-    pytest.importorskip("triton")
+    _, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
-    state = nf4.nf4_quantize(torch.randn(8, 128) * 0.02)
+    state = nf4.nf4_quantize(torch.randn(8, 128, device=device) * 0.02)
     kernels.pin(kernels._INTERPRETER_TILES[False]._replace(chunks=True, split_k=1))
     try:
-        for x in (torch.randn(1, 128), torch.randn(1, 132, dtype=torch.bfloat16)[:, 4:]):
+        for x in (torch.randn(1, 128, device=device), torch.randn(1, 132, dtype=torch.bfloat16, device=device)[:, 4:]):
             with pytest.raises(ValueError, match="16-byte chunks: it needs one bf16/fp16 token, x and every row"):
                 kernels.nf4_matmul(x, state)
     finally:
