@@ -118,10 +118,6 @@ run_asv() {  # run_asv TREE COMMIT [BENCH REGEX...]: asv over the llmopt install
   # commands of this session saved (else a second run at the same commit replaces the first's file)
   [ -d "$keep/results/asv" ] && mkdir -p "$tree/results/asv" && cp -r "$keep/results/asv/." "$tree/results/asv/"
   (cd "$tree" && asv machine --yes --machine "$name" >/dev/null) || return 1
-  # asv runs each benchmark in a process of its own, where Triton's autotuner would time every candidate tile again
-  # (most of the NF4 matmul suite's ~230 s on the H100): its choices are kept on disk instead, so a shape is tuned
-  # once per host and its tracks (latency, peak memory) launch the same tile
-  export TRITON_CACHE_AUTOTUNING=${TRITON_CACHE_AUTOTUNING:-1}
   for pattern in "${patterns[@]}"; do
     echo "--- asv --bench $pattern"
     (cd "$tree" && timeout -k 5 "${LLMOPT_ASV_TIMEOUT:-400}" asv run --config "$conf" -E existing:python3 \
