@@ -4,12 +4,14 @@ warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memo
 terms of x's dtype), which are the A fragments of two m16n8k16 mmas against x as B (inline PTX), each block's mma sum
 scaled by its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8
 elements) in inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its
-float32 levels (one conflict-free 8-byte load per byte); "bytes", one token of any dtype or layout: the same in plain
-Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other
-block sizes, unaligned x): each word decoded in one thread to its 8 weights, tensor-core dots over BLOCK_M = 16 tokens.
-Absmax plain or double-quantized (decoded in place). Codes whose storage is not 4-byte (8-byte for mma) aligned are
-copied first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds the float32 partials in span order (one
-launch, deterministic). Requires K % blocksize == 0 (a block never spans two rows)."""
+float32 levels (one conflict-free 8-byte load per byte), the words read as [blocks, rows, words] tiles or, where x and
+the rows of codes are 16-byte aligned, as [rows, chunks of 16 bytes] tiles loaded by inline assembly; "bytes", one token
+of any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens the
+mma kernel does not take (float32 x, other block sizes, unaligned x): each word decoded in one thread to its 8 weights,
+tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized (decoded in place). Codes whose storage is
+not 4-byte (8-byte for mma) aligned are copied first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds
+the float32 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two
+rows)."""
 from __future__ import annotations
 
 import ctypes
@@ -732,7 +734,10 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
 # a [rows, chunks] tile is 16 bytes of one row's codes (32 elements), so a warp's load reads up to 512 contiguous bytes
 # of a row where the word tiles read 32 bytes from each of 16 rows. From a probe on the H100 (2026-12-06, one token,
 # bf16, results/h100/probes/2026-12-06-nf4-chunk-probe.json): at 28672 x 8192 the best took 69.2 µs against 74.6 for the
-# word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs).
+# word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs). Autotuned
+# beside the word tiles (H100, 2026-12-06, commit c75e544) every one-token shape ran 11-15% faster: 11.9 / 19.7 / 24.4
+# / 66.5 µs at 4096² / 11008 x 4096 / 8192² / 28672 x 8192 (CUDA-graph replays); the autotuner's choice, where a probe
+# read it (4096², 8192², 28672 x 8192 double-quantized), was a chunk tile of 16-32 rows and 1024 elements a step.
 _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
