@@ -196,6 +196,23 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
         kernels.pin()
 
 
+def test_chunk_tiles_are_candidates_only_for_calls_they_can_read():
+    """The autotuner's choice is kept per (N, K, M), whatever the alignment of a later call: chunk tiles (16-byte loads)
+    must be candidates only in the family of calls with one bf16/fp16 token, x and rows 16-byte aligned and blocks a
+    multiple of 32; every other call plans among tiles that read 4-byte words or bytes."""
+    pytest.importorskip("triton")
+    from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
+
+    assert not any(t.chunks for family in ("words", "dot") for t in kernels._CANDIDATES[family])
+    assert {t for t in kernels._CANDIDATES["chunks"] if t.chunks} >= set(kernels._CHUNK_TILES)
+    device = torch.device("cpu")
+    plans = {(M, blocksize, pairs, chunks): kernels._plan(4096, 4096, M, torch.bfloat16, blocksize, False, pairs,
+                                                            chunks, device, None).family
+             for M in (1, 3) for blocksize in (64, 16) for pairs in (True, False) for chunks in (True, False)}
+    assert {key for key, family in plans.items() if family == "chunks"} == {(1, 64, True, True)}
+    assert all(family == "dot" for (M, *_), family in plans.items() if M > 1)
+
+
 def test_a_pinned_chunk_tile_refuses_calls_it_cannot_read_in_chunks():
     """Chunk tiles load 16 bytes of x and of a row of codes at a time: pinned (benchmarks, probes) on a call whose x is
     float32, or whose x starts off a 16-byte boundary, the matmul refuses with what the tile needs instead of reading
