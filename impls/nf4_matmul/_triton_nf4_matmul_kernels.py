@@ -897,7 +897,9 @@ class _Plan(NamedTuple):
 @functools.lru_cache(maxsize=512)
 def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_quant: bool, pairs: bool, chunks: bool,
           device: torch.device, pinned: Tile | None) -> _Plan:
-    """chunks: x and the codes' rows 16-byte aligned, so that chunk tiles may read them (with pairs, one token)."""
+    """chunks: x and the codes start 16-byte aligned. Chunk tiles are candidates where, besides, one token comes as
+    pairs and blocks are a multiple of 32: then every row of codes (K / 2 bytes, K a multiple of the block) starts
+    aligned."""
     use_dot = M > 1
     family = _family(use_dot, pairs and chunks and blocksize % 32 == 0)
     tokens = cdiv(M, _DOT_BLOCK_M) if use_dot else M
@@ -1072,7 +1074,7 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     pinned = _PINNED.get("tile")
     pairs = M == 1 and x.dtype in _PAIR_FORMATS and x2.stride(1) == 1 and x2.storage_offset() % 2 == 0
     codes = state.codes if state.codes.storage_offset() % 4 == 0 else state.codes.clone()  # words: 4-byte aligned
-    chunks = x2.data_ptr() % 16 == 0 and codes.data_ptr() % 16 == 0 and K % 32 == 0  # 16-byte loads of x and rows
+    chunks = x2.data_ptr() % 16 == 0 and codes.data_ptr() % 16 == 0  # for chunk tiles' 16-byte loads (_plan)
     plan = _plan(N, K, M, x.dtype, state.blocksize, double_quant, pairs, chunks, device,
                  pinned if isinstance(pinned, Tile) else None)
     partial, arrivals = _split_buffers(plan, N, M, device)
