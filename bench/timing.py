@@ -1,5 +1,6 @@
 """Timing of one zero-argument callable, in milliseconds: CUDA events with an L2 flush before every repetition on the
-GPU (triton.testing.do_bench's method, written here so it runs without triton), time.perf_counter on the CPU;
+GPU (triton.testing.do_bench's method, written here so it runs without triton, flushing by reading rather than
+writing: l2_flush), time.perf_counter on the CPU;
 each returns the median and the 20th/80th percentiles. On the GPU also the same call replayed from a CUDA graph (the
 kernels without the host's launch cost, as a serving engine that captures its decode step sees them), and the peak
 memory one call allocates."""
@@ -11,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-L2_FLUSH_BYTES = 256 * 10**6  # written before each GPU repetition: larger than any L2 (H100: 50 MB)
+L2_FLUSH_BYTES = 256 * 10**6  # read before each GPU repetition: larger than any L2 (H100: 50 MB)
 ESTIMATE_CALLS = 5  # GPU calls timed together to size the warm-up and the repetitions
 MIN_REPS = 5  # fewest repetitions, so the percentiles mean something
 
@@ -36,17 +37,29 @@ def _counts(estimate_ms: float, warmup_ms: float, rep_ms: float, reps: int | Non
     return int(warmup_ms / estimate_ms), reps if reps is not None else max(MIN_REPS, int(rep_ms / estimate_ms))
 
 
+def l2_flush() -> Callable[[], None]:
+    """A call that evicts every line of L2 by reading L2_FLUSH_BYTES (summed into one int64), leaving L2 full of clean
+    lines. A flush by writing (do_bench's zero_) leaves up to a whole L2 of dirty lines, which the timed call's reads
+    evict and write back to DRAM inside its time: on the H100, 11.7 of the 69.3 µs our one-token NF4 matmul of 132 MB
+    took, 1.5 of bitsandbytes' 106.6 (its slower reads hide the write-backs), 1.0 of 11.4 at 4096²
+    (results/h100/probes/2026-12-06-nf4-flush-probe.json). Run back to back over copies of their inputs, as a decode
+    step over layers runs them, the same kernels timed at or under the read flush's figures."""
+    buffer = torch.zeros(L2_FLUSH_BYTES // 8, dtype=torch.int64, device="cuda")
+    total = torch.empty((), dtype=torch.int64, device="cuda")
+    return lambda: torch.sum(buffer, dim=0, out=total)
+
+
 def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:
     """Time `fn` on the current CUDA device: one untimed call, an estimate over ESTIMATE_CALLS calls, warm-up calls
     filling `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each after writing an
-    L2_FLUSH_BYTES buffer so no repetition finds its inputs in L2; a CUDA event pair around each call."""
-    flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device="cuda")
+    l2_flush so no repetition finds its inputs in L2; a CUDA event pair around each call."""
+    flush = l2_flush()
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(ESTIMATE_CALLS):
-        flush.zero_()
+        flush()
         fn()
     end.record()
     torch.cuda.synchronize()
@@ -56,12 +69,23 @@ def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, re
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
     for start, end in zip(starts, ends, strict=True):
-        flush.zero_()
+        flush()
         start.record()
         fn()
         end.record()
     torch.cuda.synchronize()
     return _summary([start.elapsed_time(end) for start, end in zip(starts, ends, strict=True)])
+
+
+def autotune_timer(kernel_call: Callable, quantiles: tuple[float, ...]) -> list[float]:
+    """Triton's autotuner's do_bench (`triton.autotune(..., do_bench=autotune_timer)`): time_gpu of one candidate, as
+    the quantiles asked for (0.5, 0.2, 0.8 of the milliseconds), so that the autotuner chooses by the flush that the
+    benchmarks report (l2_flush) rather than do_bench's own."""
+    timing = time_gpu(kernel_call)
+    by_quantile = {0.5: timing.median_ms, 0.2: timing.p20_ms, 0.8: timing.p80_ms}
+    if unknown := [q for q in quantiles if q not in by_quantile]:
+        raise ValueError(f"autotune_timer gives the quantiles {sorted(by_quantile)}, not {unknown}")
+    return [by_quantile[q] for q in quantiles]
 
 
 def time_gpu_graph(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None,

@@ -1,11 +1,13 @@
 """The benchmarking half on CPU: run_bench's rows follow ARCHITECTURE.md's schema with consistent numbers and honest
-skips, the report renders tables and plots from rows, and best_fraction_of_peak reads only what it should."""
+skips, the report renders tables and plots from rows, best_fraction_of_peak reads only what it should, and the
+autotuners' timer answers the quantiles they ask for."""
 from __future__ import annotations
 
 import dataclasses
 import json
 
 import pytest
+from llmopt.bench import timing
 from llmopt.bench.bench import run_bench
 from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, gpu_slug
 from llmopt.bench.report import write_report
@@ -120,3 +122,11 @@ def test_best_fraction_of_peak_reads_committed_forward_rows(tmp_path):
                                         ("NVIDIA GeForce RTX 4090", "geforce-rtx-4090")])
 def test_gpu_slug(name, slug):
     assert gpu_slug(name) == slug
+
+
+def test_autotune_timer_answers_the_quantiles_the_autotuner_asks_for(monkeypatch):
+    monkeypatch.setattr(timing, "time_gpu", lambda fn: timing.Timing(median_ms=2.0, p20_ms=1.0, p80_ms=3.0))
+    assert timing.autotune_timer(lambda: None, (0.5, 0.2, 0.8)) == [2.0, 1.0, 3.0]
+    assert timing.autotune_timer(lambda: None, (0.8, 0.5)) == [3.0, 2.0]
+    with pytest.raises(ValueError, match="quantiles"):
+        timing.autotune_timer(lambda: None, (0.9,))

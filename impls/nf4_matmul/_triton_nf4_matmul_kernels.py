@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.bench.timing import autotune_timer
 from llmopt.impls._arrivals import arrival_counters, last_to_arrive
 from llmopt.impls._host import cdiv, relaunch
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
@@ -846,7 +847,8 @@ if not _INTERPRET:
     triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
 _AUTOTUNED = {family: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
-                                      prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
+                                      prune_configs_by={"early_config_prune": _prune},
+                                      do_bench=autotune_timer)(_nf4_matmul_kernel)
               for family, tiles in _CANDIDATES.items()}
 
 
@@ -957,7 +959,8 @@ def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
     configs = [triton.Config(_mma_constexprs(t, dtype, n_tiles, double_quant), num_warps=t.row_groups * t.k_slices,
                              num_stages=1) for t in _MMA_TILES]
     return triton.autotune(configs=configs, key=["N", "K", "M"],
-                           prune_configs_by={"early_config_prune": _prune_mma})(_nf4_mma_kernel)
+                           prune_configs_by={"early_config_prune": _prune_mma},
+                           do_bench=autotune_timer)(_nf4_mma_kernel)
 
 
 def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:

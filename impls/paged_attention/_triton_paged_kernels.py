@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from llmopt.bench.timing import autotune_timer
 from llmopt.impls._arrivals import arrival_counters, last_to_arrive
 from llmopt.impls._host import cdiv, next_power_of_2
 
@@ -220,7 +221,7 @@ _PINNED: dict[str, object] = {}
 
 _AUTOTUNED_KERNEL = triton.autotune(
     configs=[triton.Config({"BLOCK_N": t.block_n}, num_warps=t.num_warps, num_stages=t.num_stages)
-             for t in _HALF_CONFIGS], key=_AUTOTUNE_KEY)(_paged_decode_kernel)
+             for t in _HALF_CONFIGS], key=_AUTOTUNE_KEY, do_bench=autotune_timer)(_paged_decode_kernel)
 
 
 MERGES = ("launch", "fused")  # split chunks merged by a second kernel, or by the last chunk's program
