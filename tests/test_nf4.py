@@ -205,7 +205,7 @@ def test_chunk_tiles_are_candidates_only_for_calls_they_can_read():
 
     assert not any(t.chunks for family in ("words", "dot") for t in kernels._CANDIDATES[family])
     assert {t for t in kernels._CANDIDATES["chunks"] if t.chunks} >= set(kernels._CHUNK_TILES)
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # the plan reads the SM count on CUDA
     plans = {(M, blocksize, pairs, chunks): kernels._plan(4096, 4096, M, torch.bfloat16, blocksize, False, pairs,
                                                             chunks, device, None).family
              for M in (1, 3) for blocksize in (64, 16) for pairs in (True, False) for chunks in (True, False)}
