@@ -737,8 +737,11 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
 # bf16, results/h100/probes/2026-12-06-nf4-chunk-probe.json): at 28672 x 8192 the best took 69.2 µs against 74.6 for the
 # word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs). Autotuned
 # beside the word tiles (H100, 2026-12-06, commit c75e544) every one-token shape ran 11-15% faster: 11.9 / 19.7 / 24.4
-# / 66.5 µs at 4096² / 11008 x 4096 / 8192² / 28672 x 8192 (CUDA-graph replays); the autotuner's choice, where a probe
-# read it (4096², 8192², 28672 x 8192 double-quantized), was a chunk tile of 16-32 rows and 1024 elements a step.
+# / 66.5 µs at 4096² / 11008 x 4096 / 8192² / 28672 x 8192 (CUDA-graph replays, L2 flushed by writing; 11.2 / 18.4 /
+# 21.9 / 59.4 with the read flush, commit 8dba0ee); the autotuner's choice, where a probe read it (4096², 8192², 28672 x
+# 8192 double-quantized), was a chunk tile of 16-32 rows and 1024 elements a step. Cache hints on their loads
+# (L1::no_allocate, L1::evict_first, L2::256B, L2::evict_first; on codes and x or on codes alone) gained nothing
+# (results/h100/probes/2026-12-06-nf4-hint-probe.json, ...-codes-hint-probe.json).
 _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
