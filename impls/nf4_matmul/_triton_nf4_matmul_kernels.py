@@ -355,14 +355,20 @@ def _nf4_matmul_kernel(
         loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                  dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k_start, BLOCKSIZE,
                                  DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-    for k0 in range(k_start, tl.minimum(k_start + k_span, K), BLOCK_K):
+    k_end = tl.minimum(k_start + k_span, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
         if PATH == "words":
-            ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                    dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
-                                    k0 + BLOCK_K if PREFETCH else k0, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
-                                    ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-            if not PREFETCH:
-                loaded = ahead
+            if PREFETCH:  # the next step's reads in a block of their own: issued before this step's sums
+                ahead = loaded  # (as one straight block, ptxas moved them after the sums, to the loop's end, where
+                if k0 + BLOCK_K < k_end:  # the next step waited on them at once: sm_90 SASS, 2026-12-06)
+                    ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                            offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
+                                            k0 + BLOCK_K, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM,
+                                            BLOCK_K, CHUNKS)
+            else:
+                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                         dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k0, BLOCKSIZE,
+                                         DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
             if CHUNKS:
                 acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
             else:
