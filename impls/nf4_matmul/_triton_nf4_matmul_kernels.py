@@ -727,12 +727,16 @@ class Tile(NamedTuple):
 # tl.range(num_stages=2-4) its tiles ran 1.3-1.7x slower on the H100 (2026-12-06, commit 88a8267: each step reads its
 # operands back from shared memory). The prefetching tiles overlap a step's memory latency with the previous step's sums
 # in registers instead (+0.1-0.4 instructions per element, no spills): the autotuner's choice at 4096², 8192² and 28672
-# x 8192 on the H100 (2026-12-06). Every one-token candidate keeps its loop free of barriers (no layout conversion
-# through shared memory: the absmax comes by inline assembly); tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2
-# warps, 1024 at 4) convert their codes every step and were dropped, and so were prefetching tiles that need over 200
-# registers, and tiles loading two steps ahead (168-176 registers, the 128-row tile one program an SM: slower than one
-# step ahead on every one-token shape, H100, 2026-12-06, commit ed1f74c). Tiles of [rows, elements] that read each byte
-# and absmax per element ran 2-6x slower than these in every sweep and were dropped.
+# x 8192 on the H100 (2026-12-06). Until commit 7c2afb3 ptxas moved some of their reads after the sums (the chunk tiles'
+# and the 64 x 256 word tile's: 96 registers, 167 once the reads stayed ahead), so those measured no prefetching; with
+# the reads ahead one token ran 1.32-1.90x bitsandbytes where it had run 1.27-1.84x (graph replays; 10.0 µs against 11.2
+# at 4096², unchanged at 28672 x 8192: 59.9 against 59.4; L2 flushed by reading; H100, 2026-12-06). Every one-token
+# candidate keeps its loop free of barriers (no layout conversion through shared memory: the absmax comes by inline
+# assembly); tiles of 8 or more blocks a step (BLOCK_K >= 512 at 2 warps, 1024 at 4) convert their codes every step and
+# were dropped, and so were prefetching tiles that need over 200 registers, and tiles loading two steps ahead (168-176
+# registers, the 128-row tile one program an SM: slower than one step ahead on every one-token shape, H100, 2026-12-06,
+# commit ed1f74c). Tiles of [rows, elements] that read each byte and absmax per element ran 2-6x slower than these in
+# every sweep and were dropped.
 _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Tile(64, 256, 2, 1), Tile(128, 256, 8, 1),
                Tile(128, 256, 4, 1), Tile(16, 256, 2, 1), Tile(32, 256, 4, 1),
                *(Tile(n, k, w, 1, prefetch=True)
