@@ -226,6 +226,29 @@ def test_the_compiled_checks_see_barriers_and_a_spill():
     assert word_barriers > 0 and dot_barriers > 2 and spilled > 0
 
 
+def test_prefetching_tiles_hold_the_next_steps_reads_beside_this_steps():
+    """A prefetching tile issues the next step's reads before this step's sums, so both steps' codes are live at once:
+    compiled for sm_90 it holds at least the next step's words per thread (BLOCK_N x BLOCK_K / 8 / threads) more
+    registers than the same tile without prefetching. Written as one straight block, ptxas moved the reads after the
+    sums, where the next step waited on them at once, and the two tiles compiled to the same registers (a chunk tile 96
+    and 95, a word tile 96 and 96, before commit 7c2afb3)."""
+    tiles = [(16, 1024, 4, True), (64, 256, 4, False)]  # (BLOCK_N, BLOCK_K, warps, chunks)
+    script = ("import json; from llmopt.bench.nf4_sass import tile_record; "
+              "from llmopt.impls.nf4_matmul._triton_nf4_matmul_kernels import Tile; "
+              f"print(json.dumps([[tile_record(False, Tile(n, k, w, 1, prefetch=p, chunks=c), False)['registers'] "
+              f"for p in (True, False)] for n, k, w, c in {tiles}]))")
+    env = {name: value for name, value in os.environ.items() if name != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    registers = json.loads(done.stdout.strip().splitlines()[-1])
+    for (n, k, warps, chunks), (prefetching, plain) in zip(tiles, registers, strict=True):
+        next_step_words = n * k // 8 // (32 * warps)
+        assert prefetching >= plain + next_step_words, (
+            f"{'chunk' if chunks else 'word'} tile {n}x{k}: {prefetching} registers prefetching, {plain} without: the "
+            f"next step's {next_step_words} words a thread are not held beside this step's")
+
+
 ABSMAX_ADDRESS, SCALES_ADDRESS, DYNAMIC_ADDRESS = 0x7F0000010000, 0x7F0000020000, 0x7F0000030000
 DYNAMIC = dynamic_table("cpu").numpy().astype(np.float32)
 
