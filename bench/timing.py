@@ -51,8 +51,8 @@ def l2_flush() -> Callable[[], None]:
 
 def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, reps: int | None = None) -> Timing:
     """Time `fn` on the current CUDA device: one untimed call, an estimate over ESTIMATE_CALLS calls, warm-up calls
-    filling `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each after writing an
-    l2_flush so no repetition finds its inputs in L2; a CUDA event pair around each call."""
+    filling `warmup_ms`, then `reps` repetitions (or as many as fill `rep_ms`), each after an l2_flush so no
+    repetition finds its inputs in L2; a CUDA event pair around each call."""
     flush = l2_flush()
     fn()
     torch.cuda.synchronize()
@@ -78,9 +78,9 @@ def time_gpu(fn: Callable, *, warmup_ms: float = 25.0, rep_ms: float = 100.0, re
 
 
 def autotune_timer(kernel_call: Callable, quantiles: tuple[float, ...]) -> list[float]:
-    """Triton's autotuner's do_bench (`triton.autotune(..., do_bench=autotune_timer)`): time_gpu of one candidate, as
-    the quantiles asked for (0.5, 0.2, 0.8 of the milliseconds), so that the autotuner chooses by the flush that the
-    benchmarks report (l2_flush) rather than do_bench's own."""
+    """Triton's autotuner's do_bench (every in-house kernel's, through llmopt.impls._host.autotune): time_gpu of one
+    candidate, as the quantiles asked for (0.5, 0.2, 0.8 of the milliseconds), so that the autotuner chooses by the
+    flush that the benchmarks report (l2_flush) rather than do_bench's own."""
     timing = time_gpu(kernel_call)
     by_quantile = {0.5: timing.median_ms, 0.2: timing.p20_ms, 0.8: timing.p80_ms}
     if unknown := [q for q in quantiles if q not in by_quantile]:

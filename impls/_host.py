@@ -1,7 +1,7 @@
 """Helpers for the kernels' host code. Integers in plain Python: triton.cdiv and triton.next_power_of_2 are Triton
 constexpr functions, about 5 µs a call from Python, which a launch path calling them a few times pays on every call.
 Relaunching a compiled kernel without Triton's per-call binding, specialization and autotuner lookup (60-90 µs of host
-time a call on the GPU host, cProfile, 2026-12-06)."""
+time a call on the GPU host, cProfile, 2026-12-06). Autotuning that times candidates as the benchmarks time calls."""
 
 
 def cdiv(a: int, b: int) -> int:
@@ -12,6 +12,16 @@ def cdiv(a: int, b: int) -> int:
 def next_power_of_2(n: int) -> int:
     """The smallest power of two >= n for n >= 1 (0 for 0, as Triton's)."""
     return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
+def autotune(configs: list, key: list[str], **options):
+    """triton.autotune(configs, key, **options) with its candidates timed by llmopt.bench.timing.autotune_timer (the L2
+    flushed by reading, as the benchmarks time every call), so an autotuner chooses by the figures they report: every
+    in-house kernel autotunes through here."""
+    import triton
+    from llmopt.bench.timing import autotune_timer
+
+    return triton.autotune(configs=configs, key=key, do_bench=autotune_timer, **options)
 
 
 def relaunch(kernel, grid: tuple[int, int, int], device_index: int, args: tuple) -> None:

@@ -1,10 +1,11 @@
 """The benchmarking half on CPU: run_bench's rows follow ARCHITECTURE.md's schema with consistent numbers and honest
 skips, the report renders tables and plots from rows, best_fraction_of_peak reads only what it should, and the
-autotuners' timer answers the quantiles they ask for."""
+autotuners' timer answers the quantiles they ask for and every in-house autotuner uses it."""
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 from llmopt.bench import timing
@@ -12,7 +13,7 @@ from llmopt.bench.bench import run_bench
 from llmopt.bench.machine import DATASHEET_DENSE_TFLOPS, gpu_slug
 from llmopt.bench.report import write_report
 from llmopt.bench.results import append_rows, best_fraction_of_peak, read_rows, read_skipped
-from llmopt.impls import Impl, discover
+from llmopt.impls import Impl, _host, discover
 from llmopt.reference.attention import CONTRACT, AttentionCase, attention
 
 ROW_FIELDS = {"technique", "impl", "case", "case_id", "mode", "device", "gpu", "dtype", "latency_ms", "latency_ms_p20",
@@ -130,3 +131,19 @@ def test_autotune_timer_answers_the_quantiles_the_autotuner_asks_for(monkeypatch
     assert timing.autotune_timer(lambda: None, (0.8, 0.5)) == [3.0, 2.0]
     with pytest.raises(ValueError, match="quantiles"):
         timing.autotune_timer(lambda: None, (0.9,))
+
+
+def test_every_in_house_autotuner_times_its_candidates_as_the_benchmarks_time_calls():
+    """Kernels autotune through llmopt.impls._host.autotune, which hands Triton autotune_timer (L2 flushed by reading);
+    a direct triton.autotune would choose by do_bench's write flush."""
+    triton = pytest.importorskip("triton")
+    impls_dir = Path(_host.__file__).parent
+    direct = [str(path.relative_to(impls_dir)) for path in sorted(impls_dir.rglob("*.py"))
+              if path.name != "_host.py" and "triton.autotune(" in path.read_text()]
+    assert direct == [], f"autotuned without the benchmarks' timer: {direct}"
+
+    @triton.jit
+    def kernel(n):
+        pass
+
+    assert _host.autotune([triton.Config({})], ["n"])(kernel)._do_bench is timing.autotune_timer

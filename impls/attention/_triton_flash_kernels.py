@@ -9,8 +9,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from llmopt.bench.timing import autotune_timer
-from llmopt.impls._host import cdiv, next_power_of_2
+from llmopt.impls._host import autotune, cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
@@ -466,9 +465,8 @@ def _triton_config(tile: TileConfig) -> triton.Config:
 
 def _autotuned(kernel: str, fn):
     candidates = [(tile, _triton_config(tile), max_block_d) for tile, max_block_d in _AUTOTUNE_CONFIGS[kernel]]
-    return triton.autotune(configs=[config for _, config, _ in candidates], key=_AUTOTUNE_KEY,
-                           prune_configs_by={"early_config_prune": _config_pruner(kernel, candidates)},
-                           do_bench=autotune_timer)(fn)
+    return autotune([config for _, config, _ in candidates], _AUTOTUNE_KEY,
+                    prune_configs_by={"early_config_prune": _config_pruner(kernel, candidates)})(fn)
 
 
 _KERNELS = {

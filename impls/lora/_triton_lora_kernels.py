@@ -12,8 +12,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from llmopt.bench.timing import autotune_timer
-from llmopt.impls._host import cdiv, next_power_of_2
+from llmopt.impls._host import autotune, cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -102,8 +101,7 @@ def _config(tile: Tile) -> triton.Config:
 
 # The autotuner keys on the problem (M, N, K) and the tensors' dtypes only, not on HAS_LOW_RANK: a call with the
 # low-rank term and one without run the same tile, so B = 0 reproduces the no-adapter output bit for bit.
-_AUTOTUNED = {name: triton.autotune(configs=[_config(t) for t in tiles], key=["M", "N", "K"],
-                                    do_bench=autotune_timer)(_gemm_lowrank_kernel)
+_AUTOTUNED = {name: autotune([_config(t) for t in tiles], ["M", "N", "K"])(_gemm_lowrank_kernel)
               for name, tiles in _FAMILIES.items()}
 
 

@@ -22,9 +22,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from llmopt.bench.timing import autotune_timer
 from llmopt.impls._arrivals import arrival_counters, last_to_arrive
-from llmopt.impls._host import cdiv, relaunch
+from llmopt.impls._host import autotune, cdiv, relaunch
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE
 
@@ -745,13 +744,13 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
 # a [rows, chunks] tile is 16 bytes of one row's codes (32 elements), so a warp's load reads up to 512 contiguous bytes
 # of a row where the word tiles read 32 bytes from each of 16 rows. From a probe on the H100 (2026-12-06, one token,
 # bf16, results/h100/probes/2026-12-06-nf4-chunk-probe.json): at 28672 x 8192 the best took 69.2 µs against 74.6 for the
-# word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs). Autotuned
-# beside the word tiles (H100, 2026-12-06, commit c75e544) every one-token shape ran 11-15% faster: 11.9 / 19.7 / 24.4
-# / 66.5 µs at 4096² / 11008 x 4096 / 8192² / 28672 x 8192 (CUDA-graph replays, L2 flushed by writing; 11.2 / 18.4 /
-# 21.9 / 59.4 with the read flush, commit 8dba0ee); the autotuner's choice, where a probe read it (4096², 8192², 28672 x
-# 8192 double-quantized), was a chunk tile of 16-32 rows and 1024 elements a step. Cache hints on their loads
-# (L1::no_allocate, L1::evict_first, L2::256B, L2::evict_first; on codes and x or on codes alone) gained nothing
-# (results/h100/probes/2026-12-06-nf4-hint-probe.json, ...-codes-hint-probe.json).
+# word path, at 8192² 26.8 against 28.4; the same loads without the decode streamed at most 2200 GB/s (60 µs; all three
+# with L2 flushed by writing). Autotuned beside the word tiles (H100, 2026-12-06, commit c75e544) every one-token shape
+# ran 11-15% faster: 11.9 / 19.7 / 24.4 / 66.5 µs at 4096² / 11008 x 4096 / 8192² / 28672 x 8192 (CUDA-graph replays, L2
+# flushed by writing; 11.2 / 18.4 / 21.9 / 59.4 with the read flush, commit 8dba0ee); the autotuner's choice, where a
+# probe read it (4096², 8192², 28672 x 8192 double-quantized), was a chunk tile of 16-32 rows and 1024 elements a step.
+# Cache hints on their loads (L1::no_allocate, L1::evict_first, L2::256B, L2::evict_first; on codes and x or on codes
+# alone) gained nothing (results/h100/probes/2026-12-06-nf4-hint-probe.json, ...-codes-hint-probe.json).
 _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
@@ -859,9 +858,8 @@ def _cuda_check(code: int, call: str, kernel: str) -> None:
 if not _INTERPRET:
     triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
-_AUTOTUNED = {family: triton.autotune(configs=[_config(t) for t in tiles], key=["N", "K", "M"],
-                                      prune_configs_by={"early_config_prune": _prune},
-                                      do_bench=autotune_timer)(_nf4_matmul_kernel)
+_AUTOTUNED = {family: autotune([_config(t) for t in tiles], ["N", "K", "M"],
+                               prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
               for family, tiles in _CANDIDATES.items()}
 
 
@@ -971,9 +969,7 @@ def _prune_mma(configs, named_args, **kwargs):
 def _mma_autotuned(dtype: torch.dtype, n_tiles: int, double_quant: bool):
     configs = [triton.Config(_mma_constexprs(t, dtype, n_tiles, double_quant), num_warps=t.row_groups * t.k_slices,
                              num_stages=1) for t in _MMA_TILES]
-    return triton.autotune(configs=configs, key=["N", "K", "M"],
-                           prune_configs_by={"early_config_prune": _prune_mma},
-                           do_bench=autotune_timer)(_nf4_mma_kernel)
+    return autotune(configs, ["N", "K", "M"], prune_configs_by={"early_config_prune": _prune_mma})(_nf4_mma_kernel)
 
 
 def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:

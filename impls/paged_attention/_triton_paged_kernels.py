@@ -10,9 +10,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from llmopt.bench.timing import autotune_timer
 from llmopt.impls._arrivals import arrival_counters, last_to_arrive
-from llmopt.impls._host import cdiv, next_power_of_2
+from llmopt.impls._host import autotune, cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _LOG2E = 1.4426950408889634
@@ -219,9 +218,9 @@ _MAX_SPLITS = 128
 _INTERPRETER_SMS, _INTERPRETER_SPLIT_QUANTUM = 2, 16
 _PINNED: dict[str, object] = {}
 
-_AUTOTUNED_KERNEL = triton.autotune(
-    configs=[triton.Config({"BLOCK_N": t.block_n}, num_warps=t.num_warps, num_stages=t.num_stages)
-             for t in _HALF_CONFIGS], key=_AUTOTUNE_KEY, do_bench=autotune_timer)(_paged_decode_kernel)
+_AUTOTUNED_KERNEL = autotune(
+    [triton.Config({"BLOCK_N": t.block_n}, num_warps=t.num_warps, num_stages=t.num_stages) for t in _HALF_CONFIGS],
+    _AUTOTUNE_KEY)(_paged_decode_kernel)
 
 
 MERGES = ("launch", "fused")  # split chunks merged by a second kernel, or by the last chunk's program
