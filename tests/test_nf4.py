@@ -330,33 +330,61 @@ def test_relaunch_passes_what_triton_passes_its_launcher(monkeypatch):
 
 
 def test_a_kept_launch_relaunches_with_every_constexpr_in_signature_order(monkeypatch):
-    """The launch table both NF4 matmul kernels share: what _remember keeps under a key, _relaunched hands to relaunch
-    as the runtime arguments followed by each constexpr of the kernel's signature in order (built as the word path
-    builds them: its path's and its tile's), with the grid's three sizes; a kept grid of other length is refused by
-    relaunch before any launcher sees it."""
+    """The launch table (impls/_host.Launches, which both NF4 matmul kernels and the fused LoRA GEMM keep): what
+    remember keeps under a key, relaunched hands to relaunch as the runtime arguments followed by each constexpr of the
+    kernel's signature in order (built as the word path builds them: its path's and its tile's), with the grid's three
+    sizes; a kept grid of other length is refused by relaunch before any launcher sees it; a full table is emptied."""
     pytest.importorskip("triton")
+    from llmopt.impls import _host
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
-    real_relaunch = kernels.relaunch
+    real_relaunch = _host.relaunch
     calls = []
-    monkeypatch.setattr(kernels, "relaunch", lambda *launch: calls.append(launch))
-    monkeypatch.setattr(kernels, "_LAUNCHES", {})
+    monkeypatch.setattr(_host, "relaunch", lambda *launch: calls.append(launch))
+    launches = _host.Launches(kept=2)
     tile = kernels.Tile(64, 256, 4, 1, split_k=2, prefetch=True)
     constexprs = (kernels.path_constexprs(False, True, torch.bfloat16, 64, True) | kernels.tile_constexprs(tile)
                   | {"num_warps": tile.num_warps})
     args = tuple(f"runtime {i}" for i in range(20))
-    assert not kernels._relaunched(("words", 1), 0, args)
-    kernels._remember(("words", 1), "compiled", (7, 1, 2), kernels._nf4_matmul_kernel, args, constexprs)
-    assert kernels._relaunched(("words", 1), 3, args)
+    assert not launches.relaunched(("words", 1), 0, args)
+    launches.remember(("words", 1), "compiled", (7, 1, 2), kernels._nf4_matmul_kernel, args, constexprs)
+    assert launches.relaunched(("words", 1), 3, args)
     names = kernels._nf4_matmul_kernel.arg_names
     assert names[len(args)] == "BLOCKSIZE" and calls[0][:3] == ("compiled", (7, 1, 2), 3)
     assert calls[0][3] == (*args, *(constexprs[name] for name in names[len(args):]))
     assert calls[0][3][names.index("SPLIT_K")] == 2 and calls[0][3][names.index("DOUBLE_QUANT")] is True
-    assert not kernels._relaunched(None, 0, args) and len(calls) == 1
-    kernels._remember(("words", 2), "compiled", (7, 1, 2, 1), kernels._nf4_matmul_kernel, args, constexprs)
-    monkeypatch.setattr(kernels, "relaunch", real_relaunch)
+    assert not launches.relaunched(None, 0, args) and len(calls) == 1
+    launches.remember(None, "compiled", (7, 1, 2), kernels._nf4_matmul_kernel, args, constexprs)
+    launches.remember(("words", 2), "compiled", (7, 1, 2, 1), kernels._nf4_matmul_kernel, args, constexprs)
+    monkeypatch.setattr(_host, "relaunch", real_relaunch)
     with pytest.raises(ValueError, match="three sizes"):
-        kernels._relaunched(("words", 2), 0, args)
+        launches.relaunched(("words", 2), 0, args)
+    launches.remember(("words", 3), "compiled", (7, 1, 2), kernels._nf4_matmul_kernel, args, constexprs)
+    assert not launches.relaunched(("words", 1), 0, args)  # the third key emptied a table that keeps two
+
+
+def test_a_launch_key_holds_what_triton_specializes_on(monkeypatch):
+    """Launches.key: two calls share a key only when the kernel's kind, the caller's settings, every argument after the
+    tensors, and each tensor's dtype and 16-byte alignment agree (what a relaunch would otherwise get wrong); under
+    Triton's interpreter there is no key (nothing is relaunched)."""
+    pytest.importorskip("triton")
+    from llmopt.impls import _host
+
+    monkeypatch.setattr(_host, "_INTERPRET", False)
+    key = _host.Launches().key
+    base = torch.zeros(64, dtype=torch.bfloat16)
+    a, b = base[:16], base[16:32]  # 32-byte offsets: both 16-byte aligned
+    first = key("gemm", (1,), (a, b), (a, b, 4, 8))
+    assert first == key("gemm", (1,), (b, a), (b, a, 4, 8))
+    assert first != key("mma", (1,), (a, b), (a, b, 4, 8))
+    assert first != key("gemm", (2,), (a, b), (a, b, 4, 8))
+    assert first != key("gemm", (1,), (a, b), (a, b, 4, 9))
+    unaligned = base[1:17]
+    assert first != key("gemm", (1,), (unaligned, b), (unaligned, b, 4, 8))
+    other_dtype = torch.zeros(16, dtype=torch.float16)
+    assert first != key("gemm", (1,), (other_dtype, b), (other_dtype, b, 4, 8))
+    monkeypatch.setattr(_host, "_INTERPRET", True)
+    assert key("gemm", (1,), (a, b), (a, b, 4, 8)) is None
 
 
 def test_the_tolerance_emulation_tells_the_matmul_arithmetics_apart():

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from llmopt.impls._host import autotune, cdiv, next_power_of_2
+from llmopt.impls._host import Launches, autotune, cdiv, next_power_of_2
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -119,9 +119,13 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
     return None
 
 
+_LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
+
+
 def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, alpha: float = 1.0,
                  low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """alpha · a (M, K) @ b (K, N) (+ t (M, R) @ e (R, N)) -> (M, N) in out_dtype; any strides, fp32 accumulation."""
+    """alpha · a (M, K) @ b (K, N) (+ t (M, R) @ e (R, N)) -> (M, N) in out_dtype; any strides, fp32 accumulation. On
+    the GPU a launch key's compiled kernel is relaunched directly after its first launch."""
     M, K = a.shape
     N = b.shape[1]
     c = torch.empty(M, N, dtype=out_dtype, device=a.device)
@@ -129,17 +133,24 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
         return c
     t, e = low_rank if low_rank is not None else (a, b)  # placeholders, never read without the low-rank term
     R = t.shape[1] if low_rank is not None else 0
-    args = (a, b, t, e, c, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
+    tensors = (a, b, t, e, c)
+    args = (*tensors, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
+    key = _LAUNCHES.key("gemm", (R > 0, a.device.index), tensors, args)
+    if _LAUNCHES.relaunched(key, a.device.index, args):
+        return c
     constexprs = {"HAS_LOW_RANK": R > 0, "DOT_PRECISION": "ieee" if a.dtype == torch.float32 else "tf32",
-                      "BLOCK_R": max(16, next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
+                  "BLOCK_R": max(16, next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
     tile = _fixed_tile(M, N, K, a.dtype)
     if tile is None:
-        kernel = _AUTOTUNED[_family(M, N)]
-        kernel[lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
+        tuner = _AUTOTUNED[_family(M, N)]
+        kernel = tuner[lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)](*args, **constexprs)
+        constexprs |= tuner.best_config.kwargs
     else:
-        grid = (cdiv(M, tile.block_m) * cdiv(N, tile.block_n),)
-        _gemm_lowrank_kernel[grid](*args, **constexprs, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-                                   BLOCK_K=tile.block_k, num_warps=tile.num_warps, num_stages=tile.num_stages)
+        constexprs |= {"BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k}
+        kernel = _gemm_lowrank_kernel[(cdiv(M, tile.block_m) * cdiv(N, tile.block_n),)](
+            *args, **constexprs, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    _LAUNCHES.remember(key, kernel, (cdiv(M, constexprs["BLOCK_M"]) * cdiv(N, constexprs["BLOCK_N"]), 1, 1),
+                       _gemm_lowrank_kernel, args, constexprs)
     return c
 
 

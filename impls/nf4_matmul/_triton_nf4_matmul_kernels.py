@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 from llmopt.impls._arrivals import arrival_counters, last_to_arrive
-from llmopt.impls._host import autotune, cdiv, relaunch
+from llmopt.impls._host import Launches, autotune, cdiv
 from llmopt.impls.nf4._triton_nf4_kernels import block_absmax, device_tables
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE
 
@@ -989,42 +989,7 @@ def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
     return _AUTOTUNED[_family(M > 1, dtype in _PAIR_FORMATS)]
 
 
-# Compiled kernels by launch key: relaunched directly once Triton has launched them (the host path, 60-90 µs a call
-# through Triton on the GPU host, was longer than the kernel at every shape but the largest). A key holds everything
-# the compilation, tile and grid depend on: which kernel, shapes and strides (Triton specializes integers), dtypes,
-# absmax kind, the pinned tile or plan, the device, each tensor's 16-byte alignment. Emptied when full (a server's many
-# token counts), each key then launched by Triton once more.
-_LAUNCHES: dict[tuple, tuple] = {}
-_LAUNCHES_KEPT = 1024
-
-
-def _launch_key(kind: str, settings: tuple, tensors: tuple, args: tuple) -> tuple | None:
-    """The launch key of a call (None under the interpreter, which relaunches nothing): the kernel's kind, the call's
-    settings (dtypes, absmax kind, tile or plan, device), its integer arguments, each tensor's 16-byte alignment."""
-    if _INTERPRET:
-        return None
-    return (kind, *settings, *args[len(tensors):], *(t.data_ptr() % 16 == 0 for t in tensors))
-
-
-def _relaunched(key: tuple | None, device_index: int, args: tuple) -> bool:
-    """Relaunch the compiled kernel kept under `key` with `args` (its runtime arguments); False when none is kept."""
-    launch = _LAUNCHES.get(key) if key is not None else None
-    if launch is None:
-        return False
-    kernel, grid, constexprs = launch
-    relaunch(kernel, grid, device_index, (*args, *constexprs))
-    return True
-
-
-def _remember(key: tuple | None, kernel, grid: tuple[int, int, int], jit_function, args: tuple,
-              constexprs: dict) -> None:
-    """Keep (kernel, its grid of three sizes, the constexprs after the runtime arguments in signature order) under
-    `key` (None: nothing, under the interpreter)."""
-    if key is None:
-        return
-    if len(_LAUNCHES) >= _LAUNCHES_KEPT:
-        _LAUNCHES.clear()
-    _LAUNCHES[key] = (kernel, grid, tuple(constexprs[name] for name in jit_function.arg_names[len(args):]))
+_LAUNCHES = Launches()  # both kernels' launches after a key's first (impls/_host.Launches)
 
 
 def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Tensor, out: torch.Tensor,
@@ -1037,8 +1002,8 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, N)  # out: (M, N) with rows N apart
     pinned = _PINNED.get("tile")
-    key = _launch_key("mma", (x2.dtype, state.double_quant, pinned, x2.device.index), tensors, args)
-    if _relaunched(key, x2.device.index, args):
+    key = _LAUNCHES.key("mma", (x2.dtype, state.double_quant, pinned, x2.device.index), tensors, args)
+    if _LAUNCHES.relaunched(key, x2.device.index, args):
         return
     n_tiles = 1 if M <= 8 else 2
     common = {"DOUBLE_QUANT": state.double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE, "N_TILES": n_tiles}
@@ -1059,8 +1024,8 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
         constexprs = common | _mma_constexprs(tile, x2.dtype, n_tiles, state.double_quant)
         kernel = _nf4_mma_kernel[(cdiv(N, 16 * tile.row_groups), cdiv(M, 16))](
             *args, **constexprs, num_warps=tile.row_groups * tile.k_slices, num_stages=1)
-    _remember(key, kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1), _nf4_mma_kernel, args,
-              constexprs)
+    _LAUNCHES.remember(key, kernel, (cdiv(N, 16 * constexprs["ROW_GROUPS"]), cdiv(M, 16), 1), _nf4_mma_kernel,
+                       args, constexprs)
 
 
 def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
@@ -1095,8 +1060,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     ints = (M, N, K, *x2.stride(), K // 2, N, 1)  # M, N, K, x's strides, codes' row stride, the output's strides
     settings = (x.dtype, state.blocksize, double_quant, pairs, plan.tile, device.index)
     relaunch_args = (*tensors, *ints)
-    key = _launch_key("words", settings, tensors, relaunch_args)
-    if _relaunched(key, device.index, relaunch_args):
+    key = _LAUNCHES.key("words", settings, tensors, relaunch_args)
+    if _LAUNCHES.relaunched(key, device.index, relaunch_args):
         return out
     x_pairs = x2.view(torch.int32) if pairs else x2  # (M, K / 2): x[m, 2j] in the low half of x_pairs[m, j]
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
@@ -1109,6 +1074,6 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     else:
         constexprs = plan.constexprs
         kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
-    _remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]), _nf4_matmul_kernel, args,
-              constexprs)
+    _LAUNCHES.remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]),
+                       _nf4_matmul_kernel, args, constexprs)
     return out
