@@ -87,26 +87,57 @@ def test_reference_unmerge_restores_the_weight_within_rounding():
     assert not torch.equal(back, W)  # bf16 rounding is real: the round trip is exact only within it
 
 
-def test_triton_lora_never_forms_the_full_update(monkeypatch):
+@pytest.mark.parametrize("shrink_max_m", [32, 0], ids=["shrink joined", "shrink launched alone"])
+def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
+    """The fused LoRA's launches, forward and backward: every product it computes is of rank r or of the base's shape,
+    never B·A (out, in); up to _SHRINK_MAX_M tokens the forward's shrink joins the main product's launch."""
     impl = discover("lora")["triton_lora"]
     if impl.unavailable_reason("cpu") is not None:
         pytest.skip(impl.unavailable_reason("cpu"))
     from llmopt.impls.lora import _triton_lora_kernels as kernels
 
-    shapes = []
-    original = kernels.gemm_lowrank
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", shrink_max_m)
+    launches = []
+    original = kernels._launch
 
-    def recording(a, b, out_dtype, **kwargs):
-        shapes.append((a.shape[0], b.shape[1]))
-        return original(a, b, out_dtype, **kwargs)
+    def recording(a, b, c, alpha, low_rank, shrink):
+        launches.append((a.shape[0], b.shape[1]) + (("shrink", shrink[0].shape[1]) if shrink is not None else ()))
+        return original(a, b, c, alpha, low_rank, shrink)
 
-    monkeypatch.setattr(kernels, "gemm_lowrank", recording)
+    monkeypatch.setattr(kernels, "_launch", recording)
     case = LoraCase((5,), 40, 24, 4, 2.0, "float32", x_requires_grad=True, seed=2)
     x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
     kernels.lora_linear(x, W, A, B, scaling=2.0).sum().backward()
-    assert sorted(shapes) == sorted([(5, 4), (5, 24), (5, 4), (4, 40), (24, 4), (5, 40)])
-    assert (24, 40) not in shapes and (40, 24) not in shapes  # B·A (out, in) or its transpose: never
+    forward = [(5, 24, "shrink", 4)] if shrink_max_m else [(5, 4), (5, 24)]
+    assert sorted(launches) == sorted([*forward, (5, 4), (4, 40), (24, 4), (5, 40)])
+    assert not any(launch[:2] in ((24, 40), (40, 24)) for launch in launches)  # B·A (out, in) or its transpose: never
     assert W.grad is None and A.grad is not None and B.grad is not None and x.grad is not None
+
+
+def test_triton_lora_with_the_shrink_launched_alone_holds_the_contract(monkeypatch):
+    """The contract's cases on the CPU have at most 16 tokens, so test_contracts holds only the joined forward to it:
+    here the other one (the shrink in its own launch, as above _SHRINK_MAX_M tokens), on the contract's examples."""
+    impl = discover("lora")["triton_lora"]
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    from llmopt.bench.verify import verify
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+    from llmopt.reference import contracts
+
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", 0)
+    outcome = verify(contracts()["lora"], impl, "cpu", max_examples=0)
+    assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
+    assert any(p.status == "pass" for p in outcome.properties)
+
+
+def test_the_joined_shrink_takes_ranks_up_to_one_block():
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+
+    a = torch.zeros(2, 8)
+    for rank in (0, kernels._SHRINK_MAX_RANK + 1):
+        with pytest.raises(ValueError, match="1 <= R <= 64"):
+            kernels.gemm_shrink_expand(a, torch.zeros(8, 3), torch.zeros(8, rank), torch.zeros(rank, 3), a.dtype,
+                                       shrink_alpha=1.0)
 
 
 @pytest.mark.parametrize("mutate,expected", [

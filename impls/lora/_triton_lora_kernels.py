@@ -1,7 +1,7 @@
 """Fused LoRA linear in Triton, forward and backward, never forming the (out, in) update B·A (Hu et al. 2021; the
 shrink/expand split of Punica and S-LoRA, with the expand fused into the GEMM epilogue). One GEMM kernel with an
 optional low-rank epilogue, C = alpha·(A·B) + T·E, serves every product:
-  forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ
+  forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ   (up to 32 tokens both in one launch: SHRINK)
   backward  u = scaling·dy·B (M, r)   dA = uᵀ·x   dB = dyᵀ·t   dx = dy·W + u·A
 Operands are any-strided (Wᵀ, dyᵀ are views); fp16/bf16/fp32 (fp32 dots in IEEE precision); fp32 accumulation."""
 from __future__ import annotations
@@ -20,16 +20,19 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _gemm_lowrank_kernel(
-    a_ptr, b_ptr, t_ptr, e_ptr, c_ptr,
+    a_ptr, b_ptr, t_ptr, e_ptr, c_ptr, s_ptr,
     M, N, K, R,
     stride_am, stride_ak, stride_bk, stride_bn, stride_tm, stride_tr, stride_er, stride_en, stride_cm, stride_cn,
-    alpha,
-    HAS_LOW_RANK: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    stride_sk, stride_sr,
+    alpha, shrink_alpha,
+    HAS_LOW_RANK: tl.constexpr, SHRINK: tl.constexpr, DOT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     """C[M, N] = alpha · A[M, K] @ B[K, N] (+ T[M, R] @ E[R, N] when HAS_LOW_RANK), one (BLOCK_M, BLOCK_N) tile per
     program, tiles ordered in groups of GROUP_M rows so neighbouring programs share B tiles in L2. The low-rank term is
-    added after the main accumulation: with E = 0 the result is bitwise that of HAS_LOW_RANK = False."""
+    added after the main accumulation: with E = 0 the result is bitwise that of HAS_LOW_RANK = False. SHRINK (R <=
+    BLOCK_R): T is computed here, not read: T = shrink_alpha · A @ S[K, R] in the same K loop, rounded to T's dtype,
+    stored by the programs of the first column of tiles, then used as above (the forward in one launch)."""
     pid = tl.program_id(0)
     tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
     group = pid // (GROUP_M * tiles_n)
@@ -45,16 +48,31 @@ def _gemm_lowrank_kernel(
     a_ptrs = a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak  # [BLOCK_M, BLOCK_K]
     b_ptrs = b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn  # [BLOCK_K, BLOCK_N]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    offs_r = tl.arange(0, BLOCK_R)  # [BLOCK_R]
+    if SHRINK:
+        s_ptrs = s_ptr + offs_k[:, None] * stride_sk + offs_r[None, :] * stride_sr  # [BLOCK_K, BLOCK_R]
+        shrunk = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k in range(tl.cdiv(K, BLOCK_K)):
         k_in = offs_k < K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=rows_in[:, None] & k_in[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_in[:, None] & cols_in[None, :], other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if SHRINK:
+            s = tl.load(s_ptrs, mask=k_in[:, None] & (offs_r < R)[None, :], other=0.0)
+            shrunk = tl.dot(a, s, shrunk, input_precision=DOT_PRECISION)
+            s_ptrs += BLOCK_K * stride_sk
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
     acc = acc * alpha
-    if HAS_LOW_RANK:
-        offs_r = tl.arange(0, BLOCK_R)
+    if SHRINK:
+        t = (shrunk * shrink_alpha).to(t_ptr.dtype.element_ty)  # [BLOCK_M, BLOCK_R], as a shrink launch stores it
+        t_mask = rows_in[:, None] & (offs_r < R)[None, :]
+        if pid_n == 0:
+            tl.store(t_ptr + offs_m[:, None] * stride_tm + offs_r[None, :] * stride_tr, t, mask=t_mask)
+        e = tl.load(e_ptr + offs_r[:, None] * stride_er + offs_n[None, :] * stride_en,
+                    mask=(offs_r < R)[:, None] & cols_in[None, :], other=0.0)  # [BLOCK_R, BLOCK_N]
+        acc = tl.dot(t, e, acc, input_precision=DOT_PRECISION)
+    elif HAS_LOW_RANK:
         for r in range(tl.cdiv(R, BLOCK_R)):
             r_in = offs_r < R - r * BLOCK_R
             t = tl.load(t_ptr + offs_m[:, None] * stride_tm + (r * BLOCK_R + offs_r)[None, :] * stride_tr,
@@ -120,25 +138,30 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
 
 
 _LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
+# The forward's shrink t = scaling·x·Aᵀ joins the main product's launch (gemm_shrink_expand) up to this many tokens (a
+# GEMV a token, the weight read once: each column of tiles recomputing t costs L2 reads of A, not DRAM; above, A's
+# extra product per column of tiles is 1/BLOCK_N of the work again) and this rank (one BLOCK_R).
+_SHRINK_MAX_M = _SKINNY_MAX_M
+_SHRINK_MAX_RANK = 64
 
 
-def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, alpha: float = 1.0,
-                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """alpha · a (M, K) @ b (K, N) (+ t (M, R) @ e (R, N)) -> (M, N) in out_dtype; any strides, fp32 accumulation. On
-    the GPU a launch key's compiled kernel is relaunched directly after its first launch."""
-    M, K = a.shape
-    N = b.shape[1]
-    c = torch.empty(M, N, dtype=out_dtype, device=a.device)
-    if M == 0 or N == 0:
-        return c
+def _launch(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, alpha: float,
+            low_rank: tuple[torch.Tensor, torch.Tensor] | None, shrink: tuple[torch.Tensor, float] | None) -> None:
+    """c (M, N) = alpha · a (M, K) @ b (K, N) (+ t @ e, low_rank = (t (M, R), e (R, N))), with shrink = (s (K, R),
+    shrink_alpha) t written here first as shrink_alpha · a @ s. On the GPU a launch key's compiled kernel is
+    relaunched directly after its first launch."""
+    (M, K), N = a.shape, b.shape[1]
     t, e = low_rank if low_rank is not None else (a, b)  # placeholders, never read without the low-rank term
+    s, shrink_alpha = shrink if shrink is not None else (a, 0.0)  # placeholder, never read without SHRINK
     R = t.shape[1] if low_rank is not None else 0
-    tensors = (a, b, t, e, c)
-    args = (*tensors, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), alpha)
-    key = _LAUNCHES.key("gemm", (R > 0, a.device.index), tensors, args)
+    tensors = (a, b, t, e, c, s)
+    args = (*tensors, M, N, K, R, *a.stride(), *b.stride(), *t.stride(), *e.stride(), *c.stride(), *s.stride(),
+            alpha, shrink_alpha)
+    key = _LAUNCHES.key("gemm", (R > 0, shrink is not None, a.device.index), tensors, args)
     if _LAUNCHES.relaunched(key, a.device.index, args):
-        return c
-    constexprs = {"HAS_LOW_RANK": R > 0, "DOT_PRECISION": "ieee" if a.dtype == torch.float32 else "tf32",
+        return
+    constexprs = {"HAS_LOW_RANK": R > 0, "SHRINK": shrink is not None,
+                  "DOT_PRECISION": "ieee" if a.dtype == torch.float32 else "tf32",
                   "BLOCK_R": max(16, next_power_of_2(min(R, 64))), "GROUP_M": _GROUP_M}
     tile = _fixed_tile(M, N, K, a.dtype)
     if tile is None:
@@ -151,7 +174,31 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
             *args, **constexprs, num_warps=tile.num_warps, num_stages=tile.num_stages)
     _LAUNCHES.remember(key, kernel, (cdiv(M, constexprs["BLOCK_M"]) * cdiv(N, constexprs["BLOCK_N"]), 1, 1),
                        _gemm_lowrank_kernel, args, constexprs)
+
+
+def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, alpha: float = 1.0,
+                 low_rank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """alpha · a (M, K) @ b (K, N) (+ t (M, R) @ e (R, N)) -> (M, N) in out_dtype; any strides, fp32 accumulation."""
+    c = torch.empty(a.shape[0], b.shape[1], dtype=out_dtype, device=a.device)
+    if c.numel():
+        _launch(a, b, c, alpha, low_rank, None)
     return c
+
+
+def gemm_shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype, *,
+                       shrink_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a (M, K) @ b (K, N) + t @ e (R, N), t) in out_dtype, t (M, R) = shrink_alpha · a @ s (K, R) rounded to
+    out_dtype, in one launch (R <= 64): every program computes its rows' t beside its tile's product."""
+    M, R = a.shape[0], s.shape[1]
+    if not 0 < R <= _SHRINK_MAX_RANK:
+        raise ValueError(f"gemm_shrink_expand takes 1 <= R <= {_SHRINK_MAX_RANK}, got R = {R}")
+    c = torch.empty(M, b.shape[1], dtype=out_dtype, device=a.device)
+    t = torch.empty(M, R, dtype=out_dtype, device=a.device)
+    if c.numel():
+        _launch(a, b, c, 1.0, (t, e), (s, shrink_alpha))
+    elif M:
+        t.copy_(gemm_lowrank(a, s, out_dtype, alpha=shrink_alpha))  # no columns: no program computes t
+    return c, t
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -159,8 +206,11 @@ class _LoraLinear(torch.autograd.Function):
     def forward(ctx, x, W, A, B, scaling):
         x2 = x.reshape(-1, x.shape[-1])  # (M, in), a view when x's strides allow
         rank = A.shape[0]
-        t = gemm_lowrank(x2, A.mT, x.dtype, alpha=scaling) if rank else None  # (M, r) = scaling·x·Aᵀ
-        y = gemm_lowrank(x2, W.mT, x.dtype, low_rank=(t, B.mT) if rank else None)  # (M, out)
+        if 0 < rank <= _SHRINK_MAX_RANK and x2.shape[0] <= _SHRINK_MAX_M:  # one launch: (M, out) and (M, r)
+            y, t = gemm_shrink_expand(x2, W.mT, A.mT, B.mT, x.dtype, shrink_alpha=scaling)
+        else:
+            t = gemm_lowrank(x2, A.mT, x.dtype, alpha=scaling) if rank else None  # (M, r) = scaling·x·Aᵀ
+            y = gemm_lowrank(x2, W.mT, x.dtype, low_rank=(t, B.mT) if rank else None)  # (M, out)
         ctx.save_for_backward(x2, W, A, B, t)
         ctx.scaling, ctx.x_shape = scaling, x.shape
         return y.reshape(*x.shape[:-1], W.shape[0])
