@@ -90,7 +90,7 @@ def test_reference_unmerge_restores_the_weight_within_rounding():
 @pytest.mark.parametrize("shrink_max_m", [32, 0], ids=["shrink joined", "shrink launched alone"])
 def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
     """The fused LoRA's launches, forward and backward: every product it computes is of rank r or of the base's shape,
-    never B·A (out, in); up to _SHRINK_MAX_M tokens the forward's shrink joins the main product's launch."""
+    never B·A (out, in); up to _SHRINK_MAX_M tokens each shrink (t, u) joins the launch of the product beside it."""
     impl = discover("lora")["triton_lora"]
     if impl.unavailable_reason("cpu") is not None:
         pytest.skip(impl.unavailable_reason("cpu"))
@@ -108,15 +108,16 @@ def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
     case = LoraCase((5,), 40, 24, 4, 2.0, "float32", x_requires_grad=True, seed=2)
     x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
     kernels.lora_linear(x, W, A, B, scaling=2.0).sum().backward()
-    forward = [(5, 24, "shrink", 4)] if shrink_max_m else [(5, 4), (5, 24)]
-    assert sorted(launches) == sorted([*forward, (5, 4), (4, 40), (24, 4), (5, 40)])
+    joined = [(5, 24, "shrink", 4), (5, 40, "shrink", 4)]  # y with t, dx with u
+    assert sorted(launches) == sorted([*(joined if shrink_max_m else [(5, 4), (5, 24), (5, 4), (5, 40)]), (4, 40),
+                                       (24, 4)])
     assert not any(launch[:2] in ((24, 40), (40, 24)) for launch in launches)  # B·A (out, in) or its transpose: never
     assert W.grad is None and A.grad is not None and B.grad is not None and x.grad is not None
 
 
 def test_triton_lora_with_the_shrink_launched_alone_holds_the_contract(monkeypatch):
-    """The contract's cases on the CPU have at most 16 tokens, so test_contracts holds only the joined forward to it:
-    here the other one (the shrink in its own launch, as above _SHRINK_MAX_M tokens), on the contract's examples."""
+    """The contract's cases on the CPU have at most 16 tokens, so test_contracts holds only the joined launches to it:
+    here the others (each shrink in its own launch, as above _SHRINK_MAX_M tokens), on the contract's examples."""
     impl = discover("lora")["triton_lora"]
     if impl.unavailable_reason("cpu") is not None:
         pytest.skip(impl.unavailable_reason("cpu"))

@@ -1,8 +1,9 @@
 """Fused LoRA linear in Triton, forward and backward, never forming the (out, in) update B·A (Hu et al. 2021; the
 shrink/expand split of Punica and S-LoRA, with the expand fused into the GEMM epilogue). One GEMM kernel with an
 optional low-rank epilogue, C = alpha·(A·B) + T·E, serves every product:
-  forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ   (up to 32 tokens both in one launch: SHRINK)
+  forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ
   backward  u = scaling·dy·B (M, r)   dA = uᵀ·x   dB = dyᵀ·t   dx = dy·W + u·A
+up to 32 tokens t with y and u with dx in one launch each (SHRINK: the shrink in the main product's K loop).
 Operands are any-strided (Wᵀ, dyᵀ are views); fp16/bf16/fp32 (fp32 dots in IEEE precision); fp32 accumulation."""
 from __future__ import annotations
 
@@ -138,7 +139,8 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
 
 
 _LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
-# The forward's shrink t = scaling·x·Aᵀ joins the main product's launch (gemm_shrink_expand) up to this many tokens (a
+# A shrink (the forward's t = scaling·x·Aᵀ, the backward's u = scaling·dy·B) joins the launch of the product beside it
+# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: gemm_shrink_expand) up to this many tokens (a
 # GEMV a token, the weight read once: each column of tiles recomputing t costs L2 reads of A, not DRAM; above, A's
 # extra product per column of tiles is 1/BLOCK_N of the work again) and this rank (one BLOCK_R).
 _SHRINK_MAX_M = _SKINNY_MAX_M
@@ -201,16 +203,22 @@ def gemm_shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: tor
     return c, t
 
 
+def _shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype,
+                   scaling: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(a @ b + t @ e, t) with t (M, r) = scaling · a @ s, in out_dtype: one launch up to _SHRINK_MAX_M rows of a and
+    rank _SHRINK_MAX_RANK, the shrink first in a launch of its own otherwise; rank 0: (a @ b, None)."""
+    rank = s.shape[1]
+    if 0 < rank <= _SHRINK_MAX_RANK and a.shape[0] <= _SHRINK_MAX_M:
+        return gemm_shrink_expand(a, b, s, e, out_dtype, shrink_alpha=scaling)
+    t = gemm_lowrank(a, s, out_dtype, alpha=scaling) if rank else None
+    return gemm_lowrank(a, b, out_dtype, low_rank=(t, e) if rank else None), t
+
+
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, A, B, scaling):
         x2 = x.reshape(-1, x.shape[-1])  # (M, in), a view when x's strides allow
-        rank = A.shape[0]
-        if 0 < rank <= _SHRINK_MAX_RANK and x2.shape[0] <= _SHRINK_MAX_M:  # one launch: (M, out) and (M, r)
-            y, t = gemm_shrink_expand(x2, W.mT, A.mT, B.mT, x.dtype, shrink_alpha=scaling)
-        else:
-            t = gemm_lowrank(x2, A.mT, x.dtype, alpha=scaling) if rank else None  # (M, r) = scaling·x·Aᵀ
-            y = gemm_lowrank(x2, W.mT, x.dtype, low_rank=(t, B.mT) if rank else None)  # (M, out)
+        y, t = _shrink_expand(x2, W.mT, A.mT, B.mT, x.dtype, scaling)  # (M, out) = x·Wᵀ + t·Bᵀ, t = scaling·x·Aᵀ
         ctx.save_for_backward(x2, W, A, B, t)
         ctx.scaling, ctx.x_shape = scaling, x.shape
         return y.reshape(*x.shape[:-1], W.shape[0])
@@ -220,13 +228,15 @@ class _LoraLinear(torch.autograd.Function):
         x2, W, A, B, t = ctx.saved_tensors
         dy2 = dy.reshape(-1, W.shape[0])  # (M, out)
         dx = dA = dB = None
-        u = gemm_lowrank(dy2, B, dy.dtype, alpha=ctx.scaling) if A.shape[0] else None  # (M, r) = scaling·dy·B
+        if ctx.needs_input_grad[0]:  # (M, in) = dy·W + u·A, u (M, r) = scaling·dy·B
+            dx, u = _shrink_expand(dy2, W, B, A, dy.dtype, ctx.scaling)
+            dx = dx.reshape(ctx.x_shape)
+        else:
+            u = gemm_lowrank(dy2, B, dy.dtype, alpha=ctx.scaling) if A.shape[0] else None
         if ctx.needs_input_grad[2]:
             dA = gemm_lowrank(u.mT, x2, A.dtype) if u is not None else torch.zeros_like(A)  # (r, in) = uᵀ·x
         if ctx.needs_input_grad[3]:
             dB = gemm_lowrank(dy2.mT, t, B.dtype) if t is not None else torch.zeros_like(B)  # (out, r) = dyᵀ·t
-        if ctx.needs_input_grad[0]:
-            dx = gemm_lowrank(dy2, W, dy.dtype, low_rank=(u, A) if u is not None else None).reshape(ctx.x_shape)
         return dx, None, dA, dB, None
 
 
