@@ -173,3 +173,17 @@ def test_the_cost_counts_the_products_autograd_runs(mode):
     assert lora.lora_cost(case, mode).flops == counted.get_total_flops()
     quantized = qlora.QLoraCase(case.batch, case.n_in, case.n_out, case.rank, case.scaling, "float32", True)
     assert qlora.qlora_cost(quantized, mode).flops == lora.lora_cost(case, mode).flops
+
+
+def test_one_token_gemvs_of_real_weights_are_autotuned(monkeypatch):
+    """_fixed_tile on the GPU: the contract's small shapes run the family's first tile, but a one-token product over a
+    real weight (a GEMV streaming 4096 x 11008) is autotuned: the threshold counts elements read, not M·N·K."""
+    pytest.importorskip("triton")
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+
+    monkeypatch.setattr(kernels, "_INTERPRET", False)
+    assert kernels._fixed_tile(1, 11008, 4096, torch.bfloat16) is None
+    assert kernels._fixed_tile(16, 4096, 8192, torch.bfloat16) is None  # dA at 8192 tokens: u^T (16, 8192) x
+    assert kernels._fixed_tile(66, 128, 128, torch.bfloat16) == kernels._WIDE[0]  # the contract's largest
+    assert kernels._fixed_tile(1, 128, 128, torch.bfloat16) == kernels._SKINNY[0]
+    assert kernels._fixed_tile(1, 128, 128, torch.float32) == kernels._FLOAT32_TILE
