@@ -131,6 +131,25 @@ def test_triton_lora_with_the_shrink_launched_alone_holds_the_contract(monkeypat
     assert any(p.status == "pass" for p in outcome.properties)
 
 
+@pytest.mark.parametrize("shrink_max_m", [32, 0], ids=["shrink joined", "shrink launched alone"])
+def test_triton_lora_holds_the_contract_over_two_blocks_of_rows(monkeypatch, shrink_max_m):
+    """The contract's CPU cases have at most 16 tokens, one block of rows of the interpreter's tile: here 20 tokens (two
+    blocks, the second partial) and rank 17 (a padded block of the rank), so each program's own rows of t and u are
+    what it computes, stores and uses, joined or launched alone."""
+    impl = discover("lora")["triton_lora"]
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    from llmopt.bench.verify import verify
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+    from llmopt.reference import contracts
+
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", shrink_max_m)
+    case = LoraCase((4, 5), 33, 40, 17, 2.0, "float32", x_requires_grad=True, seed=7)
+    outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
+    assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
+    assert sum(p.status == "pass" for p in outcome.properties) >= 4
+
+
 def test_the_joined_shrink_takes_ranks_up_to_one_block():
     from llmopt.impls.lora import _triton_lora_kernels as kernels
 
