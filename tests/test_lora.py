@@ -150,14 +150,29 @@ def test_triton_lora_holds_the_contract_over_two_blocks_of_rows(monkeypatch, shr
     assert sum(p.status == "pass" for p in outcome.properties) >= 4
 
 
-def test_the_joined_shrink_takes_ranks_up_to_one_block():
+@pytest.mark.parametrize("rank", [64, 65])
+def test_the_joined_shrink_takes_ranks_up_to_one_block(monkeypatch, rank):
+    """A joined shrink holds the rank in one BLOCK_R (at most 64): rank 64 joins, rank 65 takes its own launch, and
+    both hold the contract (rank 65 joined would drop the rank's last column)."""
+    impl = discover("lora")["triton_lora"]
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    from llmopt.bench.verify import verify
     from llmopt.impls.lora import _triton_lora_kernels as kernels
+    from llmopt.reference import contracts
 
-    a = torch.zeros(2, 8)
-    for rank in (0, kernels._SHRINK_MAX_RANK + 1):
-        with pytest.raises(ValueError, match="1 <= R <= 64"):
-            kernels.gemm_shrink_expand(a, torch.zeros(8, 3), torch.zeros(8, rank), torch.zeros(rank, 3), a.dtype,
-                                       shrink_alpha=1.0)
+    joined = []
+    original = kernels._launch
+
+    def recording(a, b, c, alpha, low_rank, shrink):
+        joined.append(shrink is not None)
+        return original(a, b, c, alpha, low_rank, shrink)
+
+    monkeypatch.setattr(kernels, "_launch", recording)
+    case = LoraCase((3,), 16, 24, rank, 2.0, "float32", x_requires_grad=True, seed=11)
+    outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
+    assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
+    assert any(joined) == (rank <= kernels._SHRINK_MAX_RANK)
 
 
 @pytest.mark.parametrize("mutate,expected", [

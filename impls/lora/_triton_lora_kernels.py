@@ -143,7 +143,7 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
 
 _LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
 # A shrink (the forward's t = scaling·x·Aᵀ, the backward's u = scaling·dy·B) joins the launch of the product beside it
-# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: gemm_shrink_expand) up to this many tokens (a
+# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: _shrink_expand) up to this many tokens (a
 # GEMV a token, the weight read once: each column of tiles recomputing t costs L2 reads of A, not DRAM; above, A's
 # extra product per column of tiles is 1/BLOCK_N of the work again) and this rank (one BLOCK_R).
 _SHRINK_MAX_M = _SKINNY_MAX_M
@@ -190,29 +190,18 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
     return c
 
 
-def gemm_shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype, *,
-                       shrink_alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(a (M, K) @ b (K, N) + t @ e (R, N), t) in out_dtype, t (M, R) = shrink_alpha · a @ s (K, R) rounded to
-    out_dtype, in one launch (R <= 64): every program computes its rows' t beside its tile's product."""
-    M, R = a.shape[0], s.shape[1]
-    if not 0 < R <= _SHRINK_MAX_RANK:
-        raise ValueError(f"gemm_shrink_expand takes 1 <= R <= {_SHRINK_MAX_RANK}, got R = {R}")
-    c = torch.empty(M, b.shape[1], dtype=out_dtype, device=a.device)
-    t = torch.empty(M, R, dtype=out_dtype, device=a.device)
-    if c.numel():
-        _launch(a, b, c, 1.0, (t, e), (s, shrink_alpha))
-    elif M:
-        t.copy_(gemm_lowrank(a, s, out_dtype, alpha=shrink_alpha))  # no columns: no program computes t
-    return c, t
-
-
 def _shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype,
                    scaling: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(a @ b + t @ e, t) with t (M, r) = scaling · a @ s, in out_dtype: one launch up to _SHRINK_MAX_M rows of a and
-    rank _SHRINK_MAX_RANK, the shrink first in a launch of its own otherwise; rank 0: (a @ b, None)."""
-    rank = s.shape[1]
-    if 0 < rank <= _SHRINK_MAX_RANK and a.shape[0] <= _SHRINK_MAX_M:
-        return gemm_shrink_expand(a, b, s, e, out_dtype, shrink_alpha=scaling)
+    """(a (M, K) @ b (K, N) + t @ e (r, N), t) with t (M, r) = scaling · a @ s (K, r) rounded to out_dtype: in one
+    launch (SHRINK: every program computes its rows' t beside its tile's product) for 1-_SHRINK_MAX_M rows of a, ranks
+    up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t), the shrink first in a launch of its own
+    otherwise; rank 0: (a @ b, None)."""
+    (M, rank), N = (a.shape[0], s.shape[1]), b.shape[1]
+    if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= _SHRINK_MAX_M and N > 0:
+        c = torch.empty(M, N, dtype=out_dtype, device=a.device)
+        t = torch.empty(M, rank, dtype=out_dtype, device=a.device)
+        _launch(a, b, c, 1.0, (t, e), (s, scaling))
+        return c, t
     t = gemm_lowrank(a, s, out_dtype, alpha=scaling) if rank else None
     return gemm_lowrank(a, b, out_dtype, low_rank=(t, e) if rank else None), t
 

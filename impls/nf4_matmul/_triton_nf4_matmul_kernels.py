@@ -1002,7 +1002,7 @@ def _mma_matmul(x2: torch.Tensor, state, scales: torch.Tensor, offset: torch.Ten
     tensors = (x2, codes, state.absmax, scales, offset, table, dynamic, out)
     args = (*tensors, M, N, K, x2.stride(0), K // 2, N)  # out: (M, N) with rows N apart
     pinned = _PINNED.get("tile")
-    key = _LAUNCHES.key("mma", (x2.dtype, state.double_quant, pinned, x2.device.index), tensors, args)
+    key = _LAUNCHES.key("mma", (state.double_quant, pinned, x2.device.index), tensors, args)
     if _LAUNCHES.relaunched(key, x2.device.index, args):
         return
     n_tiles = 1 if M <= 8 else 2
@@ -1058,7 +1058,7 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     # x2 and codes stand for their 32-bit views (x_pairs, words): the same pointers, all a relaunch passes
     tensors = (x2, x2, codes, codes, state.absmax, scales, offset, table, dynamic, out, partial, arrivals)
     ints = (M, N, K, *x2.stride(), K // 2, N, 1)  # M, N, K, x's strides, codes' row stride, the output's strides
-    settings = (x.dtype, state.blocksize, double_quant, pairs, plan.tile, device.index)
+    settings = (state.blocksize, double_quant, pairs, plan.tile, device.index)  # dtypes: in every key
     relaunch_args = (*tensors, *ints)
     key = _LAUNCHES.key("words", settings, tensors, relaunch_args)
     if _LAUNCHES.relaunched(key, device.index, relaunch_args):
