@@ -96,7 +96,7 @@ def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
         pytest.skip(impl.unavailable_reason("cpu"))
     from llmopt.impls.lora import _triton_lora_kernels as kernels
 
-    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", {"forward": shrink_max_m, "backward": shrink_max_m})
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", shrink_max_m)
     launches = []
     original = kernels._launch
 
@@ -125,7 +125,7 @@ def test_triton_lora_with_the_shrink_launched_alone_holds_the_contract(monkeypat
     from llmopt.impls.lora import _triton_lora_kernels as kernels
     from llmopt.reference import contracts
 
-    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", {"forward": 0, "backward": 0})
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", 0)
     outcome = verify(contracts()["lora"], impl, "cpu", max_examples=0)
     assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
     assert any(p.status == "pass" for p in outcome.properties)
@@ -143,7 +143,7 @@ def test_triton_lora_holds_the_contract_over_two_blocks_of_rows(monkeypatch, shr
     from llmopt.impls.lora import _triton_lora_kernels as kernels
     from llmopt.reference import contracts
 
-    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", {"forward": shrink_max_m, "backward": shrink_max_m})
+    monkeypatch.setattr(kernels, "_SHRINK_MAX_M", shrink_max_m)
     case = LoraCase((4, 5), 33, 40, 17, 2.0, "float32", x_requires_grad=True, seed=7)
     outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
     assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]

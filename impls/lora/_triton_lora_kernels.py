@@ -3,7 +3,7 @@ shrink/expand split of Punica and S-LoRA, with the expand fused into the GEMM ep
 optional low-rank epilogue, C = alpha·(A·B) + T·E, serves every product:
   forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ
   backward  u = scaling·dy·B (M, r)   dA = uᵀ·x   dB = dyᵀ·t   dx = dy·W + u·A
-up to 512 tokens t with y, up to 32 u with dx, in one launch each (SHRINK: the shrink in the main product's K loop).
+up to 32 tokens t with y and u with dx in one launch each (SHRINK: the shrink in the main product's K loop).
 Operands are any-strided (Wᵀ, dyᵀ are views); fp16/bf16/fp32 (fp32 dots in IEEE precision); fp32 accumulation."""
 from __future__ import annotations
 
@@ -143,13 +143,12 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
 
 _LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
 # A shrink (the forward's t = scaling·x·Aᵀ, the backward's u = scaling·dy·B) joins the launch of the product beside it
-# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: _shrink_expand) up to this many tokens a direction and this rank (one BLOCK_R).
-# Every column of tiles recomputes its rows' t from A in L2: at a GEMV a token that is free beside the weight's stream,
-# and at 512 tokens the forward still beat the shrink's own launch (H100, 2026-12-06, commit a3c4882, autotuned,
-# CUDA-graph replays: 44.8 against 54.2 µs at out 4096, 118.3 against 118.7 at 11008). The backward joined above 32
-# tokens raised an illegal memory access in the GPU verify of a911be1 (small shapes: the narrow and wide families'
-# fixed tiles), so it stays at the 32 tokens verified there (27f0bfd).
-_SHRINK_MAX_M = {"forward": 512, "backward": 32}
+# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: _shrink_expand) up to this many tokens and this rank (one BLOCK_R). Each column
+# of tiles recomputes its rows' t from A in L2. Joined, the forward ran faster up to 2048 tokens (H100, 2026-12-06,
+# autotuned, CUDA-graph replays: 44.8 against 54.2 µs at 512 x 4096, 131.0 against 146.1 at 2048), but joining both
+# directions up to 512 tokens (commit a911be1) raised an illegal memory access in the H100 verify at its small shapes
+# (33-66 tokens), cause not found: the bound stays at the 32 tokens verified there (27f0bfd).
+_SHRINK_MAX_M = _SKINNY_MAX_M
 _SHRINK_MAX_RANK = 64
 
 
@@ -194,13 +193,13 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
 
 
 def _shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype,
-                   scaling: float, direction: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   scaling: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(a (M, K) @ b (K, N) + t @ e (r, N), t) with t (M, r) = scaling · a @ s (K, r) rounded to out_dtype: in one
-    launch (SHRINK: every program computes its rows' t beside its tile's product) for 1-_SHRINK_MAX_M[direction] rows
-    of a ("forward" or "backward"), ranks up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t), the
-    shrink first in a launch of its own otherwise; rank 0: (a @ b, None)."""
+    launch (SHRINK: every program computes its rows' t beside its tile's product) for 1-_SHRINK_MAX_M rows of a, ranks
+    up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t), the shrink first in a launch of its own
+    otherwise; rank 0: (a @ b, None)."""
     (M, rank), N = (a.shape[0], s.shape[1]), b.shape[1]
-    if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= _SHRINK_MAX_M[direction] and N > 0:
+    if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= _SHRINK_MAX_M and N > 0:
         c = torch.empty(M, N, dtype=out_dtype, device=a.device)
         t = torch.empty(M, rank, dtype=out_dtype, device=a.device)
         _launch(a, b, c, 1.0, (t, e), (s, scaling))
@@ -213,8 +212,7 @@ class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, W, A, B, scaling):
         x2 = x.reshape(-1, x.shape[-1])  # (M, in), a view when x's strides allow
-        # (M, out) = x·Wᵀ + t·Bᵀ, t = scaling·x·Aᵀ
-        y, t = _shrink_expand(x2, W.mT, A.mT, B.mT, x.dtype, scaling, "forward")
+        y, t = _shrink_expand(x2, W.mT, A.mT, B.mT, x.dtype, scaling)  # (M, out) = x·Wᵀ + t·Bᵀ, t = scaling·x·Aᵀ
         ctx.save_for_backward(x2, W, A, B, t)
         ctx.scaling, ctx.x_shape = scaling, x.shape
         return y.reshape(*x.shape[:-1], W.shape[0])
@@ -225,7 +223,7 @@ class _LoraLinear(torch.autograd.Function):
         dy2 = dy.reshape(-1, W.shape[0])  # (M, out)
         dx = dA = dB = None
         if ctx.needs_input_grad[0]:  # (M, in) = dy·W + u·A, u (M, r) = scaling·dy·B
-            dx, u = _shrink_expand(dy2, W, B, A, dy.dtype, ctx.scaling, "backward")
+            dx, u = _shrink_expand(dy2, W, B, A, dy.dtype, ctx.scaling)
             dx = dx.reshape(ctx.x_shape)
         else:
             u = gemm_lowrank(dy2, B, dy.dtype, alpha=ctx.scaling) if A.shape[0] else None
