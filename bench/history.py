@@ -1,6 +1,8 @@
 """The regression gate: figures normalised within one run (an in-house kernel's speedup over each library impl on the
 same case and mode at the same commit, and % of the roofline measured in that run), compared between a machine's
-newest commit and the previous commit that measured the same figure. Raw latencies are never compared across runs."""
+newest commit and the previous commit that measured the same figure. Raw latencies are never compared across runs.
+Each figure comes from the eager latency and, where the rows have one, again from the CUDA-graph replay: a kernel's
+regression shows in both, a slower host path (or a slower host) in the eager figures alone."""
 from __future__ import annotations
 
 import statistics
@@ -35,23 +37,30 @@ def commits_by_time(rows: list[dict]) -> list[str]:
     return sorted(newest, key=newest.get)
 
 
+_TIMINGS = {"": "latency_ms", ", graph replay": "latency_ms_graph"}  # figure-name suffix: the row's latency field
+
+
 def figures(rows: list[dict]) -> dict[tuple, float]:
-    """The normalised figures of one commit's rows: each impl's median roofline_pct per case and mode, and each
-    in-house impl's speedup (median library latency / median in-house latency) over every library on that case."""
+    """The normalised figures of one commit's rows, from each timing the rows have (eager; graph replay, named so):
+    each impl's median roofline % per case and mode, and each in-house impl's speedup (median library latency / median
+    in-house latency) over every library on that case."""
     latencies, rooflines = defaultdict(list), defaultdict(list)
     for row in rows:
-        at = (row["technique"], row["impl"], row["case_id"], row["mode"])
-        latencies[at].append(row["latency_ms"])
-        rooflines[at].append(row["roofline_pct"])
-    out = {(t, impl, "roofline %", case, mode): statistics.median(values)
-           for (t, impl, case, mode), values in rooflines.items()}
+        for suffix, field in _TIMINGS.items():
+            if row.get(field):
+                at = (row["technique"], row["impl"], row["case_id"], row["mode"], suffix)
+                latencies[at].append(row[field])
+                rooflines[at].append(row["roofline_pct"] * row["latency_ms"] / row[field])
+    out = {(t, impl, "roofline %" + suffix, case, mode): statistics.median(values)
+           for (t, impl, case, mode, suffix), values in rooflines.items()}
     kinds = {t: {name: impl.kind for name, impl in registry.discover(t).items()} for t, *_ in latencies}
-    for (t, ours, case, mode), mine in latencies.items():
+    for (t, ours, case, mode, suffix), mine in latencies.items():
         if kinds[t].get(ours) != registry.IN_HOUSE_KIND:
             continue
-        for (t2, lib, case2, mode2), theirs in latencies.items():
-            if (t2, case2, mode2) == (t, case, mode) and kinds[t].get(lib) in registry.LIBRARY_KINDS:
-                out[t, ours, f"speedup vs {lib}", case, mode] = statistics.median(theirs) / statistics.median(mine)
+        for (t2, lib, case2, mode2, suffix2), theirs in latencies.items():
+            if (t2, case2, mode2, suffix2) == (t, case, mode, suffix) and kinds[t].get(lib) in registry.LIBRARY_KINDS:
+                speedup = statistics.median(theirs) / statistics.median(mine)
+                out[t, ours, f"speedup vs {lib}{suffix}", case, mode] = speedup
     return out
 
 

@@ -73,6 +73,32 @@ def test_repeated_rows_take_the_median_and_a_key_meets_its_last_earlier_commit(t
     assert code == 1 and "ccc -> ddd" in out and OTHER in out  # against the median of ccc's repeats
 
 
+def test_graph_replays_tell_a_slower_host_from_a_slower_kernel(tmp_path, capsys):
+    """Rows with CUDA-graph replays give each figure twice: a host that adds the same time to every eager call moves
+    only the eager figures; a kernel that got slower moves its replayed ones too."""
+    def with_graph(rows, host_ms=0.0, graph_ms=None):
+        for row in rows:
+            row["latency_ms_graph"] = (graph_ms or {}).get(row["impl"], row["latency_ms"])
+            row["roofline_pct"] *= row["latency_ms"] / (row["latency_ms"] + host_ms)  # the run's figure, from eager
+            row["latency_ms"] += host_ms
+        return rows
+
+    base = {"triton_flash": 1.0, "sdpa_flash": 1.3}
+    code, out = gate(tmp_path / "host", capsys, with_graph(run(1.0, "aaa", "1", base)),
+                     with_graph(run(1.0, "bbb", "2", base), host_ms=1.0))
+    assert code == 1, out
+    assert "6 figures compared" in out  # both impls' roofline and the speedup, eager and replayed
+    assert "triton_flash: speedup vs sdpa_flash, fwd" in out and "-11.5%" in out  # 1.3 -> 2.3 / 2.0
+    assert "graph replay" not in out  # no replayed figure moved
+
+    code, out = gate(tmp_path / "kernel", capsys, with_graph(run(1.0, "aaa", "1", base)),
+                     with_graph(run(1.0, "bbb", "2", base), graph_ms={"triton_flash": 1.25}))
+    assert code == 1, out
+    assert "triton_flash: speedup vs sdpa_flash, graph replay, fwd" in out and "-20.0%" in out
+    assert "triton_flash: roofline %, graph replay, fwd" in out
+    assert "triton_flash: speedup vs sdpa_flash, fwd" not in out  # its eager time did not move: the replays show it
+
+
 def test_fewer_than_two_commits_and_unknown_machine_are_usage_errors(tmp_path, capsys):
     code, out = gate(tmp_path, capsys, run(1.0, "aaa", "1", {"triton_flash": 1.0, "sdpa_flash": 1.3}))
     assert code == 2 and "two commits" in out and "found 1: aaa" in out
