@@ -61,7 +61,7 @@ def _verify_cell(row: dict) -> str:
         margins = [p["max_margin"] for p in row["properties"].values() if p.get("max_margin") is not None]
         detail = f"fails {', '.join(failed)}" if failed else f"max margin {max(margins):.2f}" if margins else ""
         mode = row.get("mode") or row["device"]
-        return f"**{row['status']}** ({mode}{'; ' + detail if detail else ''})"
+        return f"**{row['status']}** ({mode} at `{str(row['commit'])[:7]}`{'; ' + detail if detail else ''})"
     return f"{row['status']}: {row['reason']}"
 
 

@@ -94,7 +94,7 @@ def test_report_has_tables_and_plots(tmp_path):
     assert "- theirs, every case, fwd: unavailable on cuda: library 'theirs' is not installed" in report
     assert "a skip of an older run" not in report and "made up for" not in report
     assert report.count("library 'theirs' is not installed") == 1
-    assert "| attention | mine | **verified** (cuda; max margin 0.50) |" in report
+    assert "| attention | mine | **verified** (cuda at `abc`; max margin 0.50) |" in report
     assert "## attention on h100" in report and "## lora on h100" in report and "commit `abc`" in report
     assert "Speedup over sdpa_flash" in report and "| B=4,N=4096,causal=False | fwd | 1.00x | 1.50x |" in report
     assert "commit `old`" not in report
