@@ -87,11 +87,14 @@ def _print_property(result) -> None:
     margin = "" if result.max_margin is None else f" max margin {result.max_margin:.3g}"
     margin += f", {result.unsupported} declined by the library" if result.unsupported else ""
     margin += "".join(f"; {key}: {value}" for key, value in result.counts.items())
-    color = {"pass": "green", "fail": "red", "n/a": "yellow"}[result.status]
+    color = {"pass": "green", "fail": "red", "n/a": "yellow", "not run": "yellow"}[result.status]
     console.print(f"  [{color}]{result.status:>4}[/] {result.name}: {result.examples} cases{margin} "
                   f"({result.seconds:.1f} s)")
+    if result.status == "not run":
+        console.print(f"       {result.message}", markup=False)
     if result.status == "fail":
-        console.print(f"       minimal failing case: {result.case}")
+        label = "case that left the device unusable" if result.device_lost else "minimal failing case"
+        console.print(f"       {label}: {result.case}")
         console.print(f"       {result.message}", markup=False)
         console.print(f"       replay: {result.replay}", markup=False)
 

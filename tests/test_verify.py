@@ -1,0 +1,53 @@
+"""The verification driver when a call leaves the device unusable (a sticky CUDA fault, such as an illegal memory
+access: every later call in the process raises too). The failure is charged to the case that faulted, not to a case
+hypothesis shrank to from calls that could no longer run, and the properties after it are marked not run. Simulated on
+the CPU: an impl that "faults" on one shape and raises on every call after it, and a device check that says so."""
+import pytest
+from llmopt.bench import verify as driver
+from llmopt.impls import Impl
+from llmopt.reference import contracts
+from llmopt.reference.lora import lora_linear
+
+FAULT = "CUDA error: an illegal memory access was encountered"
+
+
+def poisoning_impl(faults_on):
+    """A correct LoRA linear that faults on shapes where faults_on(x, W) holds, and raises on every call after."""
+    poisoned = []
+
+    def fn(x, W, A, B, *, scaling):
+        if poisoned or faults_on(x, W):
+            poisoned.append(tuple(x.shape) + tuple(W.shape))
+            raise RuntimeError(FAULT)
+        return lora_linear(x, W, A, B, scaling=scaling)
+
+    return Impl("lora", "poisoning", fn, "user", ("cpu",)), poisoned
+
+
+@pytest.mark.parametrize("where,faults_on", [
+    ("a drawn case", lambda x, W: W.shape[0] == 3),  # no fixed example has out = 3: hypothesis draws it
+    ("a fixed example", lambda x, W: W.shape[0] == 40),  # the contract's first example
+])
+def test_a_call_that_loses_the_device_is_reported_at_the_case_that_faulted(monkeypatch, where, faults_on):
+    impl, poisoned = poisoning_impl(faults_on)
+    monkeypatch.setattr(driver, "_device_fault", lambda device: f"RuntimeError: {FAULT}" if poisoned else None)
+    outcome = driver.verify(contracts()["lora"], impl, "cpu", max_examples=30)
+
+    lost = [p for p in outcome.properties if p.status == "fail"]
+    assert len(lost) == 1 and lost[0].device_lost, [(p.name, p.status) for p in outcome.properties]
+    assert lost[0].case.n_out == (3 if where == "a drawn case" else 40)  # the faulting shape, not a shrunk one
+    assert "left the device unusable" in lost[0].message and FAULT in lost[0].message
+    assert f'"n_out":{lost[0].case.n_out}' in lost[0].replay.replace(" ", "")
+    after = outcome.properties[outcome.properties.index(lost[0]) + 1:]
+    assert after and all(p.status == "not run" and p.examples == 0 for p in after)
+    assert not outcome.ok
+
+
+def test_a_failure_that_leaves_the_device_working_is_still_shrunk(monkeypatch):
+    """The same impl, its device check saying the device still works: an ordinary failure, shrunk as before, and
+    the later properties run (and fail on every case, since this impl raises on every call after its first)."""
+    impl, poisoned = poisoning_impl(lambda x, W: W.shape[0] == 3)
+    monkeypatch.setattr(driver, "_device_fault", lambda device: None)
+    outcome = driver.verify(contracts()["lora"], impl, "cpu", max_examples=30)
+    assert poisoned and not any(p.device_lost or p.status == "not run" for p in outcome.properties)
+    assert sum(p.status == "fail" for p in outcome.properties) > 1
