@@ -55,9 +55,13 @@ def _latest(rows: list[dict], key) -> list[dict]:
 # ------------------------------------------------------------------------------------------------------ verification
 
 
+def _failed_properties(row: dict) -> list[str]:
+    return [name for name, p in row["properties"].items() if p["status"] == "fail"]
+
+
 def _verify_cell(row: dict) -> str:
     if row["status"] in ("verified", "failing"):
-        failed = [name for name, p in row["properties"].items() if p["status"] == "fail"]
+        failed = _failed_properties(row)
         margins = [p["max_margin"] for p in row["properties"].values() if p.get("max_margin") is not None]
         detail = f"fails {', '.join(failed)}" if failed else f"max margin {max(margins):.2f}" if margins else ""
         mode = row.get("mode") or row["device"]
@@ -183,8 +187,20 @@ def _skipped_lines(notes: list[dict], rows: list[dict], label: dict[str, str]) -
     return lines + [""]
 
 
-def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list[dict], root: Path) -> list[str]:
-    """The latest commit's rows of one technique on one machine, and its run's skip notes: tables and plots."""
+def _failing_lines(verify_rows: list[dict], commit: str) -> list[str]:
+    """A warning for each impl whose latest verification at `commit` failed: its figures are of a kernel that does
+    not hold the contract."""
+    failing = [r for r in _latest([r for r in verify_rows if r["commit"] == commit], lambda r: r["impl"])
+               if r["status"] == "failing"]
+    warnings = [f"**{r['impl']} failed verification at this commit** (fails {', '.join(_failed_properties(r))}): its "
+                "figures below are of a kernel that does not hold the contract." for r in failing]
+    return [line for warning in warnings for line in (warning, "")]
+
+
+def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list[dict], verify_rows: list[dict],
+                   root: Path) -> list[str]:
+    """The latest commit's rows of one technique on one machine, its run's skip notes and a warning for each impl
+    that failed verification at that commit: tables and plots."""
     newest = max(rows, key=lambda r: r["time"])
     rows = _latest([r for r in rows if r["commit"] == newest["commit"]],
                    lambda r: (r["impl"], r["case_id"], r["mode"]))
@@ -192,8 +208,9 @@ def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list
     label = dict(zip(cases, _labels(list(cases.values())), strict=True))
     varying = _varying_keys(list(cases.values()))
     shared = ", ".join(f"{k}={v}" for k, v in next(iter(cases.values())).items() if k not in varying)
-    lines = [f"## {technique} on {machine}", "", f"Cases show the fields that differ; all have {shared}.", "",
-             _caption(newest), ""] + _bench_table(rows, label)
+    lines = [f"## {technique} on {machine}", "", *_failing_lines(verify_rows, newest["commit"]),
+             f"Cases show the fields that differ; all have {shared}.", "", _caption(newest), ""]
+    lines += _bench_table(rows, label)
     baseline, speedups = _speedup_table(technique, rows, label)
     lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
     lines += speedups
@@ -217,12 +234,16 @@ def write_report(root: str | Path) -> Path:
              "without the host's launch cost); TFLOP/s and GB/s from the contract's cost; "
              "% roofline: the time the measured peaks allow over the latency; margin: the timed output's error over "
              "what the contract allows (<= 1 passes; - where not computed)."), ""]
-    lines += _verify_section(read_verify_rows(root))
-    skipped = defaultdict(list)
+    verify_rows = read_verify_rows(root)
+    lines += _verify_section(verify_rows)
+    skipped, verified = defaultdict(list), defaultdict(list)
     for note in read_skipped(root):
         skipped[note["technique"], note["machine"]].append(note)
+    for row in verify_rows:
+        verified[row["technique"], row["machine"]].append(row)
     for (technique, machine), rows in sorted(by_section.items()):
-        lines += _bench_section(technique, machine, rows, skipped[technique, machine], root)
+        lines += _bench_section(technique, machine, rows, skipped[technique, machine], verified[technique, machine],
+                                root)
     path = root / "REPORT.md"
     path.write_text("\n".join(lines))
     return path

@@ -95,12 +95,29 @@ def test_report_has_tables_and_plots(tmp_path):
     assert "a skip of an older run" not in report and "made up for" not in report
     assert report.count("library 'theirs' is not installed") == 1
     assert "| attention | mine | **verified** (cuda at `abc`; max margin 0.50) |" in report
+    assert "failed verification" not in report  # it failed at abc, then passed there: the latest outcome counts
     assert "## attention on h100" in report and "## lora on h100" in report and "commit `abc`" in report
     assert "Speedup over sdpa_flash" in report and "| B=4,N=4096,causal=False | fwd | 1.00x | 1.50x |" in report
     assert "commit `old`" not in report
     for name in ("attention-h100-fwd.png", "lora-h100-fwd.png"):
         assert f"(plots/{name})" in report
         assert (tmp_path / "plots" / name).read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_warns_of_figures_from_an_impl_that_failed_verification_at_their_commit(tmp_path):
+    append_rows(tmp_path / "h100" / "lora.jsonl", [_row("lora", impl, {"r": 16, "d": 4096}, "fwd", tflops, commit="new")
+                                                   for impl, tflops in (("peft", 100.0), ("mine", 150.0))])
+    outcomes = (("mine", "failing", "new"), ("peft", "failing", "older"), ("peft", "verified", "new"))
+    append_rows(tmp_path / "h100" / "verify.jsonl", [
+        {"technique": "lora", "impl": impl, "device": "cuda", "machine": "h100", "status": status, "reason": "",
+         "properties": {"grads_match_reference": {"status": "fail" if status == "failing" else "pass", "examples": 3,
+                                                  "max_margin": None}},
+         "commit": commit, "time": "2026-11-25T09:00:00Z"} for impl, status, commit in outcomes])
+    report = write_report(tmp_path).read_text()
+    section = report[report.index("## lora on h100"):]
+    assert ("**mine failed verification at this commit** (fails grads_match_reference): its figures below are of a "
+            "kernel that does not hold the contract.") in section
+    assert "peft failed" not in report  # its failure was at another commit
 
 
 def test_best_fraction_of_peak_reads_committed_forward_rows(tmp_path):
