@@ -107,12 +107,13 @@ def test_report_has_tables_and_plots(tmp_path):
 def test_report_warns_of_figures_from_an_impl_that_failed_verification_at_their_commit(tmp_path):
     append_rows(tmp_path / "h100" / "lora.jsonl", [_row("lora", impl, {"r": 16, "d": 4096}, "fwd", tflops, commit="new")
                                                    for impl, tflops in (("peft", 100.0), ("mine", 150.0))])
-    outcomes = (("mine", "failing", "new"), ("peft", "failing", "older"), ("peft", "verified", "new"))
+    # peft's newest outcome failed, but at another commit than the figures'
+    outcomes = (("mine", "failing", "new", "09"), ("peft", "verified", "new", "09"), ("peft", "failing", "older", "11"))
     append_rows(tmp_path / "h100" / "verify.jsonl", [
         {"technique": "lora", "impl": impl, "device": "cuda", "machine": "h100", "status": status, "reason": "",
          "properties": {"grads_match_reference": {"status": "fail" if status == "failing" else "pass", "examples": 3,
                                                   "max_margin": None}},
-         "commit": commit, "time": "2026-11-25T09:00:00Z"} for impl, status, commit in outcomes])
+         "commit": commit, "time": f"2026-11-25T{hour}:00:00Z"} for impl, status, commit, hour in outcomes])
     report = write_report(tmp_path).read_text()
     section = report[report.index("## lora on h100"):]
     assert ("**mine failed verification at this commit** (fails grads_match_reference): its figures below are of a "

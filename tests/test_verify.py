@@ -51,3 +51,5 @@ def test_a_failure_that_leaves_the_device_working_is_still_shrunk(monkeypatch):
     outcome = driver.verify(contracts()["lora"], impl, "cpu", max_examples=30)
     assert poisoned and not any(p.device_lost or p.status == "not run" for p in outcome.properties)
     assert sum(p.status == "fail" for p in outcome.properties) > 1
+    first = next(p for p in outcome.properties if p.status == "fail")
+    assert poisoned[0][-2] == 3 and first.case.n_out != 3  # faulted at out = 3, reported at a shrunk case
