@@ -150,6 +150,46 @@ def test_triton_lora_holds_the_contract_over_two_blocks_of_rows(monkeypatch, shr
     assert sum(p.status == "pass" for p in outcome.properties) >= 4
 
 
+@pytest.mark.parametrize("b_layout", ["row-major", "column-major"])
+def test_past_32_tokens_only_a_k_contiguous_shrink_joins(monkeypatch, b_layout):
+    """Past 32 tokens a shrink joins its product's launch only when its operand is K-contiguous (a shrink operand
+    contiguous along the rank faulted there on the H100): at 40 tokens the forward's Aᵀ (row-major A) joins, the
+    backward's B joins only when B is stored column-major; either way the contract holds on that case."""
+    impl = discover("lora")["triton_lora"]
+    if impl.unavailable_reason("cpu") is not None:
+        pytest.skip(impl.unavailable_reason("cpu"))
+    from llmopt.bench.verify import verify
+    from llmopt.impls.lora import _triton_lora_kernels as kernels
+    from llmopt.reference import contracts
+
+    joined = []
+    original = kernels._launch
+
+    def recording(a, b, c, alpha, low_rank, shrink):
+        joined.append((b.shape[1], shrink is not None))
+        return original(a, b, c, alpha, low_rank, shrink)
+
+    monkeypatch.setattr(kernels, "_launch", recording)
+    case = LoraCase((40,), 33, 24, 17, 2.0, "float32", x_requires_grad=True, seed=5)
+    x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
+    if b_layout == "column-major":
+        B = B.detach().mT.contiguous().mT.requires_grad_()
+    y = kernels.lora_linear(x, W, A, B, scaling=2.0)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    grads = torch.autograd.grad(y, (x, A, B), dy)
+    assert joined[0] == (24, True)  # y (40, out) with t: forward, Aᵀ K-contiguous
+    assert ((33, True) in joined) == (b_layout == "column-major")  # dx (40, in) with u: backward, B
+
+    exact = [t.detach().double().requires_grad_() for t in (x, A, B)]
+    y64 = exact[0] @ W.double().T + 2.0 * (exact[0] @ exact[1].T) @ exact[2].T
+    for got, want in zip((y, *grads), (y64, *torch.autograd.grad(y64, exact, dy.double()))):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 IEEE dots against float64
+    if b_layout == "row-major":  # the contract's layout: its properties on this case
+        monkeypatch.setattr(kernels, "_launch", original)
+        outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
+        assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
+
+
 @pytest.mark.parametrize("rank", [64, 65])
 def test_the_joined_shrink_takes_ranks_up_to_one_block(monkeypatch, rank):
     """A joined shrink holds the rank in one BLOCK_R (at most 64): rank 64 joins, rank 65 takes its own launch, and

@@ -3,7 +3,8 @@ shrink/expand split of Punica and S-LoRA, with the expand fused into the GEMM ep
 optional low-rank epilogue, C = alpha·(A·B) + T·E, serves every product:
   forward   t = scaling·x·Aᵀ (M, r)                y = x·Wᵀ + t·Bᵀ
   backward  u = scaling·dy·B (M, r)   dA = uᵀ·x   dB = dyᵀ·t   dx = dy·W + u·A
-up to 32 tokens t with y and u with dx in one launch each (SHRINK: the shrink in the main product's K loop).
+t with y and u with dx in one launch each (SHRINK: the shrink in the main product's K loop) up to 32 tokens, and
+up to 2048 where the shrink's operand is K-contiguous (the forward's Aᵀ of a row-major A).
 Operands are any-strided (Wᵀ, dyᵀ are views); fp16/bf16/fp32 (fp32 dots in IEEE precision); fp32 accumulation."""
 from __future__ import annotations
 
@@ -143,12 +144,18 @@ def _fixed_tile(M: int, N: int, K: int, dtype: torch.dtype) -> Tile | None:
 
 _LAUNCHES = Launches()  # launches after a key's first, without Triton's host path (impls/_host.Launches)
 # A shrink (the forward's t = scaling·x·Aᵀ, the backward's u = scaling·dy·B) joins the launch of the product beside it
-# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: _shrink_expand) up to this many tokens and this rank (one BLOCK_R). Each column
+# (y = x·Wᵀ + t·Bᵀ, dx = dy·W + u·A: _shrink_expand) up to _SHRINK_MAX_M tokens and this rank (one BLOCK_R). Each column
 # of tiles recomputes its rows' t from A in L2. Joined, the forward ran faster up to 2048 tokens (H100, 2026-12-06,
-# autotuned, CUDA-graph replays: 44.8 against 54.2 µs at 512 x 4096, 131.0 against 146.1 at 2048), but joining both
-# directions up to 512 tokens (commit a911be1) raised an illegal memory access in the H100 verify at its small shapes
-# (33-66 tokens), cause not found: the bound stays at the 32 tokens verified there (27f0bfd).
-_SHRINK_MAX_M = _SKINNY_MAX_M
+# autotuned, CUDA-graph replays: 44.8 against 54.2 µs at 512 x 4096, 131.0 against 146.1 at 2048; slower at 4096 x
+# 11008).
+# Above 32 tokens the tiles are 64-128 rows, whose dots Triton compiles to Hopper's wgmma reading both operands from
+# shared memory; there a shrink operand contiguous along the rank (the backward's B (out, r), row-major) faulted on
+# the H100: at rank 17 (BLOCK_R 32, a 64-byte swizzled [BLOCK_K, 32] tile) compute-sanitizer caught the shrink's dot
+# reading shared memory out of bounds (2026-12-06, commit 849dd59; results/h100/probes/...-lora-join-crash-probe.json),
+# in the backward of 33 tokens, n_in 1, n_out 16 (fp16 and bf16; fp32, IEEE dots on CUDA cores, ran all 96 shapes).
+# So past 32 tokens (the 16-32-row tiles' mma.sync path, verified there in both directions) the shrink joins only when
+# its operand is K-contiguous: the forward's Aᵀ of a row-major A, as the H100 verify of a911be1 ran it.
+_SHRINK_MAX_M = 2048
 _SHRINK_MAX_RANK = 64
 
 
@@ -195,11 +202,12 @@ def gemm_lowrank(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype, *, al
 def _shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.Tensor, out_dtype: torch.dtype,
                    scaling: float) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(a (M, K) @ b (K, N) + t @ e (r, N), t) with t (M, r) = scaling · a @ s (K, r) rounded to out_dtype: in one
-    launch (SHRINK: every program computes its rows' t beside its tile's product) for 1-_SHRINK_MAX_M rows of a, ranks
-    up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t), the shrink first in a launch of its own
-    otherwise; rank 0: (a @ b, None)."""
+    launch (SHRINK: every program computes its rows' t beside its tile's product) for 1-_SHRINK_MAX_M rows of a with s
+    K-contiguous (1-32 rows otherwise), ranks up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t),
+    the shrink first in a launch of its own otherwise; rank 0: (a @ b, None)."""
     (M, rank), N = (a.shape[0], s.shape[1]), b.shape[1]
-    if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= _SHRINK_MAX_M and N > 0:
+    max_m = _SHRINK_MAX_M if s.stride(0) == 1 else min(_SHRINK_MAX_M, _SKINNY_MAX_M)  # K-contiguous s: above
+    if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= max_m and N > 0:
         c = torch.empty(M, N, dtype=out_dtype, device=a.device)
         t = torch.empty(M, rank, dtype=out_dtype, device=a.device)
         _launch(a, b, c, 1.0, (t, e), (s, scaling))
