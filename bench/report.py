@@ -1,7 +1,8 @@
 """Renders a results folder into REPORT.md: the verification matrix (technique x impl, the latest status per machine),
-then per technique and machine the latest commit's benchmark table (latency, TFLOP/s, GB/s, % of roofline, peak
-memory, margin), speedups over a baseline impl, the contract's performance goals checked, and PNG plots under
-plots/: TFLOP/s against the sequence length for compute-bound attention, % of the measured roofline per case for the
+then per technique and machine a benchmark table of each case's newest run (latency, TFLOP/s, GB/s, % of roofline,
+peak memory, margin; the commit per row where runs differ), speedups over a baseline impl within each run (eager, and
+from CUDA-graph replays where measured), the contract's performance goals checked, and PNG plots under plots/:
+TFLOP/s against the sequence length for compute-bound attention, % of the measured roofline per case for the
 memory-bound rest."""
 from __future__ import annotations
 
@@ -99,29 +100,49 @@ def _margin_text(margin) -> str:
     return "-" if margin is None else margin if isinstance(margin, str) else f"{margin:.2f}"
 
 
-def _bench_table(rows: list[dict], label: dict[str, str]) -> list[str]:
-    body = [[label[r["case_id"]], r["mode"], r["impl"],
+def _newest_runs(rows: list[dict]) -> list[dict]:
+    """Each case's rows from the newest run (commit) that measured it, the latest row per impl and mode there: a run
+    of a few cases leaves the others' figures from the run before, and every row beside its baseline's of one run."""
+    newest = {}
+    for row in sorted(rows, key=lambda r: r["time"]):
+        newest[row["case_id"]] = row["commit"]
+    impls, cases = (list(dict.fromkeys(r[key] for r in rows)) for key in ("impl", "case_id"))
+    kept = _latest([r for r in rows if r["commit"] == newest[r["case_id"]]],
+                   lambda r: (r["impl"], r["case_id"], r["mode"]))
+    return sorted(kept, key=lambda r: (impls.index(r["impl"]), cases.index(r["case_id"])))
+
+
+def _commit_cell(row: dict) -> list[str]:
+    return [f"`{str(row['commit'])[:7]}`"]
+
+
+def _bench_table(rows: list[dict], label: dict[str, str], by_commit: bool) -> list[str]:
+    body = [[label[r["case_id"]], *(_commit_cell(r) if by_commit else []), r["mode"], r["impl"],
              f"{_number(r['latency_ms'])} ({_number(r['latency_ms_p20'])}-{_number(r['latency_ms_p80'])})",
              "-" if r.get("latency_ms_graph") is None else _number(r["latency_ms_graph"]),
              _number(r["tflops"]), _number(r["gbps"]), _number(r["roofline_pct"]),
              "-" if r["peak_mem_mb"] is None else _number(r["peak_mem_mb"]), _margin_text(r["margin"])]
             for r in rows]
-    return _table(["case", "mode", "impl", "ms median (p20-p80)", "CUDA graph ms", "TFLOP/s", "GB/s", "% roofline",
-                   "peak MB", "margin"], body)
+    return _table(["case", *(["commit"] if by_commit else []), "mode", "impl", "ms median (p20-p80)", "CUDA graph ms",
+                   "TFLOP/s", "GB/s", "% roofline", "peak MB", "margin"], body)
 
 
-def _speedup_table(technique: str, rows: list[dict], label: dict[str, str]) -> tuple[str, list[str]]:
+def _speedup_table(technique: str, rows: list[dict], label: dict[str, str], by_commit: bool,
+                   latency_key: str = "latency_ms") -> tuple[str, list[str]]:
+    """Speedups over the baseline impl from `latency_key`, each case within its run (rows of _newest_runs: one commit
+    a case); cases without that latency left out."""
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     named = get_contract(technique).baseline_impl
     baseline = named if named in impls else impls[0]
-    latency = {(r["case_id"], r["mode"], r["impl"]): r["latency_ms"] for r in rows}
+    latency = {(r["case_id"], r["mode"], r["impl"]): r[latency_key] for r in rows if r.get(latency_key)}
     body = []
-    for case_id, mode in dict.fromkeys((r["case_id"], r["mode"]) for r in rows):
+    for row in {(r["case_id"], r["mode"]): r for r in rows if r.get(latency_key)}.values():
+        case_id, mode = row["case_id"], row["mode"]
         base = latency.get((case_id, mode, baseline))
         speedups = [f"{base / latency[case_id, mode, impl]:.2f}x" if base and (case_id, mode, impl) in latency else "-"
                     for impl in impls]
-        body.append([label[case_id], mode] + speedups)
-    return baseline, _table(["case", "mode"] + impls, body)
+        body.append([label[case_id], *(_commit_cell(row) if by_commit else []), mode] + speedups)
+    return baseline, _table(["case", *(["commit"] if by_commit else []), "mode"] + impls, body)
 
 
 def _fixed_fields(case: dict) -> dict:
@@ -170,8 +191,8 @@ def _plot(technique: str, rows: list[dict], title: str, path: Path) -> None:
 
 
 def _skipped_lines(notes: list[dict], rows: list[dict], label: dict[str, str]) -> list[str]:
-    """What the commit's runs did not measure, and why: one line per distinct skip note (the impl, case and mode it
-    names), leaving out notes about something another run at that commit measured."""
+    """What the runs shown did not measure, and why: one line per distinct skip note (the impl, case and mode it
+    names), leaving out notes about something a run shown measured."""
     def measured(note: dict) -> bool:
         return any(all(note[key] in (None, row[key]) for key in ("impl", "case_id", "mode")) for row in rows)
 
@@ -179,7 +200,7 @@ def _skipped_lines(notes: list[dict], rows: list[dict], label: dict[str, str]) -
                   if not measured(n)}.values())
     if not notes:
         return []
-    lines = ["Not measured at this commit:", ""]
+    lines = ["Not measured in these runs:", ""]
     for note in notes:
         what = [note["impl"] or "every impl", label.get(note["case_id"], note["case_id"]) or "every case",
                 note["mode"] or "every mode"]
@@ -188,33 +209,40 @@ def _skipped_lines(notes: list[dict], rows: list[dict], label: dict[str, str]) -
 
 
 def _failing_lines(verify_rows: list[dict], commit: str) -> list[str]:
-    """A warning for each impl whose latest verification at `commit` failed: its figures are of a kernel that does
-    not hold the contract."""
+    """A warning for each impl whose latest verification at `commit` failed: its figures there are of a kernel that
+    does not hold the contract."""
     failing = [r for r in _latest([r for r in verify_rows if r["commit"] == commit], lambda r: r["impl"])
                if r["status"] == "failing"]
-    warnings = [f"**{r['impl']} failed verification at this commit** (fails {', '.join(_failed_properties(r))}): its "
-                "figures below are of a kernel that does not hold the contract." for r in failing]
+    warnings = [f"**{r['impl']} failed verification at commit `{str(commit)[:7]}`** (fails "
+                f"{', '.join(_failed_properties(r))}): its figures below from that commit are of a kernel that does "
+                "not hold the contract." for r in failing]
     return [line for warning in warnings for line in (warning, "")]
 
 
 def _bench_section(technique: str, machine: str, rows: list[dict], skipped: list[dict], verify_rows: list[dict],
                    root: Path) -> list[str]:
-    """The latest commit's rows of one technique on one machine, its run's skip notes and a warning for each impl
-    that failed verification at that commit: tables and plots."""
-    newest = max(rows, key=lambda r: r["time"])
-    rows = _latest([r for r in rows if r["commit"] == newest["commit"]],
-                   lambda r: (r["impl"], r["case_id"], r["mode"]))
+    """Each case's newest run of one technique on one machine (_newest_runs), those runs' skip notes and a warning for
+    each impl that failed verification at one of their commits: tables and plots."""
+    rows = _newest_runs(rows)
+    runs = {r["commit"]: r for r in sorted(rows, key=lambda r: r["time"], reverse=True)}  # newest run first
+    by_commit = len(runs) > 1
     cases = {r["case_id"]: r["case"] for r in rows}
     label = dict(zip(cases, _labels(list(cases.values())), strict=True))
     varying = _varying_keys(list(cases.values()))
     shared = ", ".join(f"{k}={v}" for k, v in next(iter(cases.values())).items() if k not in varying)
-    lines = [f"## {technique} on {machine}", "", *_failing_lines(verify_rows, newest["commit"]),
-             f"Cases show the fields that differ; all have {shared}.", "", _caption(newest), ""]
-    lines += _bench_table(rows, label)
-    baseline, speedups = _speedup_table(technique, rows, label)
-    lines += [f"Speedup over {baseline} (its latency / the impl's; > 1 is faster):", "", _caption(newest), ""]
+    captions = [line for run in runs.values() for line in (_caption(run), "")]
+    if by_commit:
+        captions = [f"Each case from the newest run that measured it ({len(runs)} runs, newest first):", ""] + captions
+    lines = [f"## {technique} on {machine}", "", *(w for c in runs for w in _failing_lines(verify_rows, c)),
+             f"Cases show the fields that differ; all have {shared}.", "", *captions]
+    lines += _bench_table(rows, label, by_commit)
+    baseline, speedups = _speedup_table(technique, rows, label, by_commit)
+    lines += [f"Speedup over {baseline} (its latency / the impl's, both from one run; > 1 is faster):", ""]
     lines += speedups
-    lines += _skipped_lines([n for n in skipped if n["commit"] == newest["commit"]], rows, label)
+    if any(r.get("latency_ms_graph") for r in rows):
+        _, replayed = _speedup_table(technique, rows, label, by_commit, "latency_ms_graph")
+        lines += ["The same from CUDA-graph replays (the kernels without the host's launch cost):", "", *replayed]
+    lines += _skipped_lines([n for n in skipped if n["commit"] in runs], rows, label)
     lines += goal_lines(get_contract(technique), rows, label)
     for mode in dict.fromkeys(r["mode"] for r in rows):
         path = root / "plots" / f"{technique}-{machine}-{mode}.png"

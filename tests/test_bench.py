@@ -116,9 +116,35 @@ def test_report_warns_of_figures_from_an_impl_that_failed_verification_at_their_
          "commit": commit, "time": f"2026-11-25T{hour}:00:00Z"} for impl, status, commit, hour in outcomes])
     report = write_report(tmp_path).read_text()
     section = report[report.index("## lora on h100"):]
-    assert ("**mine failed verification at this commit** (fails grads_match_reference): its figures below are of a "
-            "kernel that does not hold the contract.") in section
+    assert ("**mine failed verification at commit `new`** (fails grads_match_reference): its figures below from that "
+            "commit are of a kernel that does not hold the contract.") in section
     assert "peft failed" not in report  # its failure was at another commit
+
+
+def test_report_keeps_each_case_from_its_newest_run_and_compares_impls_within_a_run(tmp_path):
+    """A run of a few cases (the newest) leaves the other cases' figures from the run before, each row marked with its
+    commit; speedups pair rows of one run, never an impl's new row with the baseline's old one."""
+    old = [_row("lora", impl, {"tokens": n}, "fwd", tflops, commit="old1234", time="2026-11-25T10:00:00Z")
+           for impl, tflops in (("peft", 100.0), ("mine", 150.0)) for n in (1, 512)]
+    new = [{**_row("lora", impl, {"tokens": 512}, "fwd", tflops, commit="new5678", time="2026-11-26T10:00:00Z"),
+            "latency_ms_graph": graph_ms}
+           for impl, tflops, graph_ms in (("mine", 400.0, 0.003), ("peft", 200.0, 0.004))]
+    append_rows(tmp_path / "h100" / "lora.jsonl", old + new)
+    report = write_report(tmp_path).read_text()
+    section = report[report.index("## lora on h100"):]
+    assert "Each case from the newest run that measured it (2 runs, newest first)" in section
+    assert section.index("commit `new5678`") < section.index("commit `old1234`")
+    assert "| tokens=1 | `old1234` | fwd | 1.00x | 1.50x |" in section  # the run before, in its own run
+    assert "| tokens=512 | `new5678` | fwd | 1.00x | 2.00x |" in section  # not 400 / 100 across runs
+    assert "| tokens=512 | `old1234` |" not in section
+    assert section.count("| tokens=512 | `new5678` | fwd | ") == 4  # two bench rows, eager and replayed speedups
+    replayed = section[section.index("from CUDA-graph replays"):]
+    assert "| tokens=512 | `new5678` | fwd | 1.00x | 1.33x |" in replayed and "tokens=1 " not in replayed
+
+    append_rows(tmp_path / "h100" / "lora.jsonl", [{**r, "time": "2026-11-27T10:00:00Z", "commit": "all9999"}
+                                                   for r in old])  # a full run again: one commit, no commit column
+    section = write_report(tmp_path).read_text().split("## lora on h100")[1]
+    assert "Each case from" not in section and "| tokens=1 | fwd | 1.00x | 1.50x |" in section
 
 
 def test_best_fraction_of_peak_reads_committed_forward_rows(tmp_path):
