@@ -154,7 +154,7 @@ _LAUNCHES = Launches()  # launches after a key's first, without Triton's host pa
 # reading shared memory out of bounds (2026-12-06, commit 849dd59; results/h100/probes/...-lora-join-crash-probe.json),
 # in the backward of 33 tokens, n_in 1, n_out 16 (fp16 and bf16; fp32, IEEE dots on CUDA cores, ran all 96 shapes).
 # So past 32 tokens (the 16-32-row tiles' mma.sync path, verified there in both directions) the shrink joins only when
-# its operand is K-contiguous: the forward's Aᵀ of a row-major A, as the H100 verify of a911be1 ran it.
+# its operand is K-contiguous: the forward's Aᵀ of a row-major A (verified on the H100 at 445ccb9).
 _SHRINK_MAX_M = 2048
 _SHRINK_MAX_RANK = 64
 
@@ -206,7 +206,7 @@ def _shrink_expand(a: torch.Tensor, b: torch.Tensor, s: torch.Tensor, e: torch.T
     K-contiguous (1-32 rows otherwise), ranks up to _SHRINK_MAX_RANK (one BLOCK_R) and N > 0 (a program to compute t),
     the shrink first in a launch of its own otherwise; rank 0: (a @ b, None)."""
     (M, rank), N = (a.shape[0], s.shape[1]), b.shape[1]
-    max_m = _SHRINK_MAX_M if s.stride(0) == 1 else min(_SHRINK_MAX_M, _SKINNY_MAX_M)  # K-contiguous s: above
+    max_m = _SHRINK_MAX_M if s.stride(0) == 1 else min(_SHRINK_MAX_M, _SKINNY_MAX_M)  # past 32: K-contiguous s only
     if 0 < rank <= _SHRINK_MAX_RANK and 0 < M <= max_m and N > 0:
         c = torch.empty(M, N, dtype=out_dtype, device=a.device)
         t = torch.empty(M, rank, dtype=out_dtype, device=a.device)
