@@ -89,7 +89,7 @@ def check_lora_call(call: Call) -> None:
 
 # --------------------------------------------------------------------------------------------------- the cases
 
-LAYOUTS = ("contiguous", "strided")  # strided: x a view every other column of a wider buffer, W stored transposed
+LAYOUTS = ("contiguous", "strided")  # strided: x a view every other column of a wider buffer; W, A, B stored transposed
 
 
 @dataclass(frozen=True)
@@ -127,7 +127,7 @@ def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> to
 
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """w in `dtype` on `device`, row-major or (layout "strided") stored transposed."""
+    """w (a matrix: W, A or B) in `dtype` on `device`, row-major or (layout "strided") stored transposed."""
     if layout == "contiguous":
         return w.to(device=device, dtype=dtype)
     return w.mT.contiguous().to(device=device, dtype=dtype).mT
@@ -138,7 +138,7 @@ def lora_make_call(case: LoraCase, device: str) -> Call:
     dtype = dtype_of(case.dtype)
     x = place_x(random_tensor(gen, *case.batch, case.n_in), case.layout, dtype, device)
     W = place_weight(random_tensor(gen, case.n_out, case.n_in, std=case.n_in**-0.5), case.layout, dtype, device)
-    A, B = random_adapter(gen, case, dtype, device)
+    A, B = (place_weight(t, case.layout, dtype, device) for t in random_adapter(gen, case, dtype, device))
     return Call((x, W, A, B), {"scaling": case.scaling})
 
 

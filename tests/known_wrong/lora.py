@@ -48,3 +48,11 @@ def merges_in_place(x, W, A, B, *, scaling):
         out = x @ W.mT
         W.sub_(scaling * (B @ A))
     return out
+
+
+def reads_the_adapter_row_major(x, W, A, B, *, scaling):
+    """Reads A and B from their storage as row-major matrices whatever their strides (a kernel indexing A[i, k] at
+    i·in + k): right for adapters stored as peft stores them, wrong for a transposed one."""
+    A_rows = torch.as_strided(A, A.shape, (A.shape[1], 1), A.storage_offset())
+    B_rows = torch.as_strided(B, B.shape, (B.shape[1], 1), B.storage_offset())
+    return x @ W.mT + scaling * ((x @ A_rows.mT) @ B_rows.mT)
