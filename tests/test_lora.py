@@ -87,6 +87,20 @@ def test_reference_unmerge_restores_the_weight_within_rounding():
     assert not torch.equal(back, W)  # bf16 rounding is real: the round trip is exact only within it
 
 
+def _record_launches(monkeypatch, kernels) -> list[tuple]:
+    """Each launch of the fused LoRA's GEMM kernel from now on, as (rows M, columns N, rank of the shrink it joins or
+    0), the launch itself still made."""
+    launches = []
+    original = kernels._launch
+
+    def recording(a, b, c, alpha, low_rank, shrink):
+        launches.append((a.shape[0], b.shape[1], shrink[0].shape[1] if shrink is not None else 0))
+        return original(a, b, c, alpha, low_rank, shrink)
+
+    monkeypatch.setattr(kernels, "_launch", recording)
+    return launches
+
+
 @pytest.mark.parametrize("shrink_max_m", [32, 0], ids=["shrink joined", "shrink launched alone"])
 def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
     """The fused LoRA's launches, forward and backward: every product it computes is of rank r or of the base's shape,
@@ -97,20 +111,13 @@ def test_triton_lora_never_forms_the_full_update(monkeypatch, shrink_max_m):
     from llmopt.impls.lora import _triton_lora_kernels as kernels
 
     monkeypatch.setattr(kernels, "_SHRINK_MAX_M", shrink_max_m)
-    launches = []
-    original = kernels._launch
-
-    def recording(a, b, c, alpha, low_rank, shrink):
-        launches.append((a.shape[0], b.shape[1]) + (("shrink", shrink[0].shape[1]) if shrink is not None else ()))
-        return original(a, b, c, alpha, low_rank, shrink)
-
-    monkeypatch.setattr(kernels, "_launch", recording)
+    launches = _record_launches(monkeypatch, kernels)
     case = LoraCase((5,), 40, 24, 4, 2.0, "float32", x_requires_grad=True, seed=2)
     x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
     kernels.lora_linear(x, W, A, B, scaling=2.0).sum().backward()
-    joined = [(5, 24, "shrink", 4), (5, 40, "shrink", 4)]  # y with t, dx with u
-    assert sorted(launches) == sorted([*(joined if shrink_max_m else [(5, 4), (5, 24), (5, 4), (5, 40)]), (4, 40),
-                                       (24, 4)])
+    joined = [(5, 24, 4), (5, 40, 4)]  # y with t, dx with u
+    alone = [(5, 4, 0), (5, 24, 0), (5, 4, 0), (5, 40, 0)]  # t, y, u, dx
+    assert sorted(launches) == sorted([*(joined if shrink_max_m else alone), (4, 40, 0), (24, 4, 0)])
     assert not any(launch[:2] in ((24, 40), (40, 24)) for launch in launches)  # B·A (out, in) or its transpose: never
     assert W.grad is None and A.grad is not None and B.grad is not None and x.grad is not None
 
@@ -162,14 +169,7 @@ def test_past_32_tokens_only_a_k_contiguous_shrink_joins(monkeypatch, b_layout):
     from llmopt.impls.lora import _triton_lora_kernels as kernels
     from llmopt.reference import contracts
 
-    joined = []
-    original = kernels._launch
-
-    def recording(a, b, c, alpha, low_rank, shrink):
-        joined.append((b.shape[1], shrink is not None))
-        return original(a, b, c, alpha, low_rank, shrink)
-
-    monkeypatch.setattr(kernels, "_launch", recording)
+    launches = _record_launches(monkeypatch, kernels)
     case = LoraCase((40,), 33, 24, 17, 2.0, "float32", x_requires_grad=True, seed=5)
     x, W, A, B = (t.requires_grad_(i != 1) for i, t in enumerate(lora_make_call(case, "cpu").args))
     if b_layout == "column-major":
@@ -177,15 +177,14 @@ def test_past_32_tokens_only_a_k_contiguous_shrink_joins(monkeypatch, b_layout):
     y = kernels.lora_linear(x, W, A, B, scaling=2.0)
     dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
     grads = torch.autograd.grad(y, (x, A, B), dy)
-    assert joined[0] == (24, True)  # y (40, out) with t: forward, Aᵀ K-contiguous
-    assert ((33, True) in joined) == (b_layout == "column-major")  # dx (40, in) with u: backward, B
+    assert launches[0] == (40, 24, 17)  # y (40, out) with t: forward, Aᵀ K-contiguous
+    assert ((40, 33, 17) in launches) == (b_layout == "column-major")  # dx (40, in) with u: backward, B
 
     exact = [t.detach().double().requires_grad_() for t in (x, A, B)]
     y64 = exact[0] @ W.double().T + 2.0 * (exact[0] @ exact[1].T) @ exact[2].T
     for got, want in zip((y, *grads), (y64, *torch.autograd.grad(y64, exact, dy.double()))):
         assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()  # fp32 IEEE dots against float64
     if b_layout == "row-major":  # the contract's layout: its properties on this case
-        monkeypatch.setattr(kernels, "_launch", original)
         outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
         assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
 
@@ -201,18 +200,11 @@ def test_the_joined_shrink_takes_ranks_up_to_one_block(monkeypatch, rank):
     from llmopt.impls.lora import _triton_lora_kernels as kernels
     from llmopt.reference import contracts
 
-    joined = []
-    original = kernels._launch
-
-    def recording(a, b, c, alpha, low_rank, shrink):
-        joined.append(shrink is not None)
-        return original(a, b, c, alpha, low_rank, shrink)
-
-    monkeypatch.setattr(kernels, "_launch", recording)
+    launches = _record_launches(monkeypatch, kernels)
     case = LoraCase((3,), 16, 24, rank, 2.0, "float32", x_requires_grad=True, seed=11)
     outcome = verify(contracts()["lora"], impl, "cpu", replay=case)
     assert outcome.ok, [f"{p.name}: {p.message}" for p in outcome.properties if p.status == "fail"]
-    assert any(joined) == (rank <= kernels._SHRINK_MAX_RANK)
+    assert any(joined_rank for _, _, joined_rank in launches) == (rank <= kernels._SHRINK_MAX_RANK)
 
 
 @pytest.mark.parametrize("mutate,expected", [
