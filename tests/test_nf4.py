@@ -12,6 +12,7 @@ import torch
 from _known_wrong_coverage import assert_rejects
 from llmopt import impls
 from llmopt.impls import load_user_impl
+from llmopt.impls._host import cdiv
 from llmopt.reference import nf4, tolerance
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
@@ -162,31 +163,42 @@ def _triton_nf4_matmul_and_device():
     return impl, device
 
 
-@pytest.mark.parametrize(("tokens", "split_k", "prefetch", "chunks"),
-                         [("one", 1, False, False), ("one", 2, False, False), ("one", 1, True, False),
-                          ("one", 2, True, False), ("one", 1, False, True), ("one", 2, True, True),
-                          ("several", 1, False, False), ("several", 2, False, False)])
-def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch, chunks):
+@pytest.mark.parametrize(("tokens", "split_k", "prefetch", "chunks", "tail_round"),
+                         [("one", 1, False, False, 0), ("one", 2, False, False, 0), ("one", 1, True, False, 0),
+                          ("one", 2, True, False, 0), ("one", 1, False, True, 0), ("one", 2, True, True, 0),
+                          ("one", 2, True, True, 1), ("several", 1, False, False, 0), ("several", 2, False, False, 0)])
+def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch, chunks,
+                                                                         tail_round):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
-    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead, in
-    words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32); each must meet the contract on its own,
-    so each runs here (compiled on a GPU, else under Triton's interpreter) on the contract's examples and on shapes
-    that split (K of two steps or more), rows that do not fill a tile and K that does not fill a step."""
+    partials; every tile split, or with tail_round only the tiles past the last whole round, in the same launch as
+    whole-K ones) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead,
+    in words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32); each must meet the contract on its
+    own, so each runs here (compiled on a GPU, else under Triton's interpreter) on the contract's examples and on
+    shapes that split (K of two steps or more), rows that do not fill a tile and K that does not fill a step."""
     impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     use_dot = tokens == "several"
-    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch, chunks=chunks)
+    tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch, chunks=chunks,
+                                                        tail_round=tail_round)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs
              nf4.NF4MatmulCase((1,), 33, 3 * tile.block_k // 2, blocksize=32, double_quant=True, dtype="float16",
                                seed=10),
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
+    sms = kernels._num_sms(torch.device(device))
+    if tail_round:  # one tile past a whole round of one program an SM (its last rows short of a tile): it alone splits
+        extra.append(nf4.NF4MatmulCase((1,), tile.block_n * (sms * tail_round + 1) - 1, 2 * tile.block_k,
+                                       double_quant=True, dtype="bfloat16", seed=11))
     cases = [case for case in [*nf4.nf4_matmul_examples(impl.runs_on(device)), *extra]
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None
              and (not chunks or case.dtype != "float32" and case.x_layout == "contiguous")]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
+    if tail_round:  # some launch holds whole-K and split programs both
+        assert any(case.K >= split_k * tile.block_k and cdiv(case.N, tile.block_n)
+                   < kernels.programs_along_rows(case.N, tile.block_n, split_k, tail_round, sms)
+                   < cdiv(case.N, tile.block_n) * split_k for case in cases), "no launch splits only its tail"
     kernels.pin(tile)
     try:
         for case in cases:

@@ -296,17 +296,20 @@ def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
 
 @triton.jit
 def _split_k_epilogue(partial, out_ptrs, partial_ptr, partial_offsets, mask, arrivals_ptr, tile, split, split_stride,
-                      SPLIT_K: tl.constexpr):
+                      SPLIT_K: tl.constexpr, whole_k):
     """Split-K in one launch, deterministic: each split stores its float32 partial sum at partial_ptr[split, ...]; the
     tile's last split to arrive (last_to_arrive on arrivals_ptr[tile]) adds the SPLIT_K partials in split order and
-    stores the sum to out_ptrs."""
-    tl.store(partial_ptr + split * split_stride + partial_offsets, partial, mask=mask)
-    if last_to_arrive(arrivals_ptr, tile, SPLIT_K):
-        total = tl.zeros_like(partial)
-        for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run, whoever arrives last
-            total += tl.load(partial_ptr + s * split_stride + partial_offsets, mask=mask, other=0.0,
-                             cache_modifier=".cg")
-        tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
+    stores the sum to out_ptrs. A program that took its tile's whole K (whole_k) stores its sum at once."""
+    if whole_k:
+        tl.store(out_ptrs, partial.to(out_ptrs.dtype.element_ty), mask=mask)
+    else:
+        tl.store(partial_ptr + split * split_stride + partial_offsets, partial, mask=mask)
+        if last_to_arrive(arrivals_ptr, tile, SPLIT_K):
+            total = tl.zeros_like(partial)
+            for s in tl.static_range(SPLIT_K):  # split order: the same sum on every run, whoever arrives last
+                total += tl.load(partial_ptr + s * split_stride + partial_offsets, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.store(out_ptrs, total.to(out_ptrs.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------------------------- the kernel
@@ -319,7 +322,8 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, PREFETCH: tl.constexpr, CHUNKS: tl.constexpr, CHUNK_ASM: tl.constexpr,
+    SPLIT_K: tl.constexpr, TAIL_ROUND: tl.constexpr, PREFETCH: tl.constexpr, CHUNKS: tl.constexpr,
+    CHUNK_ASM: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -327,8 +331,21 @@ def _nf4_matmul_kernel(
     until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
     bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x); with CHUNKS,
     "words" takes [rows, chunks of 32 elements] tiles instead (_chunks_load: 16-byte loads along a row). SPLIT_K > 1:
-    program pid_k takes one of SPLIT_K equal spans of K (whole steps) and hands its partial sum to _split_k_epilogue."""
-    pid_n, pid_m, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    the grid's last tiles (all of them, or with TAIL_ROUND those past the last whole round: split_programs) are each
+    taken by SPLIT_K programs, one of SPLIT_K equal spans of K (whole steps) each, which hand their partial sums to
+    _split_k_epilogue; how many tiles split, the kernel reads from the grid's size (tiles + split tiles x (SPLIT_K -
+    1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for)."""
+    program, pid_m = tl.program_id(0), tl.program_id(1)
+    tiles = tl.cdiv(N, BLOCK_N)
+    if SPLIT_K == 1:
+        pid_n, pid_k, spans, whole_tiles = program, 0, 1, tiles
+    else:  # programs [0, whole_tiles): a tile each, whole K; then SPLIT_K programs a tile
+        whole_tiles = tiles - (tl.num_programs(0) - tiles) // (SPLIT_K - 1)
+        split_program = tl.maximum(program - whole_tiles, 0)
+        whole = program < whole_tiles
+        pid_n = tl.where(whole, program, whole_tiles + split_program // SPLIT_K)
+        pid_k = tl.where(whole, 0, split_program % SPLIT_K)
+        spans = tl.where(whole, 1, SPLIT_K)
     BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
     HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
@@ -348,7 +365,7 @@ def _nf4_matmul_kernel(
     if WORD_ASM != "":  # the byte table, filled by the whole program before any lookup
         byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
                                                pack=1)
-    k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
+    k_span = tl.cdiv(tl.cdiv(K, spans), BLOCK_K) * BLOCK_K  # K / spans rounded up to whole steps
     k_start = pid_k * k_span
     if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
         loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
@@ -416,7 +433,7 @@ def _nf4_matmul_kernel(
         tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
     else:
         _split_k_epilogue(total, out_ptr + out_offsets, partial_ptr, partial_offsets, out_mask, arrivals_ptr,
-                          pid_m * tl.num_programs(0) + pid_n, pid_k, M * N, SPLIT_K)
+                          pid_m * tiles + pid_n, pid_k, M * N, SPLIT_K, pid_n < whole_tiles)
 
 
 # ----------------------------------------------------------------------------------------------- 2+ tokens, mma
@@ -696,6 +713,8 @@ class Tile(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
+    tail_round: int = 0  # split_k > 1: 0 splits every tile; n splits only the tiles past the last whole round of n
+    #                      programs an SM (the grid's tail, which would otherwise leave SMs idle)
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
     chunks: bool = False  # word path: [rows, chunks of 32 elements] tiles, 16-byte loads along a row (_chunks_load)
 
@@ -754,6 +773,15 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
 _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
+# Chunk tiles that split only the grid's tail in two: the tiles past the last whole round of tail_round programs an
+# SM, a round being what each tile's registers and the byte table's 32 KB let an SM hold (plain / double-quantized,
+# from results/sm_90/nf4_sass.json: 4 / 3, 1, 4, 2, 3 / 2 and 5 / 4 for the tiles above, in order). At 28672 x 8192,
+# one token, 1792 tiles of 16 rows over 4 x 132 programs leave a last round of 208 tiles with most of the SMs idle;
+# GB/s there sat 5% below the line through N = 25344 and 33792, whose tiles fill whole rounds (H100, 2026-12-06,
+# results/h100/probes/2026-12-06-nf4-tail-probe.json). Split in two, those tiles fill the round with half-K programs;
+# splitting every tile instead ran slower (each program's table fill and first load then come twice as often).
+_TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
+                     for tile, rounds in zip(_CHUNK_TILES, ((4, 3), (1,), (4,), (2,), (3, 2), (5, 4))) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
@@ -762,7 +790,7 @@ _SPLIT_PROGRAMS_PER_SM = 4
 # "dot" (2+ tokens the mma kernel does not take). A family's first tile runs small weights without autotuning.
 _FAMILIES = {"words": _GEMV_TILES, "chunks": [*_GEMV_TILES, *_CHUNK_TILES], "dot": _DOT_TILES}
 _CANDIDATES = {family: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
-               for family, tiles in _FAMILIES.items()}
+               + (_TAIL_SPLIT_TILES if family == "chunks" else []) for family, tiles in _FAMILIES.items()}
 # The interpreter splits K in two where K holds two steps, so both epilogues are checked on the CPU.
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1, split_k=2), True: Tile(16, 64, 4, 1, split_k=2)}
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
@@ -804,16 +832,27 @@ def _num_sms(device: torch.device) -> int:
     return _INTERPRETER_SMS if _INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tokens: int, sms: int) -> bool:
-    """Whether a tile may split K split_k ways: unsplit always; split while the grid stays under
-    _SPLIT_PROGRAMS_PER_SM programs per SM and every split gets a whole step of K."""
-    programs = cdiv(N, block_n) * tokens * split_k
-    return split_k == 1 or (programs <= _SPLIT_PROGRAMS_PER_SM * sms and K >= split_k * block_k)
+def programs_along_rows(N: int, block_n: int, split_k: int, tail_round: int, sms: int) -> int:
+    """The grid's programs along the weight rows: one a tile of block_n rows, and split_k - 1 more for each tile that
+    splits K: every tile (tail_round 0), or those past the last whole round of sms x tail_round programs. The kernel
+    reads how many tiles split from this count."""
+    tiles = cdiv(N, block_n)
+    split_tiles = tiles if tail_round == 0 else tiles % (sms * tail_round)
+    return tiles + split_tiles * (split_k - 1)
+
+
+def _split_allowed(block_n: int, block_k: int, split_k: int, tail_round: int, N: int, K: int, tokens: int,
+                   sms: int) -> bool:
+    """Whether a tile may split K split_k ways: unsplit always; split where every split gets a whole step of K and,
+    splitting every tile, while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM."""
+    programs = programs_along_rows(N, block_n, split_k, tail_round, sms) * tokens
+    return split_k == 1 or (K >= split_k * block_k and (tail_round > 0 or programs <= _SPLIT_PROGRAMS_PER_SM * sms))
 
 
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
-    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "PREFETCH": tile.prefetch,
+    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "TAIL_ROUND": tile.tail_round,
+            "PREFETCH": tile.prefetch,
             "CHUNKS": tile.chunks, "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
@@ -827,7 +866,8 @@ def _prune(configs, named_args, **kwargs):
     tokens = cdiv(M, kwargs["BLOCK_M"])
     sms = _num_sms(named_args["out_ptr"].device)
     return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
-            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], N, K, tokens, sms)]
+            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], c.kwargs["TAIL_ROUND"],
+                               N, K, tokens, sms)]
 
 
 _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # CUfunction_attribute values of the CUDA driver API
@@ -918,10 +958,11 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     tokens = cdiv(M, _DOT_BLOCK_M) if use_dot else M
     sms = _num_sms(device)
     tile = _fixed_tile(family, N, K, dtype, blocksize)
-    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens, sms):
+    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, tile.tail_round, N, K,
+                                               tokens, sms):
         tile = tile._replace(split_k=1)
     allowed = [t for t in (_CANDIDATES[family] if tile is None else [tile])
-               if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms)]
+               if _split_allowed(t.block_n, t.block_k, t.split_k, t.tail_round, N, K, tokens, sms)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
@@ -1067,13 +1108,17 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     words = codes.view(torch.int32)  # K % 8 == 0: rows of K / 8 words
     args = (x2, x_pairs, codes, words, *tensors[4:], *ints)
     tokens = plan.tokens
+    sms = _num_sms(device)
+
+    def grid(meta):
+        return programs_along_rows(N, meta["BLOCK_N"], meta["SPLIT_K"], meta["TAIL_ROUND"], sms), tokens, 1
+
     if plan.tile is None:
         tuner = _AUTOTUNED[plan.family]
-        kernel = tuner[lambda meta: (cdiv(N, meta["BLOCK_N"]), tokens, meta["SPLIT_K"])](*args, **plan.constexprs)
+        kernel = tuner[grid](*args, **plan.constexprs)
         constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
         constexprs = plan.constexprs
-        kernel = _nf4_matmul_kernel[(cdiv(N, plan.tile.block_n), tokens, plan.tile.split_k)](*args, **constexprs)
-    _LAUNCHES.remember(key, kernel, (cdiv(N, constexprs["BLOCK_N"]), tokens, constexprs["SPLIT_K"]),
-                       _nf4_matmul_kernel, args, constexprs)
+        kernel = _nf4_matmul_kernel[grid(constexprs)](*args, **constexprs)
+    _LAUNCHES.remember(key, kernel, grid(constexprs), _nf4_matmul_kernel, args, constexprs)
     return out
