@@ -337,8 +337,10 @@ def _nf4_matmul_kernel(
     1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for)."""
     program, pid_m = tl.program_id(0), tl.program_id(1)
     tiles = tl.cdiv(N, BLOCK_N)
-    if SPLIT_K == 1:
-        pid_n, pid_k, spans, whole_tiles = program, 0, 1, tiles
+    if SPLIT_K == 1:  # pid_k: the grid's third index, always 0, read at run time: with K's start a constant the loop
+        # compiled to more instructions an element (sm_90 SASS of the 32 x 1024 chunk tile: 3.73 against 3.35; double-
+        # quantized 4.09 against 3.96), and 11008 x 4096 double-quantized ran 20.4 µs against 17.4 (H100, c4dd801)
+        pid_n, pid_k, spans, whole_tiles = program, tl.program_id(2), 1, tiles
     else:  # programs [0, whole_tiles): a tile each, whole K; then SPLIT_K programs a tile
         whole_tiles = tiles - (tl.num_programs(0) - tiles) // (SPLIT_K - 1)
         split_program = tl.maximum(program - whole_tiles, 0)
