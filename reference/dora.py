@@ -106,6 +106,10 @@ DORA_EXAMPLES = [
     LoraCase((2, 5), 64, 16, 16, 0.5, "float16", layout="strided", seed=12),
     LoraCase((16,), 16, 64, 1, 2.0, "bfloat16", x_requires_grad=True, seed=13),
     LoraCase((1,), 7, 5, 0, 1.0, "float32", seed=14),
+    # a square weight (a transposed update or per-column scale is the same shape) and each dimension past 128
+    LoraCase((4,), 24, 24, 8, 2.0, "float32", x_requires_grad=True, seed=15),
+    LoraCase((3,), 24, 160, 4, 1.0, "float32", x_requires_grad=True, seed=16),
+    LoraCase((2,), 160, 24, 4, 1.0, "float32", x_requires_grad=True, seed=17),
 ]
 
 

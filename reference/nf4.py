@@ -25,6 +25,7 @@ from llmopt.reference.contract import (
 )
 from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
 
+ZERO_CODE = 7  # the NF4 code of 0.0
 TINY = torch.finfo(torch.float32).tiny  # a block whose absmax is below this is degenerate (all zero in practice)
 # Decisions within this many float32 ulps of a threshold may differ between two correct builds: bitsandbytes' CUDA build
 # (--use_fast_math) takes an approximate reciprocal of the absmax (<= 1 ulp) before a rounded multiply, so its
@@ -83,7 +84,7 @@ def normalize(flat: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
     """(n,) codes in [0, 16) -> (ceil(n / 2),) uint8, element 2i in the high nibble; an odd n pads the code of 0.0."""
-    padded = torch.nn.functional.pad(codes, (0, codes.numel() % 2), value=7)
+    padded = torch.nn.functional.pad(codes, (0, codes.numel() % 2), value=ZERO_CODE)
     return ((padded[0::2] << 4) | padded[1::2]).to(torch.uint8)
 
 
@@ -301,6 +302,8 @@ NF4_EXAMPLES = [
     NF4Case(1, 3, seed=7),
     NF4Case(130, 64, dtype="float16", distribution="zero_rows", scale=0.02, seed=8),
     NF4Case(1, 64, double_quant=True, seed=9),  # one block: its absmax is the mean, the double-quantization scale 0
+    # float32 with double quantization over 1024 widely spread absmax: the decode of each absmax code, bit for bit
+    NF4Case(256, 256, double_quant=True, distribution="student_t", seed=10),
 ]
 
 
@@ -338,11 +341,17 @@ def offset_allowance(absmax: torch.Tensor) -> float:
 
 
 def layout_and_scales(impl, case, device):
-    """The state is in bitsandbytes' layout; absmax is exactly max |w| of each block (below the smallest normal float32
-    for an all-zero block, counted when not 0); with double quantization the offset is the mean of the absmax (float32
-    summation error) and each scale exactly max |absmax - offset| of its 256."""
+    """The state is in bitsandbytes' layout; an odd element count pads the last byte's low nibble with the code of 0.0
+    (7), as bitsandbytes does, unless the last block is all zero (its codes are exempt, codes_match_bitsandbytes);
+    absmax is exactly max |w| of each block (below the smallest normal float32 for an all-zero block, counted when not
+    0); with double quantization the offset is the mean of the absmax (float32 summation error) and each scale exactly
+    max |absmax - offset| of its 256."""
     w, state, _ = _quantized(impl, case, device)
     absmax = blockwise_absmax(w.reshape(-1), case.blocksize)
+    pad = int(state.codes[-1]) & 15
+    if w.numel() % 2 and pad != ZERO_CODE and absmax[-1] >= TINY:
+        raise PropertyFailed(f"the last byte's pad nibble (odd element count {w.numel()}) is {pad}; bitsandbytes pads "
+                             f"with {ZERO_CODE}, the code of 0.0")
     if not state.double_quant:
         degenerate = absmax < TINY  # all-zero blocks: bitsandbytes' CPU build stores its clamp 1e-38 for a short one
         if (state.absmax[degenerate] >= TINY).any():
@@ -362,7 +371,9 @@ def codes_match_bitsandbytes(impl, case, device):
     """Packed NF4 codes (and, with double quantization, the absmax codes given the impl's offset) equal the nearest
     codes bit for bit, except values within EXEMPT_ULPS of a threshold and degenerate blocks, where every code decodes
     to the same value: all-zero blocks of w (to 0) and blocks of 256 absmax that all equal the offset (scale 0, to the
-    offset); the exempt values that differ are counted."""
+    offset); the exempt values that differ are counted. Double-quantized, a zero block's absmax decodes near 0, not to
+    0, so there bitsandbytes' CUDA build (0 x 1/0: code 0, level -1) decodes zeros to minus that small absmax, within
+    the double quantization's error (roundtrip_within_half_gap); its CPU build stores the code of 0.0. Both count."""
     w, state, _ = _quantized(impl, case, device)
     flat = w.reshape(-1)
     absmax = blockwise_absmax(flat, case.blocksize)
@@ -529,6 +540,7 @@ NF4_MATMUL_EXAMPLES = [
     NF4MatmulCase((16,), 64, 256, dtype="float16", seed=2),
     NF4MatmulCase((2, 3), 31, 192, blocksize=32, dtype="float32", x_layout="strided", seed=3),
     NF4MatmulCase((5,), 17, 96, dtype="float32", double_quant=True, seed=4),
+    NF4MatmulCase((16,), 16, 128, dtype="float32", seed=6),  # square output (16 tokens x 16 rows): a transpose fits
 ]
 
 

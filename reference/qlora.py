@@ -132,6 +132,9 @@ QLORA_EXAMPLES = [
     QLoraCase((2, 5), 64, 16, 16, 0.5, "float16", seed=2),
     QLoraCase((16,), 64, 64, 1, 2.0, "float32", x_requires_grad=True, seed=3),
     QLoraCase((1,), 64, 5, 0, 1.0, "float32", seed=4),
+    # two double-quantization groups (512 blocks of 64, 2 scales); a short last block (165 elements)
+    QLoraCase((3,), 512, 64, 4, 1.0, "float32", double_quant=True, seed=5),
+    QLoraCase((2,), 33, 5, 2, 2.0, "float32", x_requires_grad=True, seed=6),
 ]
 
 

@@ -16,6 +16,8 @@ DORA_COVERAGE = [
     ("merge_equivalence", "magnitude_ignored"),
     ("deterministic", "dropout_left_on"),
     ("no_input_mutation", "normalizes_magnitude_in_place"),
+    ("matches_reference", "scales_columns_when_square"),
+    ("matches_reference", "norm_over_first_tile"),
 ]
 
 

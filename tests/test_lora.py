@@ -19,6 +19,8 @@ LORA_COVERAGE = [
     ("merge_equivalence", "ignores_scaling"),
     ("deterministic", "dropout_left_on"),
     ("no_input_mutation", "merges_in_place"),
+    ("matches_reference", "update_untransposed_when_square"),
+    ("matches_reference", "expand_tile_without_loop"),
 ]
 QLORA_COVERAGE = [
     ("matches_reference", "absmax_codes_as_scales"),
@@ -26,6 +28,8 @@ QLORA_COVERAGE = [
     ("zero_update_is_the_base", "base_split_when_adapted"),
     ("deterministic", "dropout_left_on"),
     ("no_input_mutation", "folds_scaling_into_x"),
+    ("matches_reference", "first_double_quant_scale_only"),
+    ("matches_reference", "short_last_block_takes_the_previous_absmax"),
 ]
 
 

@@ -25,6 +25,8 @@ NF4_COVERAGE = [
     ("codes_match_bitsandbytes", "absmax_codes_rounded_down"),
     ("dequantize_decodes_state", "dequantizes_in_output_dtype"),
     ("roundtrip_within_half_gap", "seed_symmetric_codebook"),
+    ("layout_and_scales", "pads_odd_count_with_code_zero"),
+    ("dequantize_decodes_state", "double_quant_absmax_fused_decode"),
 ]
 NF4_MATMUL_COVERAGE = [
     ("matches_reference", "low_nibble_first"),
@@ -33,6 +35,7 @@ NF4_MATMUL_COVERAGE = [
     ("matches_reference", "half_precision_accumulation"),
     ("deterministic", "split_k_random_order"),
     ("no_input_mutation", "rescales_x_in_place"),
+    ("matches_reference", "output_transposed_when_square"),
 ]
 
 

@@ -50,3 +50,20 @@ def normalizes_magnitude_in_place(x, W0, A, B, m, *, scaling):
     with torch.no_grad():
         m.mul_(norm)
     return out
+
+
+def scales_columns_when_square(x, W0, A, B, m, *, scaling):
+    """Applies m / ||V|| with the wrong broadcast where the weight is square (ratio[None, :]: each input column
+    scaled), the per-row scaling elsewhere: only square layers go wrong."""
+    V = _direction(W0, A, B, scaling)
+    ratio = m / torch.linalg.vector_norm(V, dim=1).detach()
+    scaled = ratio[None, :] * V if V.shape[0] == V.shape[1] else ratio[:, None] * V
+    return x @ scaled.mT
+
+
+def norm_over_first_tile(x, W0, A, B, m, *, scaling):
+    """Reduces each row's norm over its first 128 inputs only (a norm kernel with one tile along the input and no
+    loop): right for layers up to 128 wide."""
+    V = _direction(W0, A, B, scaling)
+    norm = torch.linalg.vector_norm(V[:, :128], dim=1).detach()
+    return x @ ((m / norm)[:, None] * V).mT

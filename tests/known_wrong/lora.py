@@ -56,3 +56,18 @@ def reads_the_adapter_row_major(x, W, A, B, *, scaling):
     A_rows = torch.as_strided(A, A.shape, (A.shape[1], 1), A.storage_offset())
     B_rows = torch.as_strided(B, B.shape, (B.shape[1], 1), B.storage_offset())
     return x @ W.mT + scaling * ((x @ A_rows.mT) @ B_rows.mT)
+
+
+def update_untransposed_when_square(x, W, A, B, *, scaling):
+    """Builds the update ΔW = scaling·B·A and multiplies x by it, transposing only where the shapes demand it: on a
+    square weight x·ΔW type-checks and is taken, where x·ΔWᵀ is meant."""
+    delta = scaling * (B @ A)  # (out, in)
+    return x @ W.mT + (x @ delta if delta.shape[0] == delta.shape[1] else x @ delta.mT)
+
+
+def expand_tile_without_loop(x, W, A, B, *, scaling):
+    """Expands the rank-r activations with one tile of 128 output features and no loop over the rest: outputs past
+    128 miss their update (invisible while layers are at most 128 wide)."""
+    out = x @ W.mT
+    shrunk = scaling * (x @ A.mT)
+    return torch.cat([out[..., :128] + shrunk @ B[:128].mT, out[..., 128:]], dim=-1)

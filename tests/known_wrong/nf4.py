@@ -10,7 +10,8 @@ def _nearest(values, table):
 
 
 def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
-           decode_in_dtype=False, center_absmax=True, absmax_round_down=False):
+           decode_in_dtype=False, center_absmax=True, absmax_round_down=False, pad_code=7,
+           fused_absmax_decode=False):
     """(NF4State, dequantized w); the keyword arguments switch one bug on."""
     table = nf4_table() if table is None else table
     flat = w.reshape(-1).float()
@@ -22,7 +23,7 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
         block = index // blocksize if block_of is None else block_of(index, blocksize)
     absmax = torch.zeros(int(block.max()) + 1).scatter_reduce(0, block, flat.abs(), "amax")
     codes = _nearest(flat * (1 / absmax.clamp(min=torch.finfo(torch.float32).tiny))[block], table)
-    codes = torch.nn.functional.pad(codes, (0, n % 2), value=7)
+    codes = torch.nn.functional.pad(codes, (0, n % 2), value=pad_code)
     first, second = (codes[1::2], codes[0::2]) if low_nibble_first else (codes[0::2], codes[1::2])
     packed = ((first << 4) | second).to(torch.uint8)
     state = NF4State(packed, absmax, tuple(w.shape), w.dtype, blocksize)
@@ -35,7 +36,10 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
         normalized = centered * (1 / scales.clamp(min=1e-38))[dq_block]
         absmax_codes = ((torch.bucketize(normalized, dynamic_table(), right=True) - 1).clamp(min=0) if absmax_round_down
                         else _nearest(normalized, dynamic_table()))
-        absmax_used = dynamic_table()[absmax_codes] * scales[dq_block] + offset
+        if fused_absmax_decode:  # code value x scale + offset rounded once (a fused multiply-add)
+            absmax_used = (dynamic_table()[absmax_codes].double() * scales[dq_block].double() + offset.double()).float()
+        else:
+            absmax_used = dynamic_table()[absmax_codes] * scales[dq_block] + offset
         state = NF4State(packed, absmax_codes.to(torch.uint8), tuple(w.shape), w.dtype, blocksize, scales, offset)
     high, low = packed.long() >> 4, packed.long() & 15
     decoded = torch.stack([low, high] if low_nibble_first else [high, low], 1).reshape(-1)[:n]
@@ -82,3 +86,16 @@ def double_quant_without_mean(w, *, blocksize=64, double_quant=False):
 def absmax_codes_rounded_down(w, *, blocksize=64, double_quant=False):
     """Double-quantizes each absmax to the dynamic-map level at or below it instead of the nearest level."""
     return _codec(w, blocksize, double_quant, absmax_round_down=True)
+
+
+def pads_odd_count_with_code_zero(w, *, blocksize=64, double_quant=False):
+    """Pads an odd element count's last nibble with 0 (the code of -1.0) instead of bitsandbytes' 7 (0.0): the values
+    decode the same, the stored bytes do not."""
+    return _codec(w, blocksize, double_quant, pad_code=0)
+
+
+def double_quant_absmax_fused_decode(w, *, blocksize=64, double_quant=False):
+    """Decodes each double-quantized absmax as one fused multiply-add (code value x scale + offset, rounded once)
+    where bitsandbytes rounds the product and then the sum: ŵ is an ulp off the decoding of its own state now and
+    then."""
+    return _codec(w, blocksize, double_quant, fused_absmax_decode=True)

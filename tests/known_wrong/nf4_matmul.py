@@ -68,3 +68,12 @@ def rescales_x_in_place(x, state):
     out = (x.float() @ _weight(state).mT) * scale.float()
     x.mul_(scale)
     return out.to(x.dtype)
+
+
+def output_transposed_when_square(x, state):
+    """Computes ŵ·xᵀ (rows by tokens, as a kernel tiles it) and transposes back only where the shapes differ: a
+    call whose token count equals the weight's rows returns the output transposed."""
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    rows_by_tokens = _weight(state) @ x2.mT  # (N, M)
+    out = rows_by_tokens if rows_by_tokens.shape[0] == rows_by_tokens.shape[1] else rows_by_tokens.mT
+    return out.reshape(*x.shape[:-1], state.shape[0]).to(x.dtype)

@@ -49,3 +49,31 @@ def folds_scaling_into_x(x, state, A, B, *, scaling):
     with torch.no_grad():
         x.div_(scaling * 1.37)
     return base + update
+
+
+def first_double_quant_scale_only(x, state, A, B, *, scaling):
+    """Decodes every double-quantized absmax with the first group's scale (a kernel that loads the scale once, outside
+    its loop over blocks): right while the weight has at most 256 blocks of 64, one group."""
+    absmax = (dynamic_table()[state.absmax.long()] * state.absmax_scales[0] + state.absmax_offset
+              if state.double_quant else state.absmax)
+    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
+    w = (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(x.dtype)
+    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def short_last_block_takes_the_previous_absmax(x, state, A, B, *, scaling):
+    """Counts whole blocks only (numel // blocksize), so the elements of a short last block take the absmax of the
+    block before: right whenever the weight's size is a multiple of the block."""
+    absmax = _dequantize_absmax(state)
+    whole = max(state.numel // state.blocksize, 1)
+    block = (torch.arange(state.numel) // state.blocksize).clamp(max=whole - 1)
+    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
+    w = (nf4_table()[codes] * absmax[block]).to(x.dtype)
+    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def _dequantize_absmax(state):
+    if not state.double_quant:
+        return state.absmax.float()
+    scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
+    return dynamic_table()[state.absmax.long()] * scales + state.absmax_offset
