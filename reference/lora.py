@@ -89,7 +89,7 @@ def check_lora_call(call: Call) -> None:
 
 # --------------------------------------------------------------------------------------------------- the cases
 
-LAYOUTS = ("contiguous", "strided")  # strided: x a view every other column of a wider buffer; W, A, B stored transposed
+LAYOUTS = ("contiguous", "strided")  # strided: x and dy views of larger buffers (place_x); W, A, B stored transposed
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,16 @@ def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.
 
 
 def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """x in `dtype` on `device`, contiguous or (layout "strided") every other column of a NaN-filled wider buffer."""
+    """x (*batch, n) in `dtype` on `device`, contiguous or (layout "strided") a view of a NaN-filled larger buffer:
+    every other column, and with two or more batch dimensions the leading rows of one row more, so that the batch
+    does not flatten to a single stride (x and the output gradient are placed so)."""
     if layout == "contiguous":
         return x.to(device=device, dtype=dtype)
-    wide = torch.full((*x.shape[:-1], 2 * x.shape[-1]), float("nan"), dtype=dtype, device=device)
-    wide[..., ::2] = x.to(device=device, dtype=dtype)
-    return wide[..., ::2]
+    rows = x.shape[-2] + (x.dim() >= 3)
+    larger = torch.full((*x.shape[:-2], rows, 2 * x.shape[-1]), float("nan"), dtype=dtype, device=device)
+    view = larger[..., :x.shape[-2], ::2]
+    view.copy_(x.to(device=device, dtype=dtype))
+    return view
 
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
@@ -291,7 +295,9 @@ def grads_match_reference(spec: AdapterSpec):
             if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
                 return None
             raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
-        out.backward(spec.dout(case, out.shape, device).to(out.dtype))
+        # the output gradient in the case's layout: a strided case's backward gets a strided dy
+        out.backward(place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype,
+                             device))
         for i, a in enumerate(call.args):
             frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
             for t in frozen if i not in trained else ():
@@ -349,7 +355,8 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
     """The adapter's output and the merged deployment's output agree within what each may err:
     |adapter - merged| <= allowed(adapter vs float64) + |float64 adapter - float64 merged| (the rounding of the merged
     weight to the dtype, computed exactly) + allowed(merged vs float64). `merged_weight(call64)` is the merged weight in
-    float64; `merged_output(impl, call, weight)` runs the merged deployment in the case's dtype."""
+    float64; `merged_output(impl, call, weight)` runs the merged deployment in the case's dtype. The adapter's output
+    must be left as it was by that later call (an impl writing every call into one buffer fails)."""
 
     def check(impl, case, device):
         dtype = dtype_of(case.dtype)
@@ -358,7 +365,9 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
         call64 = Call(tuple(a.double() if _is_float_tensor(a) else a for a in call.args), call.kwargs)
         weight = merged_weight(call64).to(dtype)  # (out, in), rounded once
         x = call.args[0]
+        kept = out.detach().clone()
         merged = merged_output(impl, call, weight)
+        tolerance.exact("the adapter's output after a later call (an output buffer reused across calls)", out, kept)
         merged_stick = x.double() @ weight.double().mT
         merged_eager = x @ weight.mT
         bound = (allowance(stick, eager, dtype, magnitudes["out"]) + float((stick - merged_stick).abs().max())

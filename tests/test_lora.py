@@ -21,6 +21,9 @@ LORA_COVERAGE = [
     ("no_input_mutation", "merges_in_place"),
     ("matches_reference", "update_untransposed_when_square"),
     ("matches_reference", "expand_tile_without_loop"),
+    ("grads_match_reference", "backward_reads_dy_row_major"),
+    ("matches_reference", "flattens_batch_by_its_last_stride"),
+    ("merge_equivalence", "output_in_one_buffer"),
 ]
 QLORA_COVERAGE = [
     ("matches_reference", "absmax_codes_as_scales"),

@@ -36,6 +36,7 @@ NF4_MATMUL_COVERAGE = [
     ("deterministic", "split_k_random_order"),
     ("no_input_mutation", "rescales_x_in_place"),
     ("matches_reference", "output_transposed_when_square"),
+    ("deterministic", "first_call_sums_in_another_order"),
 ]
 
 

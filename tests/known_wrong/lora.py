@@ -71,3 +71,50 @@ def expand_tile_without_loop(x, W, A, B, *, scaling):
     out = x @ W.mT
     shrunk = scaling * (x @ A.mT)
     return torch.cat([out[..., :128] + shrunk @ B[:128].mT, out[..., 128:]], dim=-1)
+
+
+class _RowMajorGradLora(torch.autograd.Function):
+    """LoRA with a hand-written backward that reads the output gradient's storage as a row-major (M, out) matrix."""
+
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        ctx.save_for_backward(x, W, A, B)
+        ctx.scaling = scaling
+        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.saved_tensors
+        rows = dy.numel() // W.shape[0]
+        dy2 = torch.as_strided(dy, (rows, W.shape[0]), (W.shape[0], 1), dy.storage_offset())  # the bug
+        x2 = x.reshape(rows, x.shape[-1])
+        dshrunk = ctx.scaling * (dy2 @ B)  # (M, r)
+        dx = (dy2 @ W + dshrunk @ A).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        return dx, None, dshrunk.mT @ x2, ctx.scaling * (dy2.mT @ (x2 @ A.mT)), None
+
+
+def backward_reads_dy_row_major(x, W, A, B, *, scaling):
+    """A fused backward that indexes dy as if it were contiguous: right for the gradients autograd usually hands over,
+    wrong for a strided one (a transposed or sliced output gradient)."""
+    return _RowMajorGradLora.apply(x, W, A, B, scaling)
+
+
+def flattens_batch_by_its_last_stride(x, W, A, B, *, scaling):
+    """Flattens the batch dimensions with as_strided from the last batch stride (a launcher passing one row stride):
+    right while the batch collapses to a single stride, wrong for x sliced along a batch dimension."""
+    rows = x.numel() // x.shape[-1]
+    x2 = torch.as_strided(x, (rows, x.shape[-1]), (x.stride(-2), x.stride(-1)), x.storage_offset())
+    return (x2 @ W.mT + scaling * ((x2 @ A.mT) @ B.mT)).reshape(*x.shape[:-1], W.shape[0])
+
+
+_OUTPUTS: dict = {}
+
+
+def output_in_one_buffer(x, W, A, B, *, scaling):
+    """Without autograd, writes every call's result into one preallocated buffer per shape and returns it (a static
+    output buffer, as a CUDA-graph runner keeps): a later call overwrites the result a caller still holds."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, B)):
+        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    key = (*x.shape[:-1], W.shape[0], x.dtype)
+    buffer = _OUTPUTS.setdefault(key, torch.empty(*x.shape[:-1], W.shape[0], dtype=x.dtype, device=x.device))
+    return buffer.copy_(x @ W.mT + scaling * ((x @ A.mT) @ B.mT))

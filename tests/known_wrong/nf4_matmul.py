@@ -77,3 +77,21 @@ def output_transposed_when_square(x, state):
     rows_by_tokens = _weight(state) @ x2.mT  # (N, M)
     out = rows_by_tokens if rows_by_tokens.shape[0] == rows_by_tokens.shape[1] else rows_by_tokens.mT
     return out.reshape(*x.shape[:-1], state.shape[0]).to(x.dtype)
+
+
+_SEEN: set = set()
+
+
+def first_call_sums_in_another_order(x, state):
+    """An autotuned kernel whose first call on a shape (while it times its candidates) returns a whole-K sum and whose
+    later calls use the chosen split-K tile, adding four spans in reverse: each call right within tolerance, but the
+    first differs from the rest."""
+    key = (tuple(x.shape), state.shape)
+    spans = 4 if key in _SEEN else 1
+    _SEEN.add(key)
+    w, x2 = _weight(state), x.float()
+    step = -(-state.shape[1] // spans)
+    out = torch.zeros(*x.shape[:-1], state.shape[0])
+    for k0 in reversed(range(0, state.shape[1], step)):
+        out = out + x2[..., k0:k0 + step] @ w[:, k0:k0 + step].mT
+    return out.to(x.dtype)
