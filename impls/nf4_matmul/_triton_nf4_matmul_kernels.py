@@ -781,7 +781,10 @@ _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch
 # one token, 1792 tiles of 16 rows over 4 x 132 programs leave a last round of 208 tiles with most of the SMs idle;
 # GB/s there sat 5% below the line through N = 25344 and 33792, whose tiles fill whole rounds (H100, 2026-12-06,
 # results/h100/probes/2026-12-06-nf4-tail-probe.json). Split in two, those tiles fill the round with half-K programs;
-# splitting every tile instead ran slower (each program's table fill and first load then come twice as often).
+# splitting every tile instead ran slower (each program's table fill and first load then come twice as often). Probed
+# on the H100 (c4dd801, results/h100/probes/2026-12-06-nf4-tail-split-probe.json): 28672 x 8192 double-quantized, the
+# 32 x 1024 4-warp tile took 58.7 µs split at 3 an SM against 67.3 whole-K, the autotuner's choice; plain, and at the
+# three smaller weights, no tail split beat the best whole-K tile (57.9 against 61.0 at 28672 x 8192).
 _TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
                      for tile, rounds in zip(_CHUNK_TILES, ((4, 3), (1,), (4,), (2,), (3, 2), (5, 4))) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
