@@ -331,7 +331,7 @@ def _nf4_matmul_kernel(
     until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
     bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x); with CHUNKS,
     "words" takes [rows, chunks of 32 elements] tiles instead (_chunks_load: 16-byte loads along a row). SPLIT_K > 1:
-    the grid's last tiles (all of them, or with TAIL_ROUND those past the last whole round: split_programs) are each
+    the grid's last tiles (all of them, or with TAIL_ROUND those past the last whole round of programs) are each
     taken by SPLIT_K programs, one of SPLIT_K equal spans of K (whole steps) each, which hand their partial sums to
     _split_k_epilogue; how many tiles split, the kernel reads from the grid's size (tiles + split tiles x (SPLIT_K -
     1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for)."""
