@@ -202,3 +202,15 @@ class Contract:
         if "check" in supports:
             return supports["check"](case)
         return None
+
+
+def copy_inputs_in_place(into: tuple, values: tuple) -> None:
+    """Write `values`' tensors into `into`'s (same shapes; NF4 states tensor by tensor), keeping their storage and
+    strides: what an optimizer step does to an adapter and load_state_dict to a model's weights."""
+    with torch.no_grad():
+        for target, source in zip(into, values):
+            if isinstance(target, torch.Tensor):
+                target.copy_(source)
+            elif hasattr(target, "tensors"):
+                for name, tensor in target.tensors().items():
+                    tensor.copy_(source.tensors()[name])

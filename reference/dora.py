@@ -15,6 +15,7 @@ from llmopt.reference.lora import (
     check_scaling,
     check_tensors,
     deterministic,
+    follows_in_place_updates,
     grads_match_reference,
     has_backward,
     lora_cases,
@@ -161,6 +162,8 @@ DORA_PROPERTIES = [
         DORA_SPEC, lambda c: dora_weight(*c.args[1:], **c.kwargs), _merged_linear),
         doc="adapter output vs a linear layer with the merged weight (m / ||V||) ⊙ V, within both noises"),
     Property("deterministic", deterministic(DORA_SPEC), doc="two calls are bitwise equal"),
+    Property("follows_in_place_updates", follows_in_place_updates(DORA_SPEC),
+             doc="after x, W0, A, B, m are overwritten in place, the output follows the new values"),
     Property("no_input_mutation", no_input_mutation(DORA_SPEC), doc="x, W0, A, B, m and their buffers unchanged"),
 ]
 

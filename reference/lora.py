@@ -7,11 +7,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import (
+    Call,
+    Claim,
+    Contract,
+    Cost,
+    Property,
+    PropertyFailed,
+    copy_inputs_in_place,
+    drawing,
+    dtype_of,
+)
 
 # --------------------------------------------------------------------------------------------------- the reference
 
@@ -327,6 +337,27 @@ def deterministic(spec: AdapterSpec):
     return check
 
 
+def follows_in_place_updates(spec: AdapterSpec):
+    """Called again after every input was overwritten in place with the next seed's values (an optimizer step on the
+    adapter, new weights loaded into the same buffers), the output is within noise of the reference at the new
+    values: nothing the impl kept from its first call (a merged or dequantized weight cached by tensor identity or
+    address) may go stale."""
+
+    def check(impl, case, device):
+        call = spec.make_call(case, device)
+        spec.validate(call)
+        impl.fn(*call.args, **call.kwargs)
+        updated = replace(case, seed=case.seed + 1)
+        copy_inputs_in_place(call.args, spec.make_call(updated, device).args)
+        out = impl.fn(*call.args, **call.kwargs)
+        (stick, _), (eager, _), magnitudes = ORACLE(spec, updated, device, False)
+        return tolerance.noise_relative("out after in-place updates", out, stick, eager, dtype_of(updated.dtype),
+                                        eager_float32=_eager32(spec, updated, device, False),
+                                        magnitude=magnitudes["out"])
+
+    return check
+
+
 def no_input_mutation(spec: AdapterSpec):
     def check(impl, case, device):
         call = spec.make_call(case, device)
@@ -437,6 +468,8 @@ LORA_PROPERTIES = [
         LORA_SPEC, lambda c: merge_lora(*c.args[1:], **c.kwargs), _lora_merged_output),
         doc="adapter output vs the impl's base path on W + scaling·B·A, within both noises and the merge rounding"),
     Property("deterministic", deterministic(LORA_SPEC), doc="two calls are bitwise equal"),
+    Property("follows_in_place_updates", follows_in_place_updates(LORA_SPEC),
+             doc="after x, W, A, B are overwritten in place, the output follows the new values"),
     Property("no_input_mutation", no_input_mutation(LORA_SPEC), doc="x, W, A, B and the buffers they view unchanged"),
 ]
 

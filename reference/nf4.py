@@ -20,6 +20,7 @@ from llmopt.reference.contract import (
     Outcome,
     Property,
     PropertyFailed,
+    copy_inputs_in_place,
     drawing,
     dtype_of,
 )
@@ -569,6 +570,20 @@ def deterministic(impl, case, device):
     tolerance.exact("second call vs first call", impl.fn(*call.args), impl.fn(*call.args))
 
 
+def follows_in_place_updates(impl, case, device):
+    """Called again after x and the state's tensors were overwritten in place with the next seed's values (new weights
+    loaded into the same buffers), the output is within noise of the new x·ŵᵀ: nothing the impl kept from its first
+    call (a dequantized weight cached by tensor address) may go stale."""
+    call = nf4_matmul_make_call(case, device)
+    check_nf4_matmul_call(call)
+    impl.fn(*call.args)
+    copy_inputs_in_place(call.args, nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args)
+    x, state = call.args
+    stick, eager = nf4_matmul(x.double(), state), nf4_matmul(x, state)
+    return tolerance.noise_relative("x·ŵᵀ after in-place updates", impl.fn(*call.args), stick, eager,
+                                    dtype_of(case.dtype), eager_float32=lambda: nf4_matmul(x.float(), state))
+
+
 def no_input_mutation(impl, case, device):
     call = nf4_matmul_make_call(case, device)
     check_nf4_matmul_call(call)
@@ -584,6 +599,8 @@ NF4_MATMUL_PROPERTIES = [
     Property("matches_reference", matches_reference,
              doc="x·ŵᵀ within 2x the error of dequantize-then-matmul in the dtype, against float64"),
     Property("deterministic", deterministic, doc="two calls are bitwise equal"),
+    Property("follows_in_place_updates", follows_in_place_updates,
+             doc="after x and the state's tensors are overwritten in place, the output follows the new values"),
     Property("no_input_mutation", no_input_mutation, doc="x (and the buffer it views) and the state are unchanged"),
 ]
 

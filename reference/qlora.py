@@ -16,6 +16,7 @@ from llmopt.reference.lora import (
     check_scaling,
     check_tensors,
     deterministic,
+    follows_in_place_updates,
     grads_match_reference,
     has_backward,
     lora_cost,
@@ -164,6 +165,8 @@ QLORA_PROPERTIES = [
         QLORA_SPEC, lambda call: lambda dtype: nf4_dequantize(call.args[1], dtype)),
         doc="B = 0 gives bitwise the impl's no-adapter output, itself within noise of x·ŵᵀ"),
     Property("deterministic", deterministic(QLORA_SPEC), doc="two calls are bitwise equal"),
+    Property("follows_in_place_updates", follows_in_place_updates(QLORA_SPEC),
+             doc="after x, the state's tensors, A, B are overwritten in place, the output follows the new values"),
     Property("no_input_mutation", no_input_mutation(QLORA_SPEC), doc="x, the state's tensors, A, B unchanged"),
 ]
 

@@ -18,6 +18,7 @@ DORA_COVERAGE = [
     ("no_input_mutation", "normalizes_magnitude_in_place"),
     ("matches_reference", "scales_columns_when_square"),
     ("matches_reference", "norm_over_first_tile"),
+    ("follows_in_place_updates", "norm_kept_by_identity"),
 ]
 
 

@@ -24,6 +24,7 @@ LORA_COVERAGE = [
     ("grads_match_reference", "backward_reads_dy_row_major"),
     ("matches_reference", "flattens_batch_by_its_last_stride"),
     ("merge_equivalence", "output_in_one_buffer"),
+    ("follows_in_place_updates", "merged_weight_kept_by_identity"),
 ]
 QLORA_COVERAGE = [
     ("matches_reference", "absmax_codes_as_scales"),
@@ -33,6 +34,7 @@ QLORA_COVERAGE = [
     ("no_input_mutation", "folds_scaling_into_x"),
     ("matches_reference", "first_double_quant_scale_only"),
     ("matches_reference", "short_last_block_takes_the_previous_absmax"),
+    ("follows_in_place_updates", "dequantized_base_kept_by_address"),
 ]
 
 

@@ -37,6 +37,7 @@ NF4_MATMUL_COVERAGE = [
     ("no_input_mutation", "rescales_x_in_place"),
     ("matches_reference", "output_transposed_when_square"),
     ("deterministic", "first_call_sums_in_another_order"),
+    ("follows_in_place_updates", "dequantized_weight_kept_by_address"),
 ]
 
 

@@ -67,3 +67,16 @@ def norm_over_first_tile(x, W0, A, B, m, *, scaling):
     V = _direction(W0, A, B, scaling)
     norm = torch.linalg.vector_norm(V[:, :128], dim=1).detach()
     return x @ ((m / norm)[:, None] * V).mT
+
+
+_NORMS: dict = {}
+
+
+def norm_kept_by_identity(x, W0, A, B, m, *, scaling):
+    """Computes ||W0 + scaling·B·A|| once per (W0, A, B) object and reuses it (the norm is detached, so caching it
+    looks free): stale after an optimizer step updates A and B in place."""
+    key = (id(W0), id(A), id(B), scaling)
+    if key not in _NORMS:
+        _NORMS[key] = torch.linalg.vector_norm(_direction(W0, A, B, scaling), dim=1).detach()
+    V = _direction(W0, A, B, scaling)
+    return x @ ((m / _NORMS[key])[:, None] * V).mT

@@ -118,3 +118,17 @@ def output_in_one_buffer(x, W, A, B, *, scaling):
     key = (*x.shape[:-1], W.shape[0], x.dtype)
     buffer = _OUTPUTS.setdefault(key, torch.empty(*x.shape[:-1], W.shape[0], dtype=x.dtype, device=x.device))
     return buffer.copy_(x @ W.mT + scaling * ((x @ A.mT) @ B.mT))
+
+
+_MERGED: dict = {}
+
+
+def merged_weight_kept_by_identity(x, W, A, B, *, scaling):
+    """At inference, merges W + scaling·B·A once per (W, A, B) object and reuses it: fast, until an optimizer step
+    updates A and B in place (or new weights are loaded into W) and the kept merge goes stale."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, B)):
+        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    key = (id(W), id(A), id(B), scaling)
+    if key not in _MERGED:
+        _MERGED[key] = W + scaling * (B @ A)
+    return x @ _MERGED[key].mT

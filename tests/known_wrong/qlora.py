@@ -77,3 +77,15 @@ def _dequantize_absmax(state):
         return state.absmax.float()
     scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
     return dynamic_table()[state.absmax.long()] * scales + state.absmax_offset
+
+
+_DEQUANTIZED: dict = {}
+
+
+def dequantized_base_kept_by_address(x, state, A, B, *, scaling):
+    """Dequantizes the NF4 base once per address of its codes and reuses it: stale once new weights are loaded into
+    the same buffers (or the allocator hands a new state the freed address)."""
+    key = (state.codes.data_ptr(), state.shape, x.dtype)
+    if key not in _DEQUANTIZED:
+        _DEQUANTIZED[key] = _dequantize(state, x.dtype)
+    return x @ _DEQUANTIZED[key].mT + scaling * ((x @ A.mT) @ B.mT)
