@@ -220,14 +220,15 @@ def check_nf4_matmul_call(call: Call) -> None:
 
 # --------------------------------------------------------------------------------------------------- nf4: cases
 
-DISTRIBUTIONS = ("normal", "student_t", "zero_rows", "uniform")
+DISTRIBUTIONS = ("normal", "student_t", "zero_rows", "uniform", "thresholds")
 
 
 @dataclass(frozen=True)
 class NF4Case:
     """A weight (rows, cols) drawn from `distribution` times `scale`: normal; student_t (3 degrees of freedom, heavy
     tails: outliers dominate their block); zero_rows (every third row zero: all-zero blocks where rows hold whole
-    blocks); uniform."""
+    blocks); uniform; thresholds (every value EXEMPT_ULPS + 1 to + 8 float32 ulps beside an NF4 decision threshold,
+    every 32nd ±1 so that each block's absmax is 1: a threshold a few ulps off decides some of them wrong)."""
 
     rows: int
     cols: int
@@ -258,6 +259,15 @@ def random_weight(rows: int, cols: int, distribution: str, scale: float, seed: i
         data = normal / (chi2 / 3).sqrt()
     elif distribution == "uniform":
         data = torch.rand(rows, cols, **draw) * 2 - 1
+    elif distribution == "thresholds":
+        edges = thresholds(nf4_table(device))  # (15,) float32
+        edge = edges[torch.randint(0, edges.numel(), (rows * cols,), generator=gen, device=device)]
+        ulp = torch.nextafter(edge.abs(), torch.full_like(edge, math.inf)) - edge.abs()
+        steps = torch.randint(EXEMPT_ULPS + 1, EXEMPT_ULPS + 9, edge.shape, generator=gen, device=device)
+        side = torch.randint(0, 2, edge.shape, generator=gen, device=device) * 2 - 1
+        flat = edge + side * steps * ulp  # exact in float32: within the threshold's binade
+        flat[::32] = torch.randint(0, 2, flat[::32].shape, generator=gen, device=device) * 2.0 - 1  # every block's
+        data = flat.double().reshape(rows, cols)  # absmax 1 (blocks are 32 or more elements, 32-aligned)
     else:
         data = torch.randn(rows, cols, **draw)
         if distribution == "zero_rows":
@@ -305,6 +315,7 @@ NF4_EXAMPLES = [
     NF4Case(1, 64, double_quant=True, seed=9),  # one block: its absmax is the mean, the double-quantization scale 0
     # float32 with double quantization over 1024 widely spread absmax: the decode of each absmax code, bit for bit
     NF4Case(256, 256, double_quant=True, distribution="student_t", seed=10),
+    NF4Case(16, 128, distribution="thresholds", seed=11),  # float32, absmax 1: values exactly beside each threshold
 ]
 
 

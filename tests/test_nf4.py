@@ -27,6 +27,7 @@ NF4_COVERAGE = [
     ("roundtrip_within_half_gap", "seed_symmetric_codebook"),
     ("layout_and_scales", "pads_odd_count_with_code_zero"),
     ("dequantize_decodes_state", "double_quant_absmax_fused_decode"),
+    ("codes_match_bitsandbytes", "top_threshold_typed_short"),
 ]
 NF4_MATMUL_COVERAGE = [
     ("matches_reference", "low_nibble_first"),

@@ -5,13 +5,16 @@ import torch
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 
 
-def _nearest(values, table):
-    return torch.bucketize(values, (table[:-1] + table[1:]) / 2)
+def _nearest(values, table, top_threshold=None):
+    edges = (table[:-1] + table[1:]) / 2
+    if top_threshold is not None:
+        edges[-1] = top_threshold
+    return torch.bucketize(values, edges)
 
 
 def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
            decode_in_dtype=False, center_absmax=True, absmax_round_down=False, pad_code=7,
-           fused_absmax_decode=False):
+           fused_absmax_decode=False, top_threshold=None):
     """(NF4State, dequantized w); the keyword arguments switch one bug on."""
     table = nf4_table() if table is None else table
     flat = w.reshape(-1).float()
@@ -22,7 +25,7 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
     else:
         block = index // blocksize if block_of is None else block_of(index, blocksize)
     absmax = torch.zeros(int(block.max()) + 1).scatter_reduce(0, block, flat.abs(), "amax")
-    codes = _nearest(flat * (1 / absmax.clamp(min=torch.finfo(torch.float32).tiny))[block], table)
+    codes = _nearest(flat * (1 / absmax.clamp(min=torch.finfo(torch.float32).tiny))[block], table, top_threshold)
     codes = torch.nn.functional.pad(codes, (0, n % 2), value=pad_code)
     first, second = (codes[1::2], codes[0::2]) if low_nibble_first else (codes[0::2], codes[1::2])
     packed = ((first << 4) | second).to(torch.uint8)
@@ -99,3 +102,9 @@ def double_quant_absmax_fused_decode(w, *, blocksize=64, double_quant=False):
     where bitsandbytes rounds the product and then the sum: ŵ is an ulp off the decoding of its own state now and
     then."""
     return _codec(w, blocksize, double_quant, fused_absmax_decode=True)
+
+
+def top_threshold_typed_short(w, *, blocksize=64, double_quant=False):
+    """A hand-written decision tree with its top constant typed as 0.86148 (bitsandbytes': 0.8614784479141235): 26
+    float32 ulps off, so only values within 1.6e-6 above it take code 14 instead of 15."""
+    return _codec(w, blocksize, double_quant, top_threshold=0.86148)
