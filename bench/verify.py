@@ -1,5 +1,6 @@
-"""The verification driver: every property of a contract over one impl, on the contract's fixed examples and then
-on cases hypothesis draws (derandomized, no deadline); a failure is shrunk to a minimal case and comes back with
+"""The verification driver: every property of a contract over one impl ("deterministic" first, so that it sees the
+impl's first call on each case), on the contract's fixed examples and then on cases hypothesis draws (derandomized,
+no deadline); a failure is shrunk to a minimal case and comes back with
 the property's message and a command that replays exactly that case. A call that leaves the device unusable (a sticky
 CUDA fault, such as an illegal memory access, poisons the process's context) is reported at the case that faulted,
 not at a case shrunk from calls that could no longer run, and the properties after it are marked not run."""
