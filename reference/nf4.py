@@ -316,6 +316,11 @@ NF4_EXAMPLES = [
     # float32 with double quantization over 1024 widely spread absmax: the decode of each absmax code, bit for bit
     NF4Case(256, 256, double_quant=True, distribution="student_t", seed=10),
     NF4Case(16, 128, distribution="thresholds", seed=11),  # float32, absmax 1: values exactly beside each threshold
+    # blocks of 1024 and 4096 (a reduction over part of a block); 1056 blocks in 5 double-quantization groups (a grid or
+    # a mean over the first 1024 blocks only)
+    NF4Case(8, 2048, blocksize=1024, seed=12),
+    NF4Case(2, 4096, blocksize=4096, double_quant=True, dtype="float16", seed=13),
+    NF4Case(33, 1024, blocksize=32, double_quant=True, seed=14),
 ]
 
 
@@ -553,6 +558,10 @@ NF4_MATMUL_EXAMPLES = [
     NF4MatmulCase((2, 3), 31, 192, blocksize=32, dtype="float32", x_layout="strided", seed=3),
     NF4MatmulCase((5,), 17, 96, dtype="float32", double_quant=True, seed=4),
     NF4MatmulCase((16,), 16, 128, dtype="float32", seed=6),  # square output (16 tokens x 16 rows): a transpose fits
+    NF4MatmulCase((16,), 64, 4096, seed=7),  # K of a real layer: sums kept in bf16 over K drift past the tolerance
+    NF4MatmulCase((), 24, 128, dtype="float32", seed=8),  # x of shape (K,): the output is (N,)
+    NF4MatmulCase((3,), 40, 1024, blocksize=256, double_quant=True, dtype="float32", seed=9),  # blocks past a K tile
+    NF4MatmulCase((1,), 33, 2048, blocksize=1024, dtype="float16", seed=10),
 ]
 
 
@@ -582,17 +591,28 @@ def deterministic(impl, case, device):
 
 
 def follows_in_place_updates(impl, case, device):
-    """Called again after x and the state's tensors were overwritten in place with the next seed's values (new weights
-    loaded into the same buffers), the output is within noise of the new x·ŵᵀ: nothing the impl kept from its first
-    call (a dequantized weight cached by tensor address) may go stale."""
+    """Called again after x and the state's scales were overwritten in place with the next seed's values, then again
+    after its codes were too (new weights loaded into the same buffers, the codes last), the output is within noise of
+    the new x·ŵᵀ each time: nothing the impl kept from an earlier call (a dequantized weight cached by tensor address,
+    or keyed on the codes alone) may go stale. Returns the worse margin."""
     call = nf4_matmul_make_call(case, device)
     check_nf4_matmul_call(call)
     impl.fn(*call.args)
-    copy_inputs_in_place(call.args, nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args)
     x, state = call.args
-    stick, eager = nf4_matmul(x.double(), state), nf4_matmul(x, state)
-    return tolerance.noise_relative("x·ŵᵀ after in-place updates", impl.fn(*call.args), stick, eager,
-                                    dtype_of(case.dtype), eager_float32=lambda: nf4_matmul(x.float(), state))
+    new_x, new_state = nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args
+    margins = []
+    for stage in ("x and the scales", "the codes"):
+        if stage == "the codes":
+            copy_inputs_in_place((state.codes,), (new_state.codes,))
+        else:
+            scales = [name for name in state.tensors() if name != "codes"]
+            copy_inputs_in_place((x, *(state.tensors()[n] for n in scales)),
+                                 (new_x, *(new_state.tensors()[n] for n in scales)))
+        stick, eager = nf4_matmul(x.double(), state), nf4_matmul(x, state)
+        margins.append(tolerance.noise_relative(f"x·ŵᵀ after {stage} were updated in place", impl.fn(*call.args),
+                                                stick, eager, dtype_of(case.dtype),
+                                                eager_float32=lambda: nf4_matmul(x.float(), state)))
+    return max(margins)
 
 
 def no_input_mutation(impl, case, device):

@@ -28,6 +28,8 @@ NF4_COVERAGE = [
     ("layout_and_scales", "pads_odd_count_with_code_zero"),
     ("dequantize_decodes_state", "double_quant_absmax_fused_decode"),
     ("codes_match_bitsandbytes", "top_threshold_typed_short"),
+    ("layout_and_scales", "absmax_over_first_512"),
+    ("layout_and_scales", "offset_over_first_1024_absmax"),
 ]
 NF4_MATMUL_COVERAGE = [
     ("matches_reference", "low_nibble_first"),
@@ -39,6 +41,10 @@ NF4_MATMUL_COVERAGE = [
     ("matches_reference", "output_transposed_when_square"),
     ("deterministic", "first_call_sums_in_another_order"),
     ("follows_in_place_updates", "dequantized_weight_kept_by_address"),
+    ("follows_in_place_updates", "weight_cached_on_its_codes"),
+    ("matches_reference", "half_precision_sum_over_k_tiles"),
+    ("matches_reference", "absmax_by_k_tile"),
+    ("matches_reference", "vector_x_kept_as_a_row"),
 ]
 
 

@@ -14,7 +14,7 @@ def _nearest(values, table, top_threshold=None):
 
 def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
            decode_in_dtype=False, center_absmax=True, absmax_round_down=False, pad_code=7,
-           fused_absmax_decode=False, top_threshold=None):
+           fused_absmax_decode=False, top_threshold=None, absmax_reach=None, offset_reach=None):
     """(NF4State, dequantized w); the keyword arguments switch one bug on."""
     table = nf4_table() if table is None else table
     flat = w.reshape(-1).float()
@@ -24,7 +24,8 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
         block = index // w.shape[-1]
     else:
         block = index // blocksize if block_of is None else block_of(index, blocksize)
-    absmax = torch.zeros(int(block.max()) + 1).scatter_reduce(0, block, flat.abs(), "amax")
+    reached = flat.abs() if absmax_reach is None else torch.where(index % blocksize < absmax_reach, flat.abs(), 0)
+    absmax = torch.zeros(int(block.max()) + 1).scatter_reduce(0, block, reached, "amax")
     codes = _nearest(flat * (1 / absmax.clamp(min=torch.finfo(torch.float32).tiny))[block], table, top_threshold)
     codes = torch.nn.functional.pad(codes, (0, n % 2), value=pad_code)
     first, second = (codes[1::2], codes[0::2]) if low_nibble_first else (codes[0::2], codes[1::2])
@@ -32,7 +33,7 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
     state = NF4State(packed, absmax, tuple(w.shape), w.dtype, blocksize)
     absmax_used = absmax
     if double_quant:
-        offset = absmax.mean() if center_absmax else torch.zeros(())
+        offset = absmax[:offset_reach].mean() if center_absmax else torch.zeros(())
         centered = absmax - offset
         dq_block = torch.arange(absmax.numel()) // DQ_BLOCKSIZE
         scales = torch.zeros(int(dq_block.max()) + 1).scatter_reduce(0, dq_block, centered.abs(), "amax")
@@ -108,3 +109,15 @@ def top_threshold_typed_short(w, *, blocksize=64, double_quant=False):
     """A hand-written decision tree with its top constant typed as 0.86148 (bitsandbytes': 0.8614784479141235): 26
     float32 ulps off, so only values within 1.6e-6 above it take code 14 instead of 15."""
     return _codec(w, blocksize, double_quant, top_threshold=0.86148)
+
+
+def absmax_over_first_512(w, *, blocksize=64, double_quant=False):
+    """Reduces each block's absmax with 256 threads x 2 elements and no loop: blocks of 1024 and more take the max of
+    their first 512 elements only, and their larger values clamp to the end codes."""
+    return _codec(w, blocksize, double_quant, absmax_reach=512)
+
+
+def offset_over_first_1024_absmax(w, *, blocksize=64, double_quant=False):
+    """Takes the double quantization's mean offset in one block of 1024 threads with no loop: the mean of the first
+    1024 absmax, exact only for weights of up to 1024 blocks."""
+    return _codec(w, blocksize, double_quant, offset_reach=1024)

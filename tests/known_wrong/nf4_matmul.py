@@ -107,3 +107,46 @@ def dequantized_weight_kept_by_address(x, state):
     if key not in _WEIGHTS:
         _WEIGHTS[key] = _weight(state)
     return (x.float() @ _WEIGHTS[key].mT).to(x.dtype)
+
+
+def half_precision_sum_over_k_tiles(x, state):
+    """Past K = 256, a 'fast path' for 16-bit x sums its K tiles of 64 in x's dtype (each tile's dot in float32):
+    within tolerance at the small K of most tests, drifting past it at the K of a real layer."""
+    K = state.shape[1]
+    if K <= 256 or x.dtype == torch.float32:
+        return (x.float() @ _weight(state).mT).to(x.dtype)
+    w = _weight(state).to(x.dtype).float()
+    total = torch.zeros(*x.shape[:-1], state.shape[0], dtype=x.dtype)
+    for k0 in range(0, K, 64):
+        total = total + (x[..., k0:k0 + 64].float() @ w[:, k0:k0 + 64].mT).to(x.dtype)
+    return total
+
+
+def absmax_by_k_tile(x, state):
+    """Loads the absmax of each K tile of 128 elements (element // 128), right while a quantization block is at most
+    one tile (blocks of 32, 64, 128), wrong for blocks of 256 and more."""
+    block = (torch.arange(state.numel) // 128).clamp(max=state.blocks - 1)
+    per_element = _absmax(state)[block] if state.blocksize >= 256 else None
+    if per_element is None:
+        return (x.float() @ _weight(state).mT).to(x.dtype)
+    high, low = state.codes.long() >> 4, state.codes.long() & 15
+    codes = torch.stack([high, low], 1).reshape(-1)[:state.numel]
+    return (x.float() @ (nf4_table()[codes] * per_element).reshape(state.shape).mT).to(x.dtype)
+
+
+def vector_x_kept_as_a_row(x, state):
+    """Treats x of shape (K,) as a (1, K) matrix and returns the (1, N) result as it is, where (N,) is due."""
+    x2 = x.reshape(1, -1) if x.dim() == 1 else x
+    return (x2.float() @ _weight(state).mT).to(x.dtype)
+
+
+_BY_CODES: dict = {}
+
+
+def weight_cached_on_its_codes(x, state):
+    """Caches ŵ under the codes' address and version (reloading the codes in place invalidates it): stale when only
+    the absmax or its scales are updated in place."""
+    key = (state.codes.data_ptr(), state.codes._version, state.shape)
+    if key not in _BY_CODES:
+        _BY_CODES[key] = _weight(state)
+    return (x.float() @ _BY_CODES[key].mT).to(x.dtype)
