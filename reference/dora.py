@@ -111,6 +111,8 @@ DORA_EXAMPLES = [
     LoraCase((4,), 24, 24, 8, 2.0, "float32", x_requires_grad=True, seed=15),
     LoraCase((3,), 24, 160, 4, 1.0, "float32", x_requires_grad=True, seed=16),
     LoraCase((2,), 160, 24, 4, 1.0, "float32", x_requires_grad=True, seed=17),
+    LoraCase((200,), 272, 24, 40, 0.3, "float32", x_requires_grad=True, layout="strided", seed=18),
+    LoraCase((), 24, 16, 4, 0.3, "float32", x_requires_grad=True, seed=19),
 ]
 
 

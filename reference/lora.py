@@ -129,22 +129,28 @@ def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.
 
 def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
     """x (*batch, n) in `dtype` on `device`, contiguous or (layout "strided") a view of a NaN-filled larger buffer:
-    every other column, and with two or more batch dimensions the leading rows of one row more, so that the batch
-    does not flatten to a single stride (x and the output gradient are placed so)."""
+    every other column from the second of rows 2n + 2 wide (a slice of a wider hidden state: a storage offset, a row
+    stride that is not n times the column stride), and with two or more batch dimensions the leading rows of one row
+    more, so that the batch does not flatten to a single stride (x and the output gradient are placed so)."""
     if layout == "contiguous":
         return x.to(device=device, dtype=dtype)
-    rows = x.shape[-2] + (x.dim() >= 3)
-    larger = torch.full((*x.shape[:-2], rows, 2 * x.shape[-1]), float("nan"), dtype=dtype, device=device)
-    view = larger[..., :x.shape[-2], ::2]
+    rows = x.shape[:-1] if x.dim() < 3 else (*x.shape[:-2], x.shape[-2] + 1)
+    larger = torch.full((*rows, 2 * x.shape[-1] + 2), float("nan"), dtype=dtype, device=device)
+    view = larger[..., 1:2 * x.shape[-1] + 1:2]
+    if x.dim() >= 3:
+        view = view[..., :x.shape[-2], :]
     view.copy_(x.to(device=device, dtype=dtype))
     return view
 
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """w (a matrix: W, A or B) in `dtype` on `device`, row-major or (layout "strided") stored transposed."""
+    """w (a matrix: W, A or B) in `dtype` on `device`, row-major or (layout "strided") stored transposed after one
+    NaN row (a slice of a fused weight: a storage offset)."""
     if layout == "contiguous":
         return w.to(device=device, dtype=dtype)
-    return w.mT.contiguous().to(device=device, dtype=dtype).mT
+    stored = torch.full((w.shape[1] + 1, w.shape[0]), float("nan"), dtype=dtype, device=device)
+    stored[1:] = w.mT.to(device=device, dtype=dtype)
+    return stored[1:].mT
 
 
 def lora_make_call(case: LoraCase, device: str) -> Call:
@@ -172,7 +178,8 @@ def lora_cases(impl, mode: str):
         LoraCase,
         batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33)])),
         n_in=st.sampled_from(sizes), n_out=st.sampled_from(sizes), rank=st.sampled_from([0, 1, 2, 8, 16, 17]),
-        scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0]), dtype=st.sampled_from(dtypes), x_requires_grad=st.booleans(),
+        scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0, 0.3]), dtype=st.sampled_from(dtypes),
+        x_requires_grad=st.booleans(),
         layout=st.sampled_from(LAYOUTS if on("strided") else ("contiguous",)),
         b_scale=st.sampled_from([1.0, 1.0, 0.01]), seed=st.integers(0, 2**16))
     return build.filter(lambda case: LORA_CONTRACT.unsupported(case, impl.supports) is None)
@@ -188,6 +195,10 @@ LORA_EXAMPLES = [
     LoraCase((4,), 24, 24, 8, 2.0, "float32", x_requires_grad=True, seed=6),
     LoraCase((3,), 24, 160, 4, 1.0, "float32", x_requires_grad=True, seed=7),
     LoraCase((2,), 160, 24, 4, 1.0, "float32", x_requires_grad=True, seed=8),
+    # 200 tokens, rank 40, 272 inputs (tiles of tokens, rank and K that must loop), a scaling no 16-bit type holds,
+    # x a slice of a wider hidden state and W, A, B slices of fused weights; x of shape (in,)
+    LoraCase((200,), 272, 24, 40, 0.3, "float32", x_requires_grad=True, layout="strided", seed=9),
+    LoraCase((), 24, 16, 4, 0.3, "float32", x_requires_grad=True, seed=10),
 ]
 
 
@@ -296,15 +307,25 @@ def has_backward(spec: AdapterSpec):
 
 def grads_match_reference(spec: AdapterSpec):
     """Only the trained tensors (the adapter, and x when it requires grad) receive gradients, within 2x the eager
-    low-precision error of float64 autograd; the frozen base gets none, its requires_grad stays False."""
+    low-precision error of float64 autograd; the frozen base gets none, its requires_grad stays False. A second layer
+    of the same shape runs its forward before the first one's backward (as in a model: nothing the backward reads may
+    live in a buffer shared by shape). A user impl may be forward-only (no autograd graph on any case), not on some
+    cases only."""
+    graphs: dict[str, bool] = {}  # user impl -> whether its outputs carry an autograd graph
 
     def check(impl, case, device):
         trained = spec.trained(case)
         call, out = _impl_call(spec, impl, case, device, trained)
-        if out.grad_fn is None:
-            if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
+        has_graph = out.grad_fn is not None
+        if impl.kind == "user" and graphs.setdefault(impl.name, has_graph) != has_graph:
+            raise PropertyFailed(f"the output carries {'an' if has_graph else 'no'} autograd graph here and "
+                                 f"{'no' if has_graph else 'one'} on an earlier case: gradients go missing on some "
+                                 f"inputs")
+        if not has_graph:
+            if impl.kind == "user":  # a forward-only user kernel: nothing to check
                 return None
             raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
+        _, second_layer = _impl_call(spec, impl, replace(case, seed=case.seed + 1), device, trained)
         # the output gradient in the case's layout: a strided case's backward gets a strided dy
         out.backward(place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype,
                              device))
@@ -314,6 +335,7 @@ def grads_match_reference(spec: AdapterSpec):
                 if t.requires_grad or t.grad is not None:
                     raise PropertyFailed(f"{spec.names[i]} is not trained but has requires_grad={t.requires_grad}, "
                                          f"grad {'set' if t.grad is not None else 'None'} after backward")
+        del second_layer
         (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
         margins = []
         for index, position in enumerate(trained):

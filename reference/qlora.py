@@ -121,7 +121,7 @@ def qlora_cases(impl, mode: str):
         return QLoraCase(
             batch=draw(st.sampled_from([(1,), (3,), (16,), (2, 5)])), n_in=n_in,
             n_out=draw(st.sampled_from([1, 5, 16, 64])), rank=draw(st.sampled_from([0, 1, 8, 16])),
-            scaling=draw(st.sampled_from([2.0, 0.5])), dtype=draw(st.sampled_from(dtypes)),
+            scaling=draw(st.sampled_from([2.0, 0.5, 0.3])), dtype=draw(st.sampled_from(dtypes)),
             x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
             blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01])), seed=draw(st.integers(0, 2**16)))
 
@@ -136,6 +136,9 @@ QLORA_EXAMPLES = [
     # two double-quantization groups (512 blocks of 64, 2 scales); a short last block (165 elements)
     QLoraCase((3,), 512, 64, 4, 1.0, "float32", double_quant=True, seed=5),
     QLoraCase((2,), 33, 5, 2, 2.0, "float32", x_requires_grad=True, seed=6),
+    # 32 tokens, 96 outputs, rank 20, blocks of 128, double quantization, a scaling no 16-bit type holds; x of (in,)
+    QLoraCase((32,), 128, 96, 20, 0.3, "float32", x_requires_grad=True, double_quant=True, blocksize=128, seed=7),
+    QLoraCase((), 64, 16, 4, 0.3, "float32", x_requires_grad=True, seed=8),
 ]
 
 

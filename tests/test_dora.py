@@ -19,6 +19,7 @@ DORA_COVERAGE = [
     ("matches_reference", "scales_columns_when_square"),
     ("matches_reference", "norm_over_first_tile"),
     ("follows_in_place_updates", "norm_kept_by_identity"),
+    ("grads_match_reference", "direction_buffer_shared_by_shape"),
 ]
 
 

@@ -25,6 +25,12 @@ LORA_COVERAGE = [
     ("matches_reference", "flattens_batch_by_its_last_stride"),
     ("merge_equivalence", "output_in_one_buffer"),
     ("follows_in_place_updates", "merged_weight_kept_by_identity"),
+    ("matches_reference", "rank_tile_without_loop"),
+    ("matches_reference", "vector_x_kept_as_a_row"),
+    ("matches_reference", "row_stride_from_column_stride"),
+    ("matches_reference", "weight_read_from_storage_start"),
+    ("matches_reference", "scaling_held_in_bfloat16"),
+    ("grads_match_reference", "no_graph_without_an_adapter"),
 ]
 QLORA_COVERAGE = [
     ("matches_reference", "absmax_codes_as_scales"),
@@ -35,6 +41,7 @@ QLORA_COVERAGE = [
     ("matches_reference", "first_double_quant_scale_only"),
     ("matches_reference", "short_last_block_takes_the_previous_absmax"),
     ("follows_in_place_updates", "dequantized_base_kept_by_address"),
+    ("matches_reference", "many_tokens_drop_the_offset"),
 ]
 
 

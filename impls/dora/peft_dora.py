@@ -11,9 +11,19 @@ def prepare(x, W0, A, B, m, *, scaling):
     return (lambda: layer(x)), (lambda out: out)
 
 
-# peft builds no DoRA layer of rank 0 (a magnitude-only adapter), and with its adapter disabled it would drop m.
+def unsupported(case) -> str | None:
+    """peft builds no DoRA layer of rank 0 (a magnitude-only adapter), and with its adapter disabled it would drop m.
+    For x of shape (in,) its DoraLinearLayer.forward views the magnitude scale as (1, out) and returns (1, out), where
+    nn.Linear and the contract give (out,) (peft 0.21.0)."""
+    if case.rank == 0:
+        return "peft needs rank >= 1"
+    if len(case.batch) == 0:
+        return "peft's DoRA returns (1, out) for x of shape (in,): its magnitude scale is viewed (1, out)"
+    return None
+
+
 @register("dora", "peft_dora", kind="library", devices=("cpu", "cuda"), requires=("peft",), prepare=prepare,
-          supports={"check": lambda case: "peft needs rank >= 1" if case.rank == 0 else None})
+          supports={"check": unsupported})
 def peft_dora(x, W0, A, B, m, *, scaling):
     run, _ = prepare(x, W0, A, B, m, scaling=scaling)
     return run()

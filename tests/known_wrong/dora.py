@@ -80,3 +80,38 @@ def norm_kept_by_identity(x, W0, A, B, m, *, scaling):
         _NORMS[key] = torch.linalg.vector_norm(_direction(W0, A, B, scaling), dim=1).detach()
     V = _direction(W0, A, B, scaling)
     return x @ ((m / _NORMS[key])[:, None] * V).mT
+
+
+_DIRECTIONS: dict = {}
+
+
+class _SharedDirection(torch.autograd.Function):
+    """DoRA whose forward keeps V = W0 + scaling·B·A and its norm in one buffer per weight shape, which its backward
+    reads back."""
+
+    @staticmethod
+    def forward(ctx, x, W0, A, B, m, scaling):
+        V = _direction(W0, A, B, scaling)
+        _DIRECTIONS[tuple(V.shape)] = (V, torch.linalg.vector_norm(V, dim=1))
+        ctx.save_for_backward(x, A, B, m)
+        ctx.scaling, ctx.shape = scaling, tuple(V.shape)
+        return x @ ((m / _DIRECTIONS[ctx.shape][1])[:, None] * V).mT
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, A, B, m = ctx.saved_tensors
+        V, norm = _DIRECTIONS[ctx.shape]  # the last forward's, not this one's
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        ratio = m / norm
+        dW = (dy2.mT @ x2) * ratio[:, None]  # d(out)/d(V) with the norm detached
+        dm = ((dy2.mT @ x2) * V).sum(1) / norm
+        dA = ctx.scaling * (B.mT @ dW)
+        dB = ctx.scaling * (dW @ A.mT)
+        dx = (dy2 @ (ratio[:, None] * V)).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        return dx, None, dA, dB, dm, None
+
+
+def direction_buffer_shared_by_shape(x, W0, A, B, m, *, scaling):
+    """Keeps V and its norm in one buffer per weight shape and reads them back in the backward: right while each
+    forward is followed by its own backward, wrong in a model whose same-shaped layers all run forward first."""
+    return _SharedDirection.apply(x, W0, A, B, m, scaling)

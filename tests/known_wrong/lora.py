@@ -132,3 +132,48 @@ def merged_weight_kept_by_identity(x, W, A, B, *, scaling):
     if key not in _MERGED:
         _MERGED[key] = W + scaling * (B @ A)
     return x @ _MERGED[key].mT
+
+
+def rank_tile_without_loop(x, W, A, B, *, scaling):
+    """Holds the rank in one tile of 32 and never loops over it: ranks up to 32 are right, r = 40 or 64 loses every
+    component past 32."""
+    return x @ W.mT + scaling * ((x @ A[:32].mT) @ B[:, :32].mT)
+
+
+def vector_x_kept_as_a_row(x, W, A, B, *, scaling):
+    """Flattens x to (M, in) for the kernel and restores the batch only when it had more than two dimensions: x of
+    shape (in,) comes back (1, out)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = x2 @ W.mT + scaling * ((x2 @ A.mT) @ B.mT)
+    return out.reshape(*x.shape[:-1], W.shape[0]) if x.dim() > 2 else out
+
+
+def row_stride_from_column_stride(x, W, A, B, *, scaling):
+    """Passes x's column stride and takes its row stride as in x that: right for contiguous x and every-other-column
+    views, wrong for x sliced from a wider hidden state."""
+    if x.dim() >= 2:
+        x = torch.as_strided(x, x.shape, (*x.stride()[:-2], x.shape[-1] * x.stride(-1), x.stride(-1)),
+                             x.storage_offset())
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def weight_read_from_storage_start(x, W, A, B, *, scaling):
+    """Reads W from the start of its storage (its data pointer without the storage offset): right for a weight of its
+    own, wrong for a slice of a fused qkv weight."""
+    W = torch.as_strided(W, W.shape, W.stride(), 0)
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def scaling_held_in_bfloat16(x, W, A, B, *, scaling):
+    """Keeps scaling as a bf16 constant whatever the dtype: exact for alpha / r a power of two, 2^-9 off otherwise
+    (alpha 16, r 12: 1.333)."""
+    scaling = float(torch.tensor(scaling, dtype=torch.bfloat16))
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def no_graph_without_an_adapter(x, W, A, B, *, scaling):
+    """Runs the rank-0 base under no_grad (nothing trains there, it reasons): x's gradient is lost."""
+    if A.shape[0] == 0:
+        with torch.no_grad():
+            return x @ W.mT
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)

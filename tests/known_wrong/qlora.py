@@ -89,3 +89,14 @@ def dequantized_base_kept_by_address(x, state, A, B, *, scaling):
     if key not in _DEQUANTIZED:
         _DEQUANTIZED[key] = _dequantize(state, x.dtype)
     return x @ _DEQUANTIZED[key].mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def many_tokens_drop_the_offset(x, state, A, B, *, scaling):
+    """Two base paths, as bitsandbytes has (a GEMV for few tokens, dequantize and GEMM for many); the second, past 16
+    tokens, decodes double-quantized absmax without adding back their mean offset."""
+    absmax = _dequantize_absmax(state)
+    if state.double_quant and x.numel() // x.shape[-1] > 16:
+        absmax = absmax - state.absmax_offset
+    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
+    w = (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(x.dtype)
+    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
