@@ -329,13 +329,13 @@ def grads_match_reference(spec: AdapterSpec):
         # the output gradient in the case's layout: a strided case's backward gets a strided dy
         out.backward(place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype,
                              device))
+        del second_layer  # kept alive (its graph and buffers) through the first layer's backward
         for i, a in enumerate(call.args):
             frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
             for t in frozen if i not in trained else ():
                 if t.requires_grad or t.grad is not None:
                     raise PropertyFailed(f"{spec.names[i]} is not trained but has requires_grad={t.requires_grad}, "
                                          f"grad {'set' if t.grad is not None else 'None'} after backward")
-        del second_layer
         (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
         margins = []
         for index, position in enumerate(trained):

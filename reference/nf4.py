@@ -601,14 +601,13 @@ def follows_in_place_updates(impl, case, device):
     impl.fn(*call.args)
     x, state = call.args
     new_x, new_state = nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args
+    scales = [name for name in state.tensors() if name != "codes"]
+    stages = {"x and the scales": ((x, *(state.tensors()[n] for n in scales)),
+                                   (new_x, *(new_state.tensors()[n] for n in scales))),
+              "the codes": ((state.codes,), (new_state.codes,))}
     margins = []
-    for stage in ("x and the scales", "the codes"):
-        if stage == "the codes":
-            copy_inputs_in_place((state.codes,), (new_state.codes,))
-        else:
-            scales = [name for name in state.tensors() if name != "codes"]
-            copy_inputs_in_place((x, *(state.tensors()[n] for n in scales)),
-                                 (new_x, *(new_state.tensors()[n] for n in scales)))
+    for stage, (into, values) in stages.items():
+        copy_inputs_in_place(into, values)
         stick, eager = nf4_matmul(x.double(), state), nf4_matmul(x, state)
         margins.append(tolerance.noise_relative(f"x·ŵᵀ after {stage} were updated in place", impl.fn(*call.args),
                                                 stick, eager, dtype_of(case.dtype),

@@ -3,6 +3,11 @@ CPU within the default budget. Written as a plausible layer author would, not fr
 import torch
 
 
+def _lora(x, W, A, B, scaling):
+    """The layer as written by hand: x·Wᵀ + scaling·(x·Aᵀ)·Bᵀ."""
+    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+
+
 def ignores_scaling(x, W, A, B, *, scaling):
     """Adds the update unscaled: x·Wᵀ + (x·Aᵀ)·Bᵀ (alpha / r dropped)."""
     return x @ W.mT + (x @ A.mT) @ B.mT
@@ -32,7 +37,7 @@ def base_blocks_input_grad(x, W, A, B, *, scaling):
 def trains_the_base(x, W, A, B, *, scaling):
     """Turns requires_grad on for W (as a forgotten freeze would): the base weight receives gradients."""
     W.requires_grad_(True)
-    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    return _lora(x, W, A, B, scaling)
 
 
 def dropout_left_on(x, W, A, B, *, scaling):
@@ -80,7 +85,7 @@ class _RowMajorGradLora(torch.autograd.Function):
     def forward(ctx, x, W, A, B, scaling):
         ctx.save_for_backward(x, W, A, B)
         ctx.scaling = scaling
-        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+        return _lora(x, W, A, B, scaling)
 
     @staticmethod
     def backward(ctx, dy):
@@ -114,10 +119,10 @@ def output_in_one_buffer(x, W, A, B, *, scaling):
     """Without autograd, writes every call's result into one preallocated buffer per shape and returns it (a static
     output buffer, as a CUDA-graph runner keeps): a later call overwrites the result a caller still holds."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, B)):
-        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+        return _lora(x, W, A, B, scaling)
     key = (*x.shape[:-1], W.shape[0], x.dtype)
     buffer = _OUTPUTS.setdefault(key, torch.empty(*x.shape[:-1], W.shape[0], dtype=x.dtype, device=x.device))
-    return buffer.copy_(x @ W.mT + scaling * ((x @ A.mT) @ B.mT))
+    return buffer.copy_(_lora(x, W, A, B, scaling))
 
 
 _MERGED: dict = {}
@@ -127,7 +132,7 @@ def merged_weight_kept_by_identity(x, W, A, B, *, scaling):
     """At inference, merges W + scaling·B·A once per (W, A, B) object and reuses it: fast, until an optimizer step
     updates A and B in place (or new weights are loaded into W) and the kept merge goes stale."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, A, B)):
-        return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+        return _lora(x, W, A, B, scaling)
     key = (id(W), id(A), id(B), scaling)
     if key not in _MERGED:
         _MERGED[key] = W + scaling * (B @ A)
@@ -154,21 +159,21 @@ def row_stride_from_column_stride(x, W, A, B, *, scaling):
     if x.dim() >= 2:
         x = torch.as_strided(x, x.shape, (*x.stride()[:-2], x.shape[-1] * x.stride(-1), x.stride(-1)),
                              x.storage_offset())
-    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    return _lora(x, W, A, B, scaling)
 
 
 def weight_read_from_storage_start(x, W, A, B, *, scaling):
     """Reads W from the start of its storage (its data pointer without the storage offset): right for a weight of its
     own, wrong for a slice of a fused qkv weight."""
     W = torch.as_strided(W, W.shape, W.stride(), 0)
-    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    return _lora(x, W, A, B, scaling)
 
 
 def scaling_held_in_bfloat16(x, W, A, B, *, scaling):
     """Keeps scaling as a bf16 constant whatever the dtype: exact for alpha / r a power of two, 2^-9 off otherwise
     (alpha 16, r 12: 1.333)."""
     scaling = float(torch.tensor(scaling, dtype=torch.bfloat16))
-    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    return _lora(x, W, A, B, scaling)
 
 
 def no_graph_without_an_adapter(x, W, A, B, *, scaling):
@@ -176,4 +181,4 @@ def no_graph_without_an_adapter(x, W, A, B, *, scaling):
     if A.shape[0] == 0:
         with torch.no_grad():
             return x @ W.mT
-    return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
+    return _lora(x, W, A, B, scaling)

@@ -11,16 +11,14 @@ def _absmax(state, offset_used=True):
     return scaled + state.absmax_offset if offset_used else scaled
 
 
-def _weight(state, *, low_nibble_first=False, absmax=None, row_absmax=False):
+def _weight(state, *, low_nibble_first=False, absmax=None, block=None):
+    """ŵ (N, K) float32: each element's level times the absmax of its `block` (default: element // blocksize)."""
     n = state.numel
     high, low = state.codes.long() >> 4, state.codes.long() & 15
     codes = torch.stack([low, high] if low_nibble_first else [high, low], 1).reshape(-1)[:n]
     absmax = _absmax(state) if absmax is None else absmax
-    if row_absmax:  # block index from the row alone
-        per_element = absmax[torch.arange(n) // state.shape[1]]
-    else:
-        per_element = absmax.repeat_interleave(state.blocksize)[:n]
-    return (nf4_table()[codes] * per_element).reshape(state.shape)
+    block = torch.arange(n) // state.blocksize if block is None else block
+    return (nf4_table()[codes] * absmax[block]).reshape(state.shape)
 
 
 def low_nibble_first(x, state):
@@ -35,7 +33,8 @@ def forgets_double_quant_offset(x, state):
 
 def absmax_indexed_by_row(x, state):
     """Reads the absmax of element (r, c) at index r instead of (r·K + c) // blocksize."""
-    return (x.float() @ _weight(state, row_absmax=True).mT).to(x.dtype)
+    row_block = torch.arange(state.numel) // state.shape[1]  # the block index from the row alone
+    return (x.float() @ _weight(state, block=row_block).mT).to(x.dtype)
 
 
 def half_precision_accumulation(x, state):
@@ -125,13 +124,8 @@ def half_precision_sum_over_k_tiles(x, state):
 def absmax_by_k_tile(x, state):
     """Loads the absmax of each K tile of 128 elements (element // 128), right while a quantization block is at most
     one tile (blocks of 32, 64, 128), wrong for blocks of 256 and more."""
-    block = (torch.arange(state.numel) // 128).clamp(max=state.blocks - 1)
-    per_element = _absmax(state)[block] if state.blocksize >= 256 else None
-    if per_element is None:
-        return (x.float() @ _weight(state).mT).to(x.dtype)
-    high, low = state.codes.long() >> 4, state.codes.long() & 15
-    codes = torch.stack([high, low], 1).reshape(-1)[:state.numel]
-    return (x.float() @ (nf4_table()[codes] * per_element).reshape(state.shape).mT).to(x.dtype)
+    tile = (torch.arange(state.numel) // 128).clamp(max=state.blocks - 1)
+    return (x.float() @ _weight(state, block=tile if state.blocksize >= 256 else None).mT).to(x.dtype)
 
 
 def vector_x_kept_as_a_row(x, state):

@@ -3,13 +3,22 @@ import torch
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, dynamic_table, nf4_table
 
 
-def _dequantize(state, dtype, *, absmax_codes_as_scales=False):
-    absmax = state.absmax.float()
-    if state.double_quant and not absmax_codes_as_scales:
-        scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
-        absmax = dynamic_table()[state.absmax.long()] * scales + state.absmax_offset
+def _block_absmax(state, *, absmax_codes_as_scales=False, first_scale_only=False):
+    """(blocks,) float32 absmax of each block, double-quantized ones decoded (one bug switched on by a keyword)."""
+    if not state.double_quant or absmax_codes_as_scales:
+        return state.absmax.float()
+    per_block = (state.absmax_scales[0] if first_scale_only
+                 else state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks])
+    return dynamic_table()[state.absmax.long()] * per_block + state.absmax_offset
+
+
+def _dequantize(state, dtype, *, absmax=None, block=None, **bug):
+    """ŵ (out, in) in dtype: each element's level times its block's absmax (`absmax` and the element's `block` index
+    replaceable, or a _block_absmax bug)."""
+    absmax = _block_absmax(state, **bug) if absmax is None else absmax
+    block = torch.arange(state.numel) // state.blocksize if block is None else block
     codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
-    return (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(dtype).reshape(state.shape)
+    return (nf4_table()[codes] * absmax[block]).to(dtype).reshape(state.shape)
 
 
 def absmax_codes_as_scales(x, state, A, B, *, scaling):
@@ -54,29 +63,15 @@ def folds_scaling_into_x(x, state, A, B, *, scaling):
 def first_double_quant_scale_only(x, state, A, B, *, scaling):
     """Decodes every double-quantized absmax with the first group's scale (a kernel that loads the scale once, outside
     its loop over blocks): right while the weight has at most 256 blocks of 64, one group."""
-    absmax = (dynamic_table()[state.absmax.long()] * state.absmax_scales[0] + state.absmax_offset
-              if state.double_quant else state.absmax)
-    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
-    w = (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(x.dtype)
-    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
+    return x @ _dequantize(state, x.dtype, first_scale_only=True).mT + scaling * ((x @ A.mT) @ B.mT)
 
 
 def short_last_block_takes_the_previous_absmax(x, state, A, B, *, scaling):
     """Counts whole blocks only (numel // blocksize), so the elements of a short last block take the absmax of the
     block before: right whenever the weight's size is a multiple of the block."""
-    absmax = _dequantize_absmax(state)
     whole = max(state.numel // state.blocksize, 1)
     block = (torch.arange(state.numel) // state.blocksize).clamp(max=whole - 1)
-    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
-    w = (nf4_table()[codes] * absmax[block]).to(x.dtype)
-    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
-
-
-def _dequantize_absmax(state):
-    if not state.double_quant:
-        return state.absmax.float()
-    scales = state.absmax_scales.repeat_interleave(DQ_BLOCKSIZE)[:state.blocks]
-    return dynamic_table()[state.absmax.long()] * scales + state.absmax_offset
+    return x @ _dequantize(state, x.dtype, block=block).mT + scaling * ((x @ A.mT) @ B.mT)
 
 
 _DEQUANTIZED: dict = {}
@@ -94,9 +89,7 @@ def dequantized_base_kept_by_address(x, state, A, B, *, scaling):
 def many_tokens_drop_the_offset(x, state, A, B, *, scaling):
     """Two base paths, as bitsandbytes has (a GEMV for few tokens, dequantize and GEMM for many); the second, past 16
     tokens, decodes double-quantized absmax without adding back their mean offset."""
-    absmax = _dequantize_absmax(state)
+    absmax = _block_absmax(state)
     if state.double_quant and x.numel() // x.shape[-1] > 16:
         absmax = absmax - state.absmax_offset
-    codes = torch.stack([state.codes.long() >> 4, state.codes.long() & 15], 1).reshape(-1)[:state.numel]
-    w = (nf4_table()[codes] * absmax.repeat_interleave(state.blocksize)[:state.numel]).to(x.dtype)
-    return x @ w.reshape(state.shape).mT + scaling * ((x @ A.mT) @ B.mT)
+    return x @ _dequantize(state, x.dtype, absmax=absmax).mT + scaling * ((x @ A.mT) @ B.mT)
