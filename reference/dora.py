@@ -1,7 +1,8 @@
 """DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"; seed section 3.3) as peft defines it for an
 (out, in) weight: magnitude m (out,), one per output feature, times the direction W0 + scaling·B·A divided by its norm
 over the input dimension; y = x·(m ⊙ direction)ᵀ. Variants: the norm detached in the backward (peft, and the
-paper's section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment."""
+paper's section 4.3: the contract) or differentiated (`dora_linear_undetached`); the merged deployment; peft's
+formulation (`dora_linear_peft`: base and adapter outputs scaled apart), which rounds differently."""
 from __future__ import annotations
 
 import torch
@@ -53,6 +54,16 @@ def dora_linear_undetached(x, W0, A, B, m, *, scaling):
     memory of that term; the two differ by O(|dA|) whenever B ≠ 0 or A is trained, never in the forward."""
     V, norm = _direction(W0, A, B, scaling)
     return x @ ((m / norm).unsqueeze(1) * V).mT
+
+
+def dora_linear_peft(x, W0, A, B, m, *, scaling):
+    """The same function as peft computes it, never forming the merged weight: the base output x·W0ᵀ plus
+    (m / ||V|| - 1) times itself plus m / ||V|| times the adapter's output; equal to dora_linear in exact arithmetic,
+    it rounds three terms of up to |x·W0ᵀ| each, so in half precision its error is the larger of the two and sets the
+    noise a DoRA impl is allowed (DORA_SPEC.formulations)."""
+    scale = m / _direction(W0, A, B, scaling)[1].detach()
+    base = x @ W0.mT
+    return base + ((scale - 1) * base + scale * ((x @ A.mT) @ B.mT) * scaling)
 
 
 def dora_weight(W0, A, B, m, *, scaling):
@@ -135,7 +146,8 @@ def dora_magnitudes(call: Call, dout: torch.Tensor, trained: tuple[int, ...]) ->
 
 
 DORA_SPEC = AdapterSpec(dora_linear, dora_make_call, check_dora_call, trainable=(2, 3, 4),
-                        names=("x", "W0", "A", "B", "m"), magnitudes=dora_magnitudes)
+                        names=("x", "W0", "A", "B", "m"), magnitudes=dora_magnitudes,
+                        formulations=(dora_linear_peft,))
 
 
 def equals_base_at_init(impl, case, device):

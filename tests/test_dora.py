@@ -1,13 +1,21 @@
 """DoRA beyond the generic contract runs: every property rejects a known-wrong layer; the detached (peft, the
 contract) and undetached norms give the same forward and dm but different dA, dB; peft's merge is the reference's
-merged weight within rounding, and its unmerge gives W0 back within rounding."""
+merged weight within rounding, and its unmerge gives W0 back within rounding; peft's formulation is the same function
+and, in half precision, rounds worse than the merged one where the tolerance needs it."""
 from __future__ import annotations
 
 import pytest
 import torch
 from _known_wrong_coverage import assert_rejects
-from llmopt.reference.dora import dora_linear, dora_linear_undetached, dora_make_call, dora_weight
-from llmopt.reference.lora import LoraCase
+from llmopt.reference.dora import (
+    DORA_SPEC,
+    dora_linear,
+    dora_linear_peft,
+    dora_linear_undetached,
+    dora_make_call,
+    dora_weight,
+)
+from llmopt.reference.lora import ORACLE, LoraCase
 
 DORA_COVERAGE = [
     ("matches_reference", "norm_of_base_only"),
@@ -44,6 +52,21 @@ def test_detached_and_undetached_norms_differ_only_in_the_adapter_gradients():
     V = W0 + 2.0 * (B @ A)
     along = ((dout.mT @ x) * V).sum(1) * (m / V.norm(dim=1) ** 3)  # (out,) d||V_o|| coefficient
     assert torch.allclose(dB_u, dB_d - 2.0 * (along[:, None] * V) @ A.mT, rtol=0, atol=1e-12)
+
+
+def test_peft_formulation_is_the_reference_and_sets_the_half_precision_noise_where_it_rounds_worse():
+    case = LoraCase((6,), 24, 16, 4, 2.0, "float64", x_requires_grad=True, seed=7)
+    call = dora_make_call(case, "cpu")
+    assert torch.allclose(dora_linear_peft(*call.args, **call.kwargs), dora_linear(*call.args, **call.kwargs),
+                          rtol=0, atol=1e-13)
+    # one input, one output, m / ||V|| = 1.87: the merged formulation's fp16 dx is within 2e-5 of float64, peft's
+    # three rounded terms of |x·W0ᵀ| land 1e-3 off (peft_dora failed its gradients on this case before the oracle
+    # took the worse formulation); the oracle's eager dx is peft's
+    case = LoraCase((3,), 1, 1, 1, 0.5, "float16", x_requires_grad=True, seed=1259)
+    stick, merged, peft = (DORA_SPEC.run_reference(case, "cpu", dtype, True, form)[1][0] for dtype, form in (
+        (torch.float64, None), (torch.float16, None), (torch.float16, dora_linear_peft)))
+    assert (merged.double() - stick).abs().max() < 1e-4 < 5e-4 < (peft.double() - stick).abs().max()
+    assert torch.equal(ORACLE(DORA_SPEC, case, "cpu", True)[1][1][0], peft)
 
 
 def test_peft_dora_merge_and_unmerge_agree_with_the_reference_within_rounding():
