@@ -322,8 +322,8 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, TAIL_ROUND: tl.constexpr, PREFETCH: tl.constexpr, CHUNKS: tl.constexpr,
-    CHUNK_ASM: tl.constexpr,
+    SPLIT_K: tl.constexpr, TAIL_ROUND: tl.constexpr, STREAM_K: tl.constexpr, PREFETCH: tl.constexpr,
+    CHUNKS: tl.constexpr, CHUNK_ASM: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
     [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
@@ -334,108 +334,156 @@ def _nf4_matmul_kernel(
     the grid's last tiles (all of them, or with TAIL_ROUND those past the last whole round of programs) are each
     taken by SPLIT_K programs, one of SPLIT_K equal spans of K (whole steps) each, which hand their partial sums to
     _split_k_epilogue; how many tiles split, the kernel reads from the grid's size (tiles + split tiles x (SPLIT_K -
-    1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for)."""
+    1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for). STREAM_K > 0 (chunk tiles, SPLIT_K
+    = 2): the grid holds STREAM_K programs an SM (or one a tile, if fewer), each taking an equal share of all tiles'
+    steps in order (stream-K: no round of programs is left part-full), its pieces of tiles added by the epilogue."""
     program, pid_m = tl.program_id(0), tl.program_id(1)
     tiles = tl.cdiv(N, BLOCK_N)
-    if SPLIT_K == 1:  # pid_k: the grid's third index, always 0, read at run time: with K's start a constant the loop
-        # compiled to more instructions an element (sm_90 SASS of the 32 x 1024 chunk tile: 3.73 against 3.35; double-
-        # quantized 4.09 against 3.96), and 11008 x 4096 double-quantized ran 20.4 µs against 17.4 (H100, c4dd801)
-        pid_n, pid_k, spans, whole_tiles = program, tl.program_id(2), 1, tiles
-    else:  # programs [0, whole_tiles): a tile each, whole K; then SPLIT_K programs a tile
-        whole_tiles = tiles - (tl.num_programs(0) - tiles) // (SPLIT_K - 1)
-        split_program = tl.maximum(program - whole_tiles, 0)
-        whole = program < whole_tiles
-        pid_n = tl.where(whole, program, whole_tiles + split_program // SPLIT_K)
-        pid_k = tl.where(whole, 0, split_program % SPLIT_K)
-        spans = tl.where(whole, 1, SPLIT_K)
-    BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
-    HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
-    rows_in = rows < N
-    step_blocks = tl.arange(0, BLOCKS_PER_STEP)  # [BLOCKS_PER_STEP]
-    step_pairs = step_blocks[:, None] * HALF_BLOCK + tl.arange(0, HALF_BLOCK)[None, :]  # [BLOCKS_PER_STEP, HALF_BLOCK]
-    tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    if PATH == "dot":
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    elif PATH == "words" and CHUNKS:
-        acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
-    elif PATH == "words":
-        acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, BLOCKSIZE // 8), dtype=tl.float32)
-    else:
-        acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
-    byte_table = 0
-    if WORD_ASM != "":  # the byte table, filled by the whole program before any lookup
-        byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
-                                               pack=1)
-    k_span = tl.cdiv(tl.cdiv(K, spans), BLOCK_K) * BLOCK_K  # K / spans rounded up to whole steps
-    k_start = pid_k * k_span
-    if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
-        loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                 dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k_start, BLOCKSIZE,
-                                 DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-    k_end = tl.minimum(k_start + k_span, K)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        if PATH == "words":
-            if PREFETCH:  # the next step's reads in a block of their own: issued before this step's sums
-                ahead = loaded  # (as one straight block, ptxas moved them after the sums, to the loop's end, where
-                if k0 + BLOCK_K < k_end:  # the next step waited on them at once: sm_90 SASS, 2026-12-06)
-                    ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
-                                            offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
-                                            k0 + BLOCK_K, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM,
-                                            BLOCK_K, CHUNKS)
-            else:
-                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                         dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k0, BLOCKSIZE,
-                                         DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-            if CHUNKS:
-                acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
-            else:
-                acc = _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+    if STREAM_K > 0:  # chunk tiles, one token a program row: equal shares of the (tile, step) work, a tile cut in two
+        # at most (the host launches no more programs than tiles); each piece of a tile adds its partial by the split-K
+        # epilogue, the piece from K's start as split 0
+        steps = tl.cdiv(K, BLOCK_K).to(tl.int64)  # a tile's steps
+        work = tiles.to(tl.int64) * steps
+        first = program.to(tl.int64) * work // tl.num_programs(0)  # [first, last): this program's steps of the grid
+        last = (program + 1).to(tl.int64) * work // tl.num_programs(0)
+        x_row = pid_m * (stride_xm // 2)
+        byte_table = 0
+        if WORD_ASM != "":  # the byte table, once a program
+            byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32,
+                                                   is_pure=False, pack=1)
+        for tile in range((first // steps).to(tl.int32), tl.cdiv(last, steps).to(tl.int32)):
+            tile_start = tile * steps
+            k_start = ((tl.maximum(first, tile_start) - tile_start) * BLOCK_K).to(tl.int32)
+            k_end = tl.minimum((tl.minimum(last, tile_start + steps) - tile_start) * BLOCK_K, K).to(tl.int32)
+            rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
+            rows_in = rows < N
+            acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
             if PREFETCH:
-                loaded = ahead
-        elif PATH == "dot":
-            step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
-            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
-                                           rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
-                                           BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
-            words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
-                            mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
-            weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
-            step_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-            x_tile = tl.load(x_ptr + tokens[:, None] * stride_xm + step_k[None, :] * stride_xk,
-                             mask=(tokens < M)[:, None] & (step_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-            acc = tl.dot(weights, tl.trans(x_tile), acc, input_precision=DOT_PRECISION)
+                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                         dynamic_ptr, rows, rows_in, x_row, K, k_start, BLOCKSIZE, DOUBLE_QUANT,
+                                         DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+            for k0 in range(k_start, k_end, BLOCK_K):
+                if PREFETCH:  # the next step's reads before this step's sums
+                    ahead = loaded
+                    if k0 + BLOCK_K < k_end:
+                        ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                                offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0 + BLOCK_K,
+                                                BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K,
+                                                True)
+                else:
+                    loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                             offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0, BLOCKSIZE,
+                                             DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+                acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                if PREFETCH:
+                    loaded = ahead
+            _split_k_epilogue(tl.sum(acc, axis=1), out_ptr + pid_m * stride_om + rows * stride_on, partial_ptr,
+                              pid_m * N + rows, rows_in, arrivals_ptr, pid_m * tiles + tile, (k_start > 0).to(tl.int32),
+                              M * N, 2, (k_start == 0) & (k_end >= K))
+    else:
+        if SPLIT_K == 1:  # pid_k: the grid's third index, always 0, read at run time: with K's start a constant the
+            # loop compiled to more instructions an element (sm_90 SASS of the 32 x 1024 chunk tile: 3.73 against 3.35;
+            # double-quantized 4.09 against 3.96), and 11008 x 4096 double-quantized ran 20.4 µs against 17.4 (H100,
+            # c4dd801)
+            pid_n, pid_k, spans, whole_tiles = program, tl.program_id(2), 1, tiles
+        else:  # programs [0, whole_tiles): a tile each, whole K; then SPLIT_K programs a tile
+            whole_tiles = tiles - (tl.num_programs(0) - tiles) // (SPLIT_K - 1)
+            split_program = tl.maximum(program - whole_tiles, 0)
+            whole = program < whole_tiles
+            pid_n = tl.where(whole, program, whole_tiles + split_program // SPLIT_K)
+            pid_k = tl.where(whole, 0, split_program % SPLIT_K)
+            spans = tl.where(whole, 1, SPLIT_K)
+        BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
+        HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
+        rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
+        rows_in = rows < N
+        step_blocks = tl.arange(0, BLOCKS_PER_STEP)  # [BLOCKS_PER_STEP]
+        # [BLOCKS_PER_STEP, HALF_BLOCK]
+        step_pairs = step_blocks[:, None] * HALF_BLOCK + tl.arange(0, HALF_BLOCK)[None, :]
+        tokens = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+        if PATH == "dot":
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        elif PATH == "words" and CHUNKS:
+            acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
+        elif PATH == "words":
+            acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, BLOCKSIZE // 8), dtype=tl.float32)
         else:
-            step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
-                                           rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
-                                           DQ_BLOCKSIZE, "")  # [1, BPS], [BLOCK_N, BPS]
-            step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
-            pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
-            pairs_in = step_in[:, None] & (step_pairs >= 0)
-            packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
-                             mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
-            high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
-            low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
-            even_ptrs = x_ptr + 2 * pair_index * stride_xk + pid_m * stride_xm  # [BPS, HALF_BLOCK]
-            x_even = tl.load(even_ptrs, mask=pairs_in, other=0.0).to(tl.float32)
-            x_odd = tl.load(even_ptrs + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
-            sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
-            acc += sums * absmax
-    if PATH == "dot":
-        out_offsets = tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
-        partial_offsets = tokens[None, :] * N + rows[:, None]
-        out_mask = rows_in[:, None] & (tokens < M)[None, :]
-        total = acc
-    else:
-        out_offsets = pid_m * stride_om + rows * stride_on  # [BLOCK_N]
-        partial_offsets = pid_m * N + rows
-        out_mask = rows_in
-        total = tl.sum(tl.sum(acc, axis=2), axis=0) if PATH == "words" and not CHUNKS else tl.sum(acc, axis=1)
-    if SPLIT_K == 1:
-        tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        _split_k_epilogue(total, out_ptr + out_offsets, partial_ptr, partial_offsets, out_mask, arrivals_ptr,
-                          pid_m * tiles + pid_n, pid_k, M * N, SPLIT_K, pid_n < whole_tiles)
+            acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
+        byte_table = 0
+        if WORD_ASM != "":  # the byte table, filled by the whole program before any lookup
+            byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
+                                                   pack=1)
+        k_span = tl.cdiv(tl.cdiv(K, spans), BLOCK_K) * BLOCK_K  # K / spans rounded up to whole steps
+        k_start = pid_k * k_span
+        if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
+            loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                     dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k_start, BLOCKSIZE,
+                                     DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
+        k_end = tl.minimum(k_start + k_span, K)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            if PATH == "words":
+                if PREFETCH:  # the next step's reads in a block of their own: issued before this step's sums
+                    ahead = loaded  # (as one straight block, ptxas moved them after the sums, to the loop's end, where
+                    if k0 + BLOCK_K < k_end:  # the next step waited on them at once: sm_90 SASS, 2026-12-06)
+                        ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                                offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
+                                                k0 + BLOCK_K, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM,
+                                                CHUNK_ASM, BLOCK_K, CHUNKS)
+                else:
+                    loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                             offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k0,
+                                             BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K,
+                                             CHUNKS)
+                if CHUNKS:
+                    acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                else:
+                    acc = _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                if PREFETCH:
+                    loaded = ahead
+            elif PATH == "dot":
+                step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
+                step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                               rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
+                                               BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
+                                               ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
+                words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
+                                mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
+                weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
+                step_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+                x_tile = tl.load(x_ptr + tokens[:, None] * stride_xm + step_k[None, :] * stride_xk,
+                                 mask=(tokens < M)[:, None] & (step_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                acc = tl.dot(weights, tl.trans(x_tile), acc, input_precision=DOT_PRECISION)
+            else:
+                step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                               rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
+                                               DQ_BLOCKSIZE, "")  # [1, BPS], [BLOCK_N, BPS]
+                step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
+                pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
+                pairs_in = step_in[:, None] & (step_pairs >= 0)
+                packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
+                                 mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
+                high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
+                low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
+                even_ptrs = x_ptr + 2 * pair_index * stride_xk + pid_m * stride_xm  # [BPS, HALF_BLOCK]
+                x_even = tl.load(even_ptrs, mask=pairs_in, other=0.0).to(tl.float32)
+                x_odd = tl.load(even_ptrs + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
+                sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
+                acc += sums * absmax
+        if PATH == "dot":
+            out_offsets = tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
+            partial_offsets = tokens[None, :] * N + rows[:, None]
+            out_mask = rows_in[:, None] & (tokens < M)[None, :]
+            total = acc
+        else:
+            out_offsets = pid_m * stride_om + rows * stride_on  # [BLOCK_N]
+            partial_offsets = pid_m * N + rows
+            out_mask = rows_in
+            total = tl.sum(tl.sum(acc, axis=2), axis=0) if PATH == "words" and not CHUNKS else tl.sum(acc, axis=1)
+        if SPLIT_K == 1:
+            tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
+        else:
+            _split_k_epilogue(total, out_ptr + out_offsets, partial_ptr, partial_offsets, out_mask, arrivals_ptr,
+                              pid_m * tiles + pid_n, pid_k, M * N, SPLIT_K, pid_n < whole_tiles)
 
 
 # ----------------------------------------------------------------------------------------------- 2+ tokens, mma
@@ -717,6 +765,7 @@ class Tile(NamedTuple):
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
     tail_round: int = 0  # split_k > 1: 0 splits every tile; n splits only the tiles past the last whole round of n
     #                      programs an SM (the grid's tail, which would otherwise leave SMs idle)
+    stream_k: int = 0  # chunk tiles, split_k = 2: n programs an SM (one a tile if fewer) share all tiles' steps equally
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
     chunks: bool = False  # word path: [rows, chunks of 32 elements] tiles, 16-byte loads along a row (_chunks_load)
 
@@ -785,8 +834,14 @@ _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch
 # on the H100 (c4dd801, results/h100/probes/2026-12-06-nf4-tail-split-probe.json): 28672 x 8192 double-quantized, the
 # 32 x 1024 4-warp tile took 58.7 µs split at 3 an SM against 67.3 whole-K, the autotuner's choice; plain, and at the
 # three smaller weights, no tail split beat the best whole-K tile (57.9 against 61.0 at 28672 x 8192).
+_CHUNK_ROUNDS = ((4, 3), (1,), (4,), (2,), (3, 2), (5, 4))
 _TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
-                     for tile, rounds in zip(_CHUNK_TILES, ((4, 3), (1,), (4,), (2,), (3, 2), (5, 4))) for n in rounds]
+                     for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
+# Stream-K chunk tiles: a round's programs (n an SM, as above) share all tiles' steps equally, each tile cut in two at
+# most and its pieces added by the split-K epilogue, so no round is left part-full and no program fills the byte table
+# more than once (the tail split above balances only the last round's tiles, and each split program fills its own).
+_STREAM_K_TILES = [tile._replace(split_k=2, stream_k=n)
+                   for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
               Tile(128, 64, 4, 1), Tile(256, 64, 8, 1), Tile(128, 256, 8, 1)]
 _SPLITS = (2, 4, 8)
@@ -795,7 +850,8 @@ _SPLIT_PROGRAMS_PER_SM = 4
 # "dot" (2+ tokens the mma kernel does not take). A family's first tile runs small weights without autotuning.
 _FAMILIES = {"words": _GEMV_TILES, "chunks": [*_GEMV_TILES, *_CHUNK_TILES], "dot": _DOT_TILES}
 _CANDIDATES = {family: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
-               + (_TAIL_SPLIT_TILES if family == "chunks" else []) for family, tiles in _FAMILIES.items()}
+               + (_TAIL_SPLIT_TILES + _STREAM_K_TILES if family == "chunks" else [])
+               for family, tiles in _FAMILIES.items()}
 # The interpreter splits K in two where K holds two steps, so both epilogues are checked on the CPU.
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1, split_k=2), True: Tile(16, 64, 4, 1, split_k=2)}
 _FLOAT32_DOT_TILE = Tile(32, 64, 4, 2)  # IEEE fp32 dots on CUDA cores: small tiles
@@ -827,6 +883,9 @@ _INTERPRETER_MMA_TILE = MmaTile(2, 2, 1)  # two row groups and two K slices: the
 def pin(tile: Tile | MmaTile | None = None) -> None:
     """Launch every call with `tile` instead of the autotuned or default one (None restores them): a Tile pins the
     word, byte and dot paths' kernel, an MmaTile the mma path (for any number of tokens)."""
+    if isinstance(tile, Tile) and tile.stream_k and not (tile.chunks and tile.split_k == 2 and not tile.tail_round):
+        raise ValueError(f"a stream-K tile reads chunks and cuts a tile in two at most: it needs chunks=True, "
+                         f"split_k=2 and tail_round=0, got {tile}")
     if tile is None:
         _PINNED.pop("tile", None)
     else:
@@ -837,19 +896,24 @@ def _num_sms(device: torch.device) -> int:
     return _INTERPRETER_SMS if _INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def programs_along_rows(N: int, block_n: int, split_k: int, tail_round: int, sms: int) -> int:
+def programs_along_rows(N: int, block_n: int, split_k: int, tail_round: int, sms: int, stream_k: int = 0) -> int:
     """The grid's programs along the weight rows: one a tile of block_n rows, and split_k - 1 more for each tile that
     splits K: every tile (tail_round 0), or those past the last whole round of sms x tail_round programs. The kernel
-    reads how many tiles split from this count."""
+    reads how many tiles split from this count. Stream-K: sms x stream_k programs, or one a tile if fewer."""
     tiles = cdiv(N, block_n)
+    if stream_k:
+        return min(tiles, sms * stream_k)
     split_tiles = tiles if tail_round == 0 else tiles % (sms * tail_round)
     return tiles + split_tiles * (split_k - 1)
 
 
 def _split_allowed(block_n: int, block_k: int, split_k: int, tail_round: int, N: int, K: int, tokens: int,
-                   sms: int) -> bool:
+                   sms: int, stream_k: int = 0) -> bool:
     """Whether a tile may split K split_k ways: unsplit always; split where every split gets a whole step of K and,
-    splitting every tile, while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM."""
+    splitting every tile, while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM; stream-K where the tiles
+    outnumber its programs and do not fill whole rounds of them."""
+    if stream_k:
+        return cdiv(N, block_n) > sms * stream_k and cdiv(N, block_n) % (sms * stream_k) != 0
     programs = programs_along_rows(N, block_n, split_k, tail_round, sms) * tokens
     return split_k == 1 or (K >= split_k * block_k and (tail_round > 0 or programs <= _SPLIT_PROGRAMS_PER_SM * sms))
 
@@ -857,7 +921,7 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, tail_round: int, N:
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "TAIL_ROUND": tile.tail_round,
-            "PREFETCH": tile.prefetch,
+            "STREAM_K": tile.stream_k, "PREFETCH": tile.prefetch,
             "CHUNKS": tile.chunks, "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
 
@@ -872,7 +936,7 @@ def _prune(configs, named_args, **kwargs):
     sms = _num_sms(named_args["out_ptr"].device)
     return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
             and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], c.kwargs["TAIL_ROUND"],
-                               N, K, tokens, sms)]
+                               N, K, tokens, sms, c.kwargs["STREAM_K"])]
 
 
 _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # CUfunction_attribute values of the CUDA driver API
@@ -964,10 +1028,10 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     sms = _num_sms(device)
     tile = _fixed_tile(family, N, K, dtype, blocksize)
     if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, tile.tail_round, N, K,
-                                               tokens, sms):
-        tile = tile._replace(split_k=1)
+                                               tokens, sms, tile.stream_k):
+        tile = tile._replace(split_k=1, stream_k=0)
     allowed = [t for t in (_CANDIDATES[family] if tile is None else [tile])
-               if _split_allowed(t.block_n, t.block_k, t.split_k, t.tail_round, N, K, tokens, sms)]
+               if _split_allowed(t.block_n, t.block_k, t.split_k, t.tail_round, N, K, tokens, sms, t.stream_k)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
@@ -1116,7 +1180,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     sms = _num_sms(device)
 
     def grid(meta):
-        return programs_along_rows(N, meta["BLOCK_N"], meta["SPLIT_K"], meta["TAIL_ROUND"], sms), tokens, 1
+        along_rows = programs_along_rows(N, meta["BLOCK_N"], meta["SPLIT_K"], meta["TAIL_ROUND"], sms, meta["STREAM_K"])
+        return along_rows, tokens, 1
 
     if plan.tile is None:
         tuner = _AUTOTUNED[plan.family]
