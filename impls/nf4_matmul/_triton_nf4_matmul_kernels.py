@@ -10,8 +10,9 @@ of any dtype or layout: the same in plain Triton on byte tiles, levels from the 
 mma kernel does not take (float32 x, other block sizes, unaligned x): each word decoded in one thread to its 8 weights,
 tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized (decoded in place). Codes whose storage is
 not 4-byte (8-byte for mma) aligned are copied first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds
-the float32 partials in span order (one launch, deterministic). Requires K % blocksize == 0 (a block never spans two
-rows)."""
+the float32 partials in span order (one launch, deterministic); stream-K chunk tiles (Osama et al. 2023, "Stream-K")
+give a round of programs equal shares of all tiles' steps, cutting tiles in two. Requires K % blocksize == 0 (a block
+never spans two rows)."""
 from __future__ import annotations
 
 import ctypes
