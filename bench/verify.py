@@ -6,9 +6,12 @@ CUDA fault, such as an illegal memory access, poisons the process's context) is 
 not at a case shrunk from calls that could no longer run, and the properties after it are marked not run."""
 from __future__ import annotations
 
+import inspect
 import shlex
 import time
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from llmopt.impls import Unsupported
 from llmopt.reference.contract import Contract, Outcome, PropertyFailed
@@ -68,10 +71,19 @@ def _device_fault(device: str) -> str | None:
     return None
 
 
-def _failure_message(error: BaseException) -> str:
+def _failure_message(error: BaseException, impl) -> str:
+    """The property's message; for any other exception, who raised it: the impl when its function was on the stack,
+    else the contract's own code (its oracle, its checks), named with the line, so that a harness error never reads as
+    the impl's."""
     if isinstance(error, PropertyFailed):
         return str(error)
-    return f"the impl raised {type(error).__name__}: {error}"
+    code = getattr(inspect.unwrap(impl.fn), "__code__", None)
+    frames = list(traceback.walk_tb(error.__traceback__))
+    if code is None or any(frame.f_code is code for frame, _ in frames):
+        return f"the impl raised {type(error).__name__}: {error}"
+    frame, line = frames[-1]
+    return (f"the contract's own code raised {type(error).__name__}: {error} (in {frame.f_code.co_name}, "
+            f"{Path(frame.f_code.co_filename).name}:{line}; the impl was not running: an error of the harness)")
 
 
 def check_property(contract: Contract, prop, impl, device: str, case, result: PropertyResult) -> bool:
@@ -88,7 +100,7 @@ def check_property(contract: Contract, prop, impl, device: str, case, result: Pr
         result.unsupported += 1
         return True
     except Exception as error:  # an impl that raises fails the property, with its message
-        result.status, result.case, result.message = "fail", case, _failure_message(error)
+        result.status, result.case, result.message = "fail", case, _failure_message(error, impl)
         if (fault := _device_fault(device)) is not None:
             result.device_lost = True
             result.message += (f"\n       and left the device unusable ({fault}): this is the case that faulted; "

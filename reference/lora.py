@@ -260,8 +260,8 @@ def _worse_eager(first, second, stick):
     overflowing formulation leaves the bound to the others)."""
 
     def error(eager, exact):
-        finite = torch.isfinite(exact)
-        diff = (eager.detach().to("cpu", torch.float64) - exact.detach().to("cpu", torch.float64))[finite]
+        exact = exact.detach().to("cpu", torch.float64)
+        diff = (eager.detach().to("cpu", torch.float64) - exact)[torch.isfinite(exact)]
         worst = float(diff.abs().max()) if diff.numel() else 0.0
         return worst if math.isfinite(worst) else -1.0
 

@@ -1,8 +1,10 @@
-"""The verification driver when a call leaves the device unusable (a sticky CUDA fault, such as an illegal memory
-access: every later call in the process raises too). The failure is charged to the case that faulted, not to a case
-hypothesis shrank to from calls that could no longer run, and the properties after it are marked not run. Simulated on
-the CPU: an impl that "faults" on one shape and raises on every call after it, and a device check that says so."""
+"""The verification driver: who an exception is charged to (the impl, or the contract's own code), and what happens
+when a call leaves the device unusable (a sticky CUDA fault, such as an illegal memory access: every later call in the
+process raises too). The failure is charged to the case that faulted, not to a case hypothesis shrank to from calls
+that could no longer run, and the properties after it are marked not run. Simulated on the CPU: an impl that "faults"
+on one shape and raises on every call after it, and a device check that says so."""
 import pytest
+import torch
 from llmopt.bench import verify as driver
 from llmopt.impls import Impl
 from llmopt.reference import contracts
@@ -53,3 +55,33 @@ def test_a_failure_that_leaves_the_device_working_is_still_shrunk(monkeypatch):
     assert sum(p.status == "fail" for p in outcome.properties) > 1
     first = next(p for p in outcome.properties if p.status == "fail")
     assert poisoned[0][-2] == 3 and first.case.n_out != 3  # faulted at out = 3, reported at a shrunk case
+
+
+def test_an_exception_is_charged_to_the_impl_only_when_the_impl_was_running():
+    """An exception other than a property's failure comes from the impl (its function on the stack when it was
+    raised) or from the contract's own code (its oracle, its checks): the message names which, so that a harness error
+    (such as indexing a CPU tensor with a CUDA mask in the oracle) never reads as the impl's."""
+    from types import SimpleNamespace
+
+    from llmopt.reference.lora import LoraCase
+
+    def raising_impl(x, W, A, B, *, scaling):
+        raise RuntimeError("the kernel's own error")
+
+    def oracle_that_breaks(impl, case, device):
+        return torch.zeros(2)[torch.ones(3, dtype=torch.bool)]  # a mask of the wrong size: the oracle's bug
+
+    def check_calling_the_impl(impl, case, device):
+        return impl.fn(None, None, None, None, scaling=1.0)
+
+    case = LoraCase((3,), 8, 8, 2, 1.0, "float32", seed=1)
+    impl = Impl("lora", "raising", raising_impl, "user", ("cpu",))
+    messages = {}
+    for name, check in (("oracle", oracle_that_breaks), ("impl", check_calling_the_impl)):
+        result = driver.PropertyResult(name, "pass")
+        prop = SimpleNamespace(applies=lambda impl, case: True, check=check)
+        assert not driver.check_property(contracts()["lora"], prop, impl, "cpu", case, result)
+        messages[name] = result.message
+    assert messages["impl"].startswith("the impl raised RuntimeError: the kernel's own error")
+    assert messages["oracle"].startswith("the contract's own code raised IndexError")
+    assert "oracle_that_breaks" in messages["oracle"] and "not running" in messages["oracle"]
