@@ -841,6 +841,11 @@ _TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
 # Stream-K chunk tiles: a round's programs (n an SM, as above) share all tiles' steps equally, each tile cut in two at
 # most and its pieces added by the split-K epilogue, so no round is left part-full and no program fills the byte table
 # more than once (the tail split above balances only the last round's tiles, and each split program fills its own).
+# Probed on the H100 (d2a16fc, results/h100/probes/2026-12-06-nf4-stream-k-probe.json, graph replays): 28672 x 8192
+# double-quantized, the 32 x 1024 4-warp tile at 3 an SM took 59.6 µs against 61.1 tail-split and 63.7 whole-K, the
+# autotuner's choice; plain, stream-K brought that tile from 62.6 to 60.4 µs, level with the best whole-K tile (60.3),
+# and slowed the prefetching ones (each piece of a tile starts its prefetch again). Double-quantized, the 32 x 1024
+# 8-warp prefetching tile takes 254 registers in its stream-K form (one program an SM, not 2): it runs in two waves.
 _STREAM_K_TILES = [tile._replace(split_k=2, stream_k=n)
                    for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
