@@ -210,17 +210,19 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
                                        double_quant=True, dtype="bfloat16", seed=12))
     cases = [case for case in [*nf4.nf4_matmul_examples(impl.runs_on(device)), *extra]
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None
-             and (not chunks or case.dtype != "float32" and case.x_layout == "contiguous")]
+             and (not chunks or case.dtype != "float32" and case.x_layout == "contiguous")
+             # stream-K only where it runs (elsewhere the plan takes the unsplit chunk tile, checked above)
+             and (not stream_k or kernels._split_allowed(tile.block_n, tile.block_k, 2, 0, case.N, case.K, 1, sms,
+                                                         stream_k))]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
     if tail_round:  # some launch holds whole-K and split programs both
         assert any(case.K >= split_k * tile.block_k and cdiv(case.N, tile.block_n)
                    < kernels.programs_along_rows(case.N, tile.block_n, split_k, tail_round, sms)
                    < cdiv(case.N, tile.block_n) * split_k for case in cases), "no launch splits only its tail"
     if stream_k:  # some launch's programs start inside a tile
-        assert any(kernels._split_allowed(tile.block_n, tile.block_k, 2, 0, case.N, case.K, 1, sms, stream_k)
-                   and any(p * cdiv(case.N, tile.block_n) * cdiv(case.K, tile.block_k)
-                           // kernels.programs_along_rows(case.N, tile.block_n, 2, 0, sms, stream_k)
-                           % cdiv(case.K, tile.block_k) for p in range(1, sms * stream_k))
+        assert any(any(p * cdiv(case.N, tile.block_n) * cdiv(case.K, tile.block_k)
+                       // kernels.programs_along_rows(case.N, tile.block_n, 2, 0, sms, stream_k)
+                       % cdiv(case.K, tile.block_k) for p in range(1, sms * stream_k))
                    for case in cases), "no launch cuts a tile between two programs"
     kernels.pin(tile)
     try:
