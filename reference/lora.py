@@ -260,9 +260,7 @@ def _worse_eager(first, second, stick):
     overflowing formulation leaves the bound to the others)."""
 
     def error(eager, exact):
-        exact = exact.detach().to("cpu", torch.float64)
-        diff = (eager.detach().to("cpu", torch.float64) - exact)[torch.isfinite(exact)]
-        worst = float(diff.abs().max()) if diff.numel() else 0.0
+        worst = tolerance.max_error(eager, exact)
         return worst if math.isfinite(worst) else -1.0
 
     def pick(a, b, exact):

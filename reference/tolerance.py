@@ -21,6 +21,12 @@ def _max_abs(x: torch.Tensor) -> float:
     return float(x.abs().max()) if x.numel() else 0.0
 
 
+def max_error(approx: torch.Tensor, stick: torch.Tensor) -> float:
+    """max |approx - stick| (both in float64 on the CPU) over the positions where the stick is finite; 0 for none."""
+    stick = stick.detach().to("cpu", torch.float64)
+    return _max_abs((approx.detach().to("cpu", torch.float64) - stick)[torch.isfinite(stick)])
+
+
 def noise_relative(
     what: str,
     out: torch.Tensor,
@@ -51,12 +57,12 @@ def noise_relative(
                              f"first at {where}")
     if not torch.equal(finite, torch.isfinite(out64)) or (stick[~finite] != out64[~finite]).any():
         raise PropertyFailed(f"{what}: non-finite reference values are not reproduced")
-    error = _max_abs((out64 - stick)[finite])
-    eager_error = _max_abs((eager.detach().to("cpu", torch.float64) - stick)[finite])
+    error = max_error(out64, stick)
+    eager_error = max_error(eager, stick)
     if not math.isfinite(eager_error):
         if eager_float32 is None:
             raise ValueError(f"{what}: eager error is not finite and no float32 fallback was given")
-        eager_error = _max_abs((eager_float32().detach().to("cpu", torch.float64) - stick)[finite])
+        eager_error = max_error(eager_float32(), stick)
     magnitude = _max_abs(stick[finite]) if magnitude is None else magnitude
     allowed = k * eager_error + FLOOR_ULPS[dtype] * torch.finfo(dtype).eps * magnitude
     if not math.isfinite(allowed):
