@@ -175,25 +175,26 @@ def _triton_nf4_matmul_and_device():
     return impl, device
 
 
-@pytest.mark.parametrize(("tokens", "split_k", "prefetch", "chunks", "stream_k"),
-                         [("one", 1, False, False, 0), ("one", 2, False, False, 0), ("one", 1, True, False, 0),
-                          ("one", 2, True, False, 0), ("one", 1, False, True, 0), ("one", 2, True, True, 0),
-                          ("one", 2, True, True, 1), ("one", 2, False, True, 1), ("several", 1, False, False, 0),
-                          ("several", 2, False, False, 0)])
-def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch, chunks, stream_k):
+@pytest.mark.parametrize(("tokens", "split_k", "prefetch", "chunks", "tail_round", "stream_k"),
+                         [("one", 1, False, False, 0, 0), ("one", 2, False, False, 0, 0), ("one", 1, True, False, 0, 0),
+                          ("one", 2, True, False, 0, 0), ("one", 1, False, True, 0, 0), ("one", 2, True, True, 0, 0),
+                          ("one", 2, True, True, 1, 0), ("one", 2, True, True, 0, 1), ("one", 2, False, True, 0, 1),
+                          ("several", 1, False, False, 0, 0), ("several", 2, False, False, 0, 0)])
+def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens, split_k, prefetch, chunks,
+                                                                         tail_round, stream_k):
     """The autotuner chooses on the GPU between whole-K and split-K programs (the last split of a tile adds the
-    partials) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead, in
-    words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32), and stream-K chunk tiles (a round of
-    programs sharing all tiles' steps in one loop, tiles cut between two programs, the next tile's reads issued during
-    a tile's last step); each must meet the contract on its own, so each runs here (compiled on a GPU, else under
-    Triton's interpreter) on the contract's examples and on shapes that split (K of two steps or more), rows that do
-    not fill a tile and K that does not fill a step."""
+    partials; every tile split, or with tail_round only the tiles past the last whole round, in the same launch as
+    whole-K ones) of the one-token and the 2-16-token paths, the one-token ones with and without loading a step ahead,
+    in words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32), and stream-K chunk tiles (a round of
+    programs sharing all tiles' steps, tiles cut between two programs); each must meet the contract on its own, so each
+    runs here (compiled on a GPU, else under Triton's interpreter) on the contract's examples and on shapes that split
+    (K of two steps or more), rows that do not fill a tile and K that does not fill a step."""
     impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
     use_dot = tokens == "several"
     tile = kernels._INTERPRETER_TILES[use_dot]._replace(split_k=split_k, prefetch=prefetch, chunks=chunks,
-                                                        stream_k=stream_k)
+                                                        tail_round=tail_round, stream_k=stream_k)
     extra = [nf4.NF4MatmulCase((4,), 33, 128, double_quant=True, dtype="float16", seed=6),
              nf4.NF4MatmulCase((1,), 9, 4 * tile.block_k, dtype="float32", seed=7),
              nf4.NF4MatmulCase((1,), 24, 2 * tile.block_k, dtype="bfloat16", seed=9),  # the word path, bf16 pairs
@@ -201,6 +202,9 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
                                seed=10),
              nf4.NF4MatmulCase((2, 3), 17, 3 * tile.block_k, double_quant=True, dtype="float32", seed=8)]
     sms = kernels._num_sms(torch.device(device))
+    if tail_round:  # one tile past a whole round of one program an SM (its last rows short of a tile): it alone splits
+        extra.append(nf4.NF4MatmulCase((1,), tile.block_n * (sms * tail_round + 1) - 1, 2 * tile.block_k,
+                                       double_quant=True, dtype="bfloat16", seed=11))
     if stream_k:  # 1.5 rounds of tiles of three steps, the last tile short of rows: the round's programs cut tiles
         extra.append(nf4.NF4MatmulCase((1,), tile.block_n * (3 * sms * stream_k // 2) - 1, 3 * tile.block_k,
                                        double_quant=True, dtype="bfloat16", seed=12))
@@ -208,17 +212,18 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
              if (case.M > 1) == use_dot and nf4.NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None
              and (not chunks or case.dtype != "float32" and case.x_layout == "contiguous")
              # stream-K only where it runs (elsewhere the plan takes the unsplit chunk tile, checked above)
-             and (not stream_k or kernels._split_allowed(tile.block_n, tile.block_k, 2, case.N, case.K, 1, sms,
+             and (not stream_k or kernels._split_allowed(tile.block_n, tile.block_k, 2, 0, case.N, case.K, 1, sms,
                                                          stream_k))]
     assert any(case.K >= split_k * tile.block_k for case in cases), "no case to split"
-    if stream_k:  # some launch's programs start inside a tile, and some program crosses from one tile to the next
-        programs = {case: kernels.launch_grid(case.N, tile.block_n, 2, stream_k, 1, sms)[0] for case in cases}
-        starts = {case: [p * cdiv(case.N, tile.block_n) * cdiv(case.K, tile.block_k) // programs[case]
-                         for p in range(programs[case] + 1)] for case in cases}
-        assert any(start % cdiv(case.K, tile.block_k) for case in cases for start in starts[case][1:-1]), \
-            "no launch cuts a tile between two programs"
-        assert any(last - first > cdiv(case.K, tile.block_k) for case in cases
-                   for first, last in zip(starts[case], starts[case][1:])), "no program crosses into a second tile"
+    if tail_round:  # some launch holds whole-K and split programs both
+        assert any(case.K >= split_k * tile.block_k and cdiv(case.N, tile.block_n)
+                   < kernels.programs_along_rows(case.N, tile.block_n, split_k, tail_round, sms)
+                   < cdiv(case.N, tile.block_n) * split_k for case in cases), "no launch splits only its tail"
+    if stream_k:  # some launch's programs start inside a tile
+        assert any(any(p * cdiv(case.N, tile.block_n) * cdiv(case.K, tile.block_k)
+                       // kernels.programs_along_rows(case.N, tile.block_n, 2, 0, sms, stream_k)
+                       % cdiv(case.K, tile.block_k) for p in range(1, sms * stream_k))
+                   for case in cases), "no launch cuts a tile between two programs"
     kernels.pin(tile)
     try:
         for case in cases:

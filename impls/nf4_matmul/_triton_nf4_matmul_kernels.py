@@ -323,7 +323,7 @@ def _nf4_matmul_kernel(
     BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, PATH: tl.constexpr,
     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr, TABLE_SETUP_ASM: tl.constexpr, ABSMAX_ASM: tl.constexpr,
     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr, STREAM_K: tl.constexpr, PREFETCH: tl.constexpr,
+    SPLIT_K: tl.constexpr, TAIL_ROUND: tl.constexpr, STREAM_K: tl.constexpr, PREFETCH: tl.constexpr,
     CHUNKS: tl.constexpr, CHUNK_ASM: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
@@ -332,67 +332,68 @@ def _nf4_matmul_kernel(
     until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
     bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x); with CHUNKS,
     "words" takes [rows, chunks of 32 elements] tiles instead (_chunks_load: 16-byte loads along a row). SPLIT_K > 1:
-    each tile is taken by SPLIT_K programs (the grid's third index), one of SPLIT_K equal spans of K (whole steps)
-    each, which hand their partial sums to _split_k_epilogue. STREAM_K > 0 (chunk tiles, SPLIT_K = 2): the grid holds
-    STREAM_K programs an SM (or one a tile, if fewer), each taking an equal share of all tiles' steps in order
-    (stream-K: no round of programs is left part-full), its pieces of tiles added by the epilogue."""
+    the grid's last tiles (all of them, or with TAIL_ROUND those past the last whole round of programs) are each
+    taken by SPLIT_K programs, one of SPLIT_K equal spans of K (whole steps) each, which hand their partial sums to
+    _split_k_epilogue; how many tiles split, the kernel reads from the grid's size (tiles + split tiles x (SPLIT_K -
+    1)). TAIL_ROUND is the host's only (programs an SM it balanced the tail for). STREAM_K > 0 (chunk tiles, SPLIT_K
+    = 2): the grid holds STREAM_K programs an SM (or one a tile, if fewer), each taking an equal share of all tiles'
+    steps in order (stream-K: no round of programs is left part-full), its pieces of tiles added by the epilogue."""
     program, pid_m = tl.program_id(0), tl.program_id(1)
     tiles = tl.cdiv(N, BLOCK_N)
     if STREAM_K > 0:  # chunk tiles, one token a program row: equal shares of the (tile, step) work, a tile cut in two
-        # at most (the host launches no more programs than tiles), walked as one loop over the share's steps so that
-        # the next step's reads, the next tile's too, go out before this step's sums; each piece of a tile adds its
-        # partial by the split-K epilogue, the piece from K's start as split 0
-        steps = tl.cdiv(K, BLOCK_K)  # a tile's steps
+        # at most (the host launches no more programs than tiles); each piece of a tile adds its partial by the split-K
+        # epilogue, the piece from K's start as split 0
+        steps = tl.cdiv(K, BLOCK_K).to(tl.int64)  # a tile's steps
         work = tiles.to(tl.int64) * steps
-        first = (program.to(tl.int64) * work // tl.num_programs(0)).to(tl.int32)  # [first, last): this program's
-        last = ((program + 1).to(tl.int64) * work // tl.num_programs(0)).to(tl.int32)  # steps of the grid
+        first = program.to(tl.int64) * work // tl.num_programs(0)  # [first, last): this program's steps of the grid
+        last = (program + 1).to(tl.int64) * work // tl.num_programs(0)
         x_row = pid_m * (stride_xm // 2)
         byte_table = 0
         if WORD_ASM != "":  # the byte table, once a program
             byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32,
                                                    is_pure=False, pack=1)
-        tile = first // steps
-        step = first - tile * steps
-        piece_start = step  # the step of the tile at which this program's piece of it starts
-        acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
-        if PREFETCH:
-            rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)
-            loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                     dynamic_ptr, rows, rows < N, x_row, K, step * BLOCK_K, BLOCKSIZE, DOUBLE_QUANT,
-                                     DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
-        for w in range(first, last):
-            tile_ends = step + 1 == steps
+        for tile in range((first // steps).to(tl.int32), tl.cdiv(last, steps).to(tl.int32)):
+            tile_start = tile * steps
+            k_start = ((tl.maximum(first, tile_start) - tile_start) * BLOCK_K).to(tl.int32)
+            k_end = tl.minimum((tl.minimum(last, tile_start + steps) - tile_start) * BLOCK_K, K).to(tl.int32)
             rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
             rows_in = rows < N
-            if PREFETCH:  # the next step's reads (of this tile or the next) before this step's sums
-                ahead = loaded
-                if w + 1 < last:
-                    next_rows = tl.where(tile_ends, tile + 1, tile) * BLOCK_N + tl.arange(0, BLOCK_N)
-                    ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
-                                            offset_ptr, dynamic_ptr, next_rows, next_rows < N, x_row, K,
-                                            tl.where(tile_ends, 0, step + 1) * BLOCK_K, BLOCKSIZE, DOUBLE_QUANT,
-                                            DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
-            else:
-                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                         dynamic_ptr, rows, rows_in, x_row, K, step * BLOCK_K, BLOCKSIZE,
-                                         DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
-            acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+            acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
             if PREFETCH:
-                loaded = ahead
-            if tile_ends | (w + 1 == last):  # the piece's last step: its partial (from K's start to its end: the sum)
-                _split_k_epilogue(tl.sum(acc, axis=1), out_ptr + pid_m * stride_om + rows * stride_on, partial_ptr,
-                                  pid_m * N + rows, rows_in, arrivals_ptr, pid_m * tiles + tile,
-                                  (piece_start > 0).to(tl.int32), M * N, 2, (piece_start == 0) & tile_ends)
-                acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
-            tile = tl.where(tile_ends, tile + 1, tile)
-            piece_start = tl.where(tile_ends, 0, piece_start)
-            step = tl.where(tile_ends, 0, step + 1)
+                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                         dynamic_ptr, rows, rows_in, x_row, K, k_start, BLOCKSIZE, DOUBLE_QUANT,
+                                         DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+            for k0 in range(k_start, k_end, BLOCK_K):
+                if PREFETCH:  # the next step's reads before this step's sums
+                    ahead = loaded
+                    if k0 + BLOCK_K < k_end:
+                        ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                                offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0 + BLOCK_K,
+                                                BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K,
+                                                True)
+                else:
+                    loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                             offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0, BLOCKSIZE,
+                                             DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+                acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                if PREFETCH:
+                    loaded = ahead
+            _split_k_epilogue(tl.sum(acc, axis=1), out_ptr + pid_m * stride_om + rows * stride_on, partial_ptr,
+                              pid_m * N + rows, rows_in, arrivals_ptr, pid_m * tiles + tile, (k_start > 0).to(tl.int32),
+                              M * N, 2, (k_start == 0) & (k_end >= K))
     else:
-        # pid_k: the grid's third index, SPLIT_K programs a tile; read at run time even where SPLIT_K is 1 (always 0):
-        # with K's start a constant the loop compiled to more instructions an element (sm_90 SASS of the 32 x 1024
-        # chunk tile: 3.73 against 3.35; double-quantized 4.09 against 3.96), and 11008 x 4096 double-quantized ran
-        # 20.4 µs against 17.4 (H100, c4dd801)
-        pid_n, pid_k = program, tl.program_id(2)
+        if SPLIT_K == 1:  # pid_k: the grid's third index, always 0, read at run time: with K's start a constant the
+            # loop compiled to more instructions an element (sm_90 SASS of the 32 x 1024 chunk tile: 3.73 against 3.35;
+            # double-quantized 4.09 against 3.96), and 11008 x 4096 double-quantized ran 20.4 µs against 17.4 (H100,
+            # c4dd801)
+            pid_n, pid_k, spans, whole_tiles = program, tl.program_id(2), 1, tiles
+        else:  # programs [0, whole_tiles): a tile each, whole K; then SPLIT_K programs a tile
+            whole_tiles = tiles - (tl.num_programs(0) - tiles) // (SPLIT_K - 1)
+            split_program = tl.maximum(program - whole_tiles, 0)
+            whole = program < whole_tiles
+            pid_n = tl.where(whole, program, whole_tiles + split_program // SPLIT_K)
+            pid_k = tl.where(whole, 0, split_program % SPLIT_K)
+            spans = tl.where(whole, 1, SPLIT_K)
         BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
         HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
@@ -413,7 +414,7 @@ def _nf4_matmul_kernel(
         if WORD_ASM != "":  # the byte table, filled by the whole program before any lookup
             byte_table = tl.inline_asm_elementwise(TABLE_SETUP_ASM, "=r,l", [table_ptr], dtype=tl.int32, is_pure=False,
                                                    pack=1)
-        k_span = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K  # K / SPLIT_K rounded up to whole steps
+        k_span = tl.cdiv(tl.cdiv(K, spans), BLOCK_K) * BLOCK_K  # K / spans rounded up to whole steps
         k_start = pid_k * k_span
         if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
             loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
@@ -483,7 +484,7 @@ def _nf4_matmul_kernel(
             tl.store(out_ptr + out_offsets, total.to(out_ptr.dtype.element_ty), mask=out_mask)
         else:
             _split_k_epilogue(total, out_ptr + out_offsets, partial_ptr, partial_offsets, out_mask, arrivals_ptr,
-                              pid_m * tiles + pid_n, pid_k, M * N, SPLIT_K, False)
+                              pid_m * tiles + pid_n, pid_k, M * N, SPLIT_K, pid_n < whole_tiles)
 
 
 # ----------------------------------------------------------------------------------------------- 2+ tokens, mma
@@ -763,6 +764,8 @@ class Tile(NamedTuple):
     num_warps: int
     num_stages: int
     split_k: int = 1  # programs sharing one output tile, each over 1 / split_k of K (_split_k_epilogue)
+    tail_round: int = 0  # split_k > 1: 0 splits every tile; n splits only the tiles past the last whole round of n
+    #                      programs an SM (the grid's tail, which would otherwise leave SMs idle)
     stream_k: int = 0  # chunk tiles, split_k = 2: n programs an SM (one a tile if fewer) share all tiles' steps equally
     prefetch: bool = False  # word path: each step loads the next step's codes, x and absmax before its own sums
     chunks: bool = False  # word path: [rows, chunks of 32 elements] tiles, 16-byte loads along a row (_chunks_load)
@@ -822,19 +825,35 @@ _GEMV_TILES = [Tile(32, 256, 2, 1), Tile(64, 256, 4, 1), Tile(64, 512, 4, 1), Ti
 _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(16, 1024, 4, 1, prefetch=True, chunks=True), Tile(32, 1024, 8, 1, prefetch=True, chunks=True),
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
-# Stream-K chunk tiles (one token): a round of n programs an SM, n what each tile's registers and the byte table's 32 KB
-# let an SM hold (plain / double-quantized, from results/sm_90/nf4_sass.json: 4 / 3, 1, 4, 2, 3 / 2 and 5 / 4 for the
-# tiles above, in order), shares all tiles' steps equally, each tile cut in two at most and its pieces added by the
-# split-K epilogue, so no round is left part-full and no program fills the byte table more than once. Whole-K tiles
-# leave a part-full last round (28672 x 8192, 1792 tiles of 16 rows over 4 x 132 programs: a last round of 208 tiles;
-# GB/s there sat 5% below the line through N = 25344 and 33792, whose tiles fill whole rounds: H100, 2026-12-06,
-# results/h100/probes/2026-12-06-nf4-tail-probe.json). Probed on the H100 (d2a16fc,
-# results/h100/probes/2026-12-06-nf4-stream-k-probe.json, graph replays): 28672 x 8192 double-quantized, the 32 x 1024
-# 4-warp tile at 3 an SM took 59.6 µs against 63.7 whole-K and 61.1 for splitting only the tiles of the last round in
-# two (the tail split of c4dd801, dropped since: stream-K beat it wherever it won), the autotuner's choice; plain,
-# stream-K brought that tile from 62.6 to 60.4 µs, level with the best whole-K tile (60.3). A program walks its share
-# as one loop over steps, so that a prefetching tile reads the next tile's first step during its last one.
+# Chunk tiles that split only the grid's tail in two: the tiles past the last whole round of tail_round programs an
+# SM, a round being what each tile's registers and the byte table's 32 KB let an SM hold (plain / double-quantized,
+# from results/sm_90/nf4_sass.json: 4 / 3, 1, 4, 2, 3 / 2 and 5 / 4 for the tiles above, in order). At 28672 x 8192,
+# one token, 1792 tiles of 16 rows over 4 x 132 programs leave a last round of 208 tiles with most of the SMs idle;
+# GB/s there sat 5% below the line through N = 25344 and 33792, whose tiles fill whole rounds (H100, 2026-12-06,
+# results/h100/probes/2026-12-06-nf4-tail-probe.json). Split in two, those tiles fill the round with half-K programs;
+# splitting every tile instead ran slower (each program's table fill and first load then come twice as often). Probed
+# on the H100 (c4dd801, results/h100/probes/2026-12-06-nf4-tail-split-probe.json): 28672 x 8192 double-quantized, the
+# 32 x 1024 4-warp tile took 58.7 µs split at 3 an SM against 67.3 whole-K, the autotuner's choice; plain, and at the
+# three smaller weights, no tail split beat the best whole-K tile (57.9 against 61.0 at 28672 x 8192). Stream-K (below)
+# beats the tail split wherever it won, but removing it (commit 294db79, reverted: split programs back on the grid's
+# third index) slowed the split-every-tile candidates' best at 4096² double-quantized from 12.0 to 12.5 µs (H100,
+# 2026-12-07, results/h100/probes/2026-12-07-nf4-tail-split-removal-probe.json), so the kernel keeps its form.
 _CHUNK_ROUNDS = ((4, 3), (1,), (4,), (2,), (3, 2), (5, 4))
+_TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
+                     for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
+# Stream-K chunk tiles: a round's programs (n an SM, as above) share all tiles' steps equally, each tile cut in two at
+# most and its pieces added by the split-K epilogue, so no round is left part-full and no program fills the byte table
+# more than once (the tail split above balances only the last round's tiles, and each split program fills its own).
+# Probed on the H100 (d2a16fc, results/h100/probes/2026-12-06-nf4-stream-k-probe.json, graph replays): 28672 x 8192
+# double-quantized, the 32 x 1024 4-warp tile at 3 an SM took 59.6 µs against 61.1 tail-split and 63.7 whole-K, the
+# autotuner's choice; plain, stream-K brought that tile from 62.6 to 60.4 µs, level with the best whole-K tile (60.3),
+# and slowed the prefetching ones (each piece of a tile starts its prefetch again). Double-quantized, the 32 x 1024
+# 8-warp prefetching tile takes 254 registers in its stream-K form (one program an SM, not 2): it runs in two waves.
+# Walking a program's share as one loop over its steps (the next tile's first step read during a tile's last; commit
+# 294db79, reverted) sped the other stream-K tiles by up to 30% but slowed this best one from 59.7 to 60.6 µs (28672
+# x 8192 double-quantized; H100, 2026-12-07, results/h100/probes/2026-12-07-nf4-stream-k-one-loop-probe.json); in
+# the same run stream-K tiles of 4-16 rows and 2048-8192-element steps, each program reading a contiguous run of
+# whole rows, took 65.9 µs at best.
 _STREAM_K_TILES = [tile._replace(split_k=2, stream_k=n)
                    for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
@@ -845,7 +864,7 @@ _SPLIT_PROGRAMS_PER_SM = 4
 # "dot" (2+ tokens the mma kernel does not take). A family's first tile runs small weights without autotuning.
 _FAMILIES = {"words": _GEMV_TILES, "chunks": [*_GEMV_TILES, *_CHUNK_TILES], "dot": _DOT_TILES}
 _CANDIDATES = {family: [t._replace(split_k=s) for t in tiles for s in (1, *_SPLITS)]
-               + (_STREAM_K_TILES if family == "chunks" else [])
+               + (_TAIL_SPLIT_TILES + _STREAM_K_TILES if family == "chunks" else [])
                for family, tiles in _FAMILIES.items()}
 # The interpreter splits K in two where K holds two steps, so both epilogues are checked on the CPU.
 _INTERPRETER_TILES = {False: Tile(4, 128, 4, 1, split_k=2), True: Tile(16, 64, 4, 1, split_k=2)}
@@ -878,9 +897,9 @@ _INTERPRETER_MMA_TILE = MmaTile(2, 2, 1)  # two row groups and two K slices: the
 def pin(tile: Tile | MmaTile | None = None) -> None:
     """Launch every call with `tile` instead of the autotuned or default one (None restores them): a Tile pins the
     word, byte and dot paths' kernel, an MmaTile the mma path (for any number of tokens)."""
-    if isinstance(tile, Tile) and tile.stream_k and not (tile.chunks and tile.split_k == 2):
-        raise ValueError(f"a stream-K tile reads chunks and cuts a tile in two at most: it needs chunks=True and "
-                         f"split_k=2, got {tile}")
+    if isinstance(tile, Tile) and tile.stream_k and not (tile.chunks and tile.split_k == 2 and not tile.tail_round):
+        raise ValueError(f"a stream-K tile reads chunks and cuts a tile in two at most: it needs chunks=True, "
+                         f"split_k=2 and tail_round=0, got {tile}")
     if tile is None:
         _PINNED.pop("tile", None)
     else:
@@ -891,30 +910,31 @@ def _num_sms(device: torch.device) -> int:
     return _INTERPRETER_SMS if _INTERPRET else torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def launch_grid(N: int, block_n: int, split_k: int, stream_k: int, tokens: int, sms: int) -> tuple[int, int, int]:
-    """The word, byte and dot paths' grid: (programs along the weight rows, tokens' programs, programs along K): one
-    program a tile of block_n rows and split_k a tile along K; stream-K, sms x stream_k programs along the rows (one
-    a tile if fewer) and one along K."""
+def programs_along_rows(N: int, block_n: int, split_k: int, tail_round: int, sms: int, stream_k: int = 0) -> int:
+    """The grid's programs along the weight rows: one a tile of block_n rows, and split_k - 1 more for each tile that
+    splits K: every tile (tail_round 0), or those past the last whole round of sms x tail_round programs. The kernel
+    reads how many tiles split from this count. Stream-K: sms x stream_k programs, or one a tile if fewer."""
     tiles = cdiv(N, block_n)
     if stream_k:
-        return min(tiles, sms * stream_k), tokens, 1
-    return tiles, tokens, split_k
+        return min(tiles, sms * stream_k)
+    split_tiles = tiles if tail_round == 0 else tiles % (sms * tail_round)
+    return tiles + split_tiles * (split_k - 1)
 
 
-def _split_allowed(block_n: int, block_k: int, split_k: int, N: int, K: int, tokens: int, sms: int,
-                   stream_k: int = 0) -> bool:
-    """Whether a tile may split K split_k ways: unsplit always; split where every split gets a whole step of K and
-    the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM; stream-K where the tiles outnumber its programs and
-    do not fill whole rounds of them."""
+def _split_allowed(block_n: int, block_k: int, split_k: int, tail_round: int, N: int, K: int, tokens: int,
+                   sms: int, stream_k: int = 0) -> bool:
+    """Whether a tile may split K split_k ways: unsplit always; split where every split gets a whole step of K and,
+    splitting every tile, while the grid stays under _SPLIT_PROGRAMS_PER_SM programs per SM; stream-K where the tiles
+    outnumber its programs and do not fill whole rounds of them."""
     if stream_k:
         return cdiv(N, block_n) > sms * stream_k and cdiv(N, block_n) % (sms * stream_k) != 0
-    programs = cdiv(N, block_n) * split_k * tokens
-    return split_k == 1 or (K >= split_k * block_k and programs <= _SPLIT_PROGRAMS_PER_SM * sms)
+    programs = programs_along_rows(N, block_n, split_k, tail_round, sms) * tokens
+    return split_k == 1 or (K >= split_k * block_k and (tail_round > 0 or programs <= _SPLIT_PROGRAMS_PER_SM * sms))
 
 
 def tile_constexprs(tile: Tile) -> dict:
     """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
-    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k,
+    return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "TAIL_ROUND": tile.tail_round,
             "STREAM_K": tile.stream_k, "PREFETCH": tile.prefetch,
             "CHUNKS": tile.chunks, "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
 
@@ -929,8 +949,8 @@ def _prune(configs, named_args, **kwargs):
     tokens = cdiv(M, kwargs["BLOCK_M"])
     sms = _num_sms(named_args["out_ptr"].device)
     return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
-            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], N, K, tokens, sms,
-                               c.kwargs["STREAM_K"])]
+            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], c.kwargs["TAIL_ROUND"],
+                               N, K, tokens, sms, c.kwargs["STREAM_K"])]
 
 
 _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # CUfunction_attribute values of the CUDA driver API
@@ -1021,11 +1041,11 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
     tokens = cdiv(M, _DOT_BLOCK_M) if use_dot else M
     sms = _num_sms(device)
     tile = _fixed_tile(family, N, K, dtype, blocksize)
-    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, N, K, tokens, sms,
-                                               tile.stream_k):
+    if tile is not None and not _split_allowed(tile.block_n, tile.block_k, tile.split_k, tile.tail_round, N, K,
+                                               tokens, sms, tile.stream_k):
         tile = tile._replace(split_k=1, stream_k=0)
     allowed = [t for t in (_CANDIDATES[family] if tile is None else [tile])
-               if _split_allowed(t.block_n, t.block_k, t.split_k, N, K, tokens, sms, t.stream_k)]
+               if _split_allowed(t.block_n, t.block_k, t.split_k, t.tail_round, N, K, tokens, sms, t.stream_k)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
     constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
@@ -1174,7 +1194,8 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
     sms = _num_sms(device)
 
     def grid(meta):
-        return launch_grid(N, meta["BLOCK_N"], meta["SPLIT_K"], meta["STREAM_K"], tokens, sms)
+        along_rows = programs_along_rows(N, meta["BLOCK_N"], meta["SPLIT_K"], meta["TAIL_ROUND"], sms, meta["STREAM_K"])
+        return along_rows, tokens, 1
 
     if plan.tile is None:
         tuner = _AUTOTUNED[plan.family]
