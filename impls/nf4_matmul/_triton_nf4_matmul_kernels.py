@@ -850,10 +850,10 @@ _TAIL_SPLIT_TILES = [tile._replace(split_k=2, tail_round=n)
 # and slowed the prefetching ones (each piece of a tile starts its prefetch again). Double-quantized, the 32 x 1024
 # 8-warp prefetching tile takes 254 registers in its stream-K form (one program an SM, not 2): it runs in two waves.
 # Walking a program's share as one loop over its steps (the next tile's first step read during a tile's last; commit
-# 294db79, reverted) sped the other stream-K tiles by up to 30% but slowed this best one from 59.7 to 60.6 µs (28672
-# x 8192 double-quantized; H100, 2026-12-07, results/h100/probes/2026-12-07-nf4-stream-k-one-loop-probe.json); in
-# the same run stream-K tiles of 4-16 rows and 2048-8192-element steps, each program reading a contiguous run of
-# whole rows, took 65.9 µs at best.
+# 294db79, reverted) sped most stream-K tiles, by up to 31%, but slowed the best, the 32 x 1024 4-warp tile at 3 an SM,
+# from 59.7 to 60.6 µs (28672 x 8192 double-quantized; H100, 2026-12-07,
+# results/h100/probes/2026-12-07-nf4-stream-k-one-loop-probe.json); in the same run stream-K tiles of 4-16 rows and
+# 2048-8192-element steps, each program reading a contiguous run of whole rows, took 65.9 µs at best.
 _STREAM_K_TILES = [tile._replace(split_k=2, stream_k=n)
                    for tile, rounds in zip(_CHUNK_TILES, _CHUNK_ROUNDS) for n in rounds]
 _DOT_TILES = [Tile(128, 128, 8, 1), Tile(64, 128, 4, 1), Tile(64, 256, 4, 1), Tile(128, 128, 4, 1), Tile(64, 64, 4, 1),
