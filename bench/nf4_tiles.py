@@ -22,7 +22,7 @@ def _tile_name(config) -> str:
     if "ROW_GROUPS" in k:  # the mma path
         return f"mma groups{k['ROW_GROUPS']} slices{k['K_SLICES']} step{k['BLOCKS_PER_STEP']} w{config.num_warps}"
     split = f"split{k['SPLIT_K']}" + (f" tail of {k['TAIL_ROUND']}/SM" if k["TAIL_ROUND"] else "") + (
-        f" stream-K {k['STREAM_K']}/SM" if k.get("STREAM_K") else "")
+        f" stream-K {k['STREAM_K']}/SM" if k["STREAM_K"] else "")
     return (f"n{k['BLOCK_N']} k{k['BLOCK_K']} {split} w{config.num_warps} "
             f"s{config.num_stages}{' prefetch' if k['PREFETCH'] else ''}{' chunks' if k['CHUNKS'] else ''}")
 
