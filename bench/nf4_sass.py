@@ -27,8 +27,9 @@ def tile_record(use_dot: bool, tile, double_quant: bool, overrides: dict | None 
     main loop by the weight elements a thread takes per step (BLOCK_N x BLOCK_K / threads)."""
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
-    constexprs = (kernels.path_constexprs(use_dot, True, torch.bfloat16, 64, double_quant)
-                  | kernels.tile_constexprs(tile) | {"stride_xk": 1, "stride_on": 1} | (overrides or {}))
+    levels = kernels._level_format(use_dot, True, torch.bfloat16, 28672 * 8192)  # the benchmark's largest weight
+    constexprs = (kernels.path_constexprs(use_dot, True, torch.bfloat16, 64, double_quant, levels)
+                  | kernels.tile_constexprs(tile, levels) | {"stride_xk": 1, "stride_on": 1} | (overrides or {}))
     if not use_dot:
         constexprs["M"] = 1  # Triton specializes an integer argument equal to 1
     pointers = _POINTERS | {"absmax_ptr": "*u8" if double_quant else "*fp32"}

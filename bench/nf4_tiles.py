@@ -51,7 +51,8 @@ def sweep(cases) -> list[dict]:
             run()
             record[name] = eager_and_graph_us(run)
             if name == "triton_nf4_matmul":
-                tuner = kernels.autotuner(case.M, getattr(torch, case.dtype), case.double_quant)
+                tuner = kernels.autotuner(case.M, case.N, case.K, getattr(torch, case.dtype),
+                                          case.double_quant)
                 chosen = getattr(tuner, "best_config", None)
                 record[name]["tile"] = _tile_name(chosen) if chosen else "fixed (not autotuned)"
                 timings = getattr(tuner, "configs_timings", None) or {}

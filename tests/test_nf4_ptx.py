@@ -31,13 +31,20 @@ def _filled_program(setup_asm: str, threads: int) -> tuple[Program, int]:
     return program, returned.pop()
 
 
-def _expected_slots() -> np.ndarray:
-    """(4096, 2) float32: slot i holds both levels of byte i >> 4 (high nibble first)."""
-    entries = np.arange(4096) >> 4
-    return np.stack([LEVELS[entries >> 4], LEVELS[entries & 15]], axis=1)
+HALF_LEVELS = LEVELS.astype(np.float16)  # the "f16" byte table's levels, rounded to nearest even
+LEVEL_FORMATS = list(kernels._TABLE_LAYOUT)
 
 
-def table_problems(setup_asm: str, threads: int) -> list[str]:
+def _expected_slots(levels: str) -> np.ndarray:
+    """Slot i of the byte table holds both levels of byte i // copies (high nibble first): (4096, 2) float32 for
+    "f32"; (8192, 2) fp16 for "f16" (the high nibble's in the low half of a little-endian 32-bit pair)."""
+    slot_bytes, copies = kernels._TABLE_LAYOUT[levels]
+    entries = np.arange(kernels._TABLE_BYTES // slot_bytes) // copies
+    values = LEVELS if levels == "f32" else HALF_LEVELS
+    return np.stack([values[entries >> 4], values[entries & 15]], axis=1)
+
+
+def table_problems(setup_asm: str, threads: int, levels: str) -> list[str]:
     try:
         program, table = _filled_program(setup_asm, threads)
     except ValueError as error:  # an access outside the table
@@ -46,18 +53,23 @@ def table_problems(setup_asm: str, threads: int) -> list[str]:
     problems = []
     if not all(program.written[start:start + kernels._TABLE_BYTES]):
         problems.append("some table bytes never written")
-    slots = np.frombuffer(bytes(program.shared[start:start + kernels._TABLE_BYTES]), dtype=np.float32).reshape(-1, 2)
-    wrong = np.flatnonzero((slots != _expected_slots()).any(axis=1))
+    expected = _expected_slots(levels)
+    slots = np.frombuffer(bytes(program.shared[start:start + kernels._TABLE_BYTES]),
+                          dtype=expected.dtype).reshape(expected.shape)
+    wrong = np.flatnonzero((slots.view(np.uint8) != expected.view(np.uint8)).any(axis=1))
     if wrong.size:
         problems.append(f"{wrong.size} slots hold other levels, first slot {wrong[0]}: {slots[wrong[0]]}")
     return problems
 
 
-def word_dot_problems(setup_asm: str, word_asm: str, seed: int, threads: int = 128) -> list[str]:
-    """Run the word assembly for every lane of one warp on random words and x: its sums against Σ level·x in float64,
-    and the wavefronts of each of its table loads across the warp (2 is conflict-free for 8-byte loads)."""
+def word_dot_problems(setup_asm: str, word_asm: str, seed: int, levels: str, threads: int = 128) -> list[str]:
+    """Run the word assembly for every lane of one warp on random words and x: its sums against Σ level·x in float64
+    (the table's levels: fp16-rounded for "f16"), and the wavefronts of each of its table loads across the warp
+    (conflict-free: 2 for 8-byte loads, 1 for 4-byte)."""
     rng = np.random.default_rng(seed)
     program, table = _filled_program(setup_asm, threads)
+    values = LEVELS if levels == "f32" else HALF_LEVELS.astype(np.float32)
+    conflict_free = kernels._TABLE_LAYOUT[levels][0] // 4
     words = rng.integers(0, 1 << 32, size=WARP, dtype=np.uint64)
     x = rng.standard_normal((WARP, 8)).astype(np.float32)
     lanes = [Thread(lane, program) for lane in range(WARP)]
@@ -66,13 +78,14 @@ def word_dot_problems(setup_asm: str, word_asm: str, seed: int, threads: int = 1
         operands = {0: 0, 1: int(words[lane]), **{2 + e: x[lane, e] for e in range(8)}, 10: table}
         got = float(run(word_asm, thread, operands)[0])
         codes = [(int(words[lane]) >> (4 * (2 * (e // 2) + 1 - e % 2))) & 15 for e in range(8)]  # element order
-        terms = LEVELS[codes].astype(np.float64) * x[lane].astype(np.float64)
+        terms = values[codes].astype(np.float64) * x[lane].astype(np.float64)
         if abs(got - terms.sum()) > 1e-6 * np.abs(terms).sum():
             problems.append(f"lane {lane}: word {int(words[lane]):#010x} sums to {got}, expected {terms.sum()}")
     for step in range(len(lanes[0].shared_loads)):
         passes = wavefronts([thread.shared_loads[step] for thread in lanes])
-        if passes != 2:
-            problems.append(f"table load {step} takes {passes} wavefronts across the warp (conflict-free: 2)")
+        if passes != conflict_free:
+            problems.append(f"table load {step} takes {passes} wavefronts across the warp (conflict-free: "
+                            f"{conflict_free})")
     return problems
 
 
@@ -102,20 +115,43 @@ def word_weights_problems(setup_asm: str, weights_asm: str, dtype: torch.dtype, 
     return problems
 
 
+@pytest.mark.parametrize("levels", LEVEL_FORMATS)
 @pytest.mark.parametrize("threads", [32, 64, 128, 256])
-def test_the_setup_fills_every_slot_of_the_byte_table(threads):
-    assert table_problems(kernels._table_setup_asm(threads), threads) == []
+def test_the_setup_fills_every_slot_of_the_byte_table(threads, levels):
+    assert table_problems(kernels._table_setup_asm(threads, levels), threads, levels) == []
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_the_word_assembly_sums_level_times_x_without_bank_conflicts(seed):
-    assert word_dot_problems(kernels._table_setup_asm(128), kernels._WORD_DOT_ASM, seed) == []
+@pytest.mark.parametrize("levels", LEVEL_FORMATS)
+@pytest.mark.parametrize("seed", range(3))
+def test_the_word_assembly_sums_level_times_x_without_bank_conflicts(seed, levels):
+    assert word_dot_problems(kernels._table_setup_asm(128, levels), kernels._WORD_DOT_ASM[levels], seed, levels) == []
+
+
+def test_fp16_levels_are_within_2_to_the_minus_11_of_the_codebook():
+    """The "f16" table's claim: rounding each level to fp16 moves it by at most 2^-11 of itself (bf16 x's own rounding
+    of ŵ in a dequantize-then-matmul: up to 2^-8), and keeps its sign and the exact zero."""
+    nonzero = LEVELS != 0
+    relative = np.abs(HALF_LEVELS.astype(np.float64) - LEVELS) / np.where(nonzero, np.abs(LEVELS), 1)
+    assert relative.max() <= 2.0 ** -11 and (HALF_LEVELS[~nonzero] == 0).all()
+    assert (np.sign(HALF_LEVELS) == np.sign(LEVELS)).all()
+
+
+def test_fp16_levels_serve_one_token_of_bf16_at_large_weights_only():
+    """fp16 levels where their rounding stays far under x's own (bf16, one token) and the weight is large enough for
+    their fewer wavefronts to pay; float32 for fp16 x (its rounding of ŵ is as fine as fp16 levels'), for the dot path
+    (it rounds level · absmax to x's dtype) and for small weights."""
+    large = kernels._F16_LEVELS_MIN_WEIGHT
+    assert kernels._level_format(False, True, torch.bfloat16, large) == "f16"
+    assert {kernels._level_format(False, True, torch.float16, large), kernels._level_format(True, True, torch.bfloat16,
+            large), kernels._level_format(False, False, torch.bfloat16, large),
+            kernels._level_format(False, True, torch.bfloat16, large - 1)} == {"f32"}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("seed", range(2))
 def test_the_weights_assembly_rounds_level_times_absmax_to_x_dtype(dtype, seed):
-    assert word_weights_problems(kernels._table_setup_asm(128), kernels._WORD_WEIGHTS_ASM[dtype], dtype, seed) == []
+    assert word_weights_problems(kernels._table_setup_asm(128, "f32"), kernels._WORD_WEIGHTS_ASM[dtype], dtype,
+                                 seed) == []
 
 
 def test_the_model_refuses_an_instruction_it_does_not_know():
@@ -133,7 +169,9 @@ def test_the_model_refuses_an_instruction_it_does_not_know():
 
 def test_the_setup_refuses_thread_counts_it_cannot_fill_with():
     with pytest.raises(ValueError, match="threads"):
-        kernels._table_setup_asm(96)
+        kernels._table_setup_asm(96, "f32")
+    with pytest.raises(ValueError, match="32 x"):  # fp16 entries: a copy for each lane of a warp
+        kernels._table_setup_asm(16, "f16")
 
 
 # Known-wrong assembly: each is rejected by the check its bug breaks.
@@ -141,12 +179,18 @@ def _swap_x_of_each_byte(asm: str) -> str:  # even element's level against the o
     return asm.replace("s, h, $", "s, h, %").replace("s, l, $", "s, h, $").replace("s, h, %", "s, l, $")
 
 
-WRONG_WORD_ASM = {
-    "x of the two nibbles swapped": _swap_x_of_each_byte(kernels._WORD_DOT_ASM),
-    "byte read a nibble off": kernels._WORD_DOT_ASM.replace("bfe.u32 a, $1, 8, 8", "bfe.u32 a, $1, 12, 8"),
-    "one table copy for every lane": kernels._WORD_DOT_ASM.replace("and.b32 b, b, 15", "and.b32 b, b, 0"),
-    "copies per full warp (8-byte loads conflict)": kernels._WORD_DOT_ASM.replace("and.b32 b, b, 15",
-                                                                                  "and.b32 b, b, 31"),
+_F32_WORD, _F16_WORD = kernels._WORD_DOT_ASM["f32"], kernels._WORD_DOT_ASM["f16"]
+WRONG_WORD_ASM = {  # name: (levels, wrong assembly)
+    "x of the two nibbles swapped": ("f32", _swap_x_of_each_byte(_F32_WORD)),
+    "byte read a nibble off": ("f32", _F32_WORD.replace("bfe.u32 a, $1, 8, 8", "bfe.u32 a, $1, 12, 8")),
+    "one table copy for every lane": ("f32", _F32_WORD.replace("and.b32 b, b, 15", "and.b32 b, b, 0")),
+    "copies per full warp (8-byte loads conflict)": ("f32", _F32_WORD.replace("and.b32 b, b, 15", "and.b32 b, b, 31")),
+    "fp16: x of the two nibbles swapped": ("f16", _swap_x_of_each_byte(_F16_WORD)),
+    "fp16: pair's halves taken high nibble low": ("f16", _F16_WORD.replace("mov.b32 {e, o}, r", "mov.b32 {o, e}, r")),
+    "fp16: copies per half-warp (lanes 16 apart conflict)": ("f16", _F16_WORD.replace("and.b32 b, b, 31",
+                                                                                      "and.b32 b, b, 15")),
+    "fp16: entries 64 bytes apart": ("f16", _F16_WORD.replace("mad.lo.u32 a, a, 128, b", "mad.lo.u32 a, a, 64, b")),
+    "float32 lookups of the fp16 table": ("f16", _F32_WORD),
 }
 _BF16_WEIGHTS = kernels._WORD_WEIGHTS_ASM[torch.bfloat16]
 WRONG_WEIGHTS_ASM = {
@@ -157,30 +201,39 @@ WRONG_WEIGHTS_ASM = {
     "byte read a nibble off": _BF16_WEIGHTS.replace("bfe.u32 a, $8, 16, 8", "bfe.u32 a, $8, 20, 8"),
     "one table copy for every lane": _BF16_WEIGHTS.replace("and.b32 b, b, 15", "and.b32 b, b, 0"),
 }
-WRONG_SETUP_ASM = {
-    "levels of a byte stored low nibble first": kernels._table_setup_asm(128).replace("{h, l}", "{l, h}"),
-    "fill stride of 64 threads by 128": kernels._table_setup_asm(64).replace(
-        "mad.lo.u32 a, t, 8, $0", "mad.lo.u32 a, t, 16, $0"),
+WRONG_SETUP_ASM = {  # name: (levels, threads, wrong assembly)
+    "levels of a byte stored low nibble first": ("f32", 128, re.sub(
+        r"\{(h\d+), (l\d+)\}", r"{\2, \1}", kernels._table_setup_asm(128, "f32"))),
+    "fill stride of 64 threads by 128": ("f32", 64, kernels._table_setup_asm(64, "f32").replace(
+        "mad.lo.u32 a, t, 8, $0", "mad.lo.u32 a, t, 16, $0")),
+    "fp16 pair packed high nibble high": ("f16", 128, re.sub(
+        r"f16x2\.f32 r, (l\d+), (h\d+)", r"f16x2.f32 r, \2, \1", kernels._table_setup_asm(128, "f16"))),
+    "levels rounded to bf16": ("f16", 128, kernels._table_setup_asm(128, "f16").replace("cvt.rn.f16x2",
+                                                                                         "cvt.rn.bf16x2")),
+    "low nibbles of the wrong lanes' entries": ("f16", 64, kernels._table_setup_asm(64, "f16").replace(
+        "shr.u32 t, t, 5", "shr.u32 t, t, 4")),
 }
 
 
 @pytest.mark.parametrize("name", list(WRONG_WORD_ASM))
 def test_known_wrong_word_assembly_is_rejected(name):
-    assert WRONG_WORD_ASM[name] != kernels._WORD_DOT_ASM, "the mutation did not apply"
-    assert word_dot_problems(kernels._table_setup_asm(128), WRONG_WORD_ASM[name], seed=0) != []
+    levels, wrong = WRONG_WORD_ASM[name]
+    assert wrong != kernels._WORD_DOT_ASM[levels], "the mutation did not apply"
+    assert word_dot_problems(kernels._table_setup_asm(128, levels), wrong, 0, levels) != []
 
 
 @pytest.mark.parametrize("name", list(WRONG_WEIGHTS_ASM))
 def test_known_wrong_weights_assembly_is_rejected(name):
     assert WRONG_WEIGHTS_ASM[name] != _BF16_WEIGHTS, "the mutation did not apply"
-    assert word_weights_problems(kernels._table_setup_asm(128), WRONG_WEIGHTS_ASM[name], torch.bfloat16, 0) != []
+    assert word_weights_problems(kernels._table_setup_asm(128, "f32"), WRONG_WEIGHTS_ASM[name], torch.bfloat16,
+                                 0) != []
 
 
 @pytest.mark.parametrize("name", list(WRONG_SETUP_ASM))
 def test_known_wrong_table_setup_is_rejected(name):
-    threads = 64 if "64" in name else 128
-    assert WRONG_SETUP_ASM[name] != kernels._table_setup_asm(threads), "the mutation did not apply"
-    assert table_problems(WRONG_SETUP_ASM[name], threads) != []
+    levels, threads, wrong = WRONG_SETUP_ASM[name]
+    assert wrong != kernels._table_setup_asm(threads, levels), "the mutation did not apply"
+    assert table_problems(wrong, threads, levels) != []
 
 
 def test_the_kernel_compiles_for_sm90_without_spilling(tmp_path):

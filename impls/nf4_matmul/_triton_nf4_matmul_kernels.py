@@ -4,15 +4,15 @@ warp owns 16 weight rows; each lane looks its bytes of codes up in a shared-memo
 terms of x's dtype), which are the A fragments of two m16n8k16 mmas against x as B (inline PTX), each block's mma sum
 scaled by its absmax. _nf4_matmul_kernel, the rest (PATH): "words", one bf16/fp16 token: 32-bit words of codes (8
 elements) in inline PTX against x decoded once per thread, each byte looked up in a shared-memory table of both its
-float32 levels (one conflict-free 8-byte load per byte), the words read as [blocks, rows, words] tiles or, where x and
-the rows of codes are 16-byte aligned, as [rows, chunks of 16 bytes] tiles loaded by inline assembly; "bytes", one token
-of any dtype or layout: the same in plain Triton on byte tiles, levels from the 16-entry table; "dot", 2+ tokens the
-mma kernel does not take (float32 x, other block sizes, unaligned x): each word decoded in one thread to its 8 weights,
-tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized (decoded in place). Codes whose storage is
-not 4-byte (8-byte for mma) aligned are copied first. SPLIT_K > 1: K cut into spans, the tile's last span to finish adds
-the float32 partials in span order (one launch, deterministic); stream-K chunk tiles (Osama et al. 2023, "Stream-K")
-give a round of programs equal shares of all tiles' steps, cutting tiles in two. Requires K % blocksize == 0 (a block
-never spans two rows)."""
+levels (one conflict-free load per byte: a pair of fp16 levels for bf16 x, of float32 for fp16 x), the words read as
+[blocks, rows, words] tiles or, where x and the rows of codes are 16-byte aligned, as [rows, chunks of 16 bytes] tiles
+loaded by inline assembly; "bytes", one token of any dtype or layout: the same in plain Triton on byte tiles, levels
+from the 16-entry table; "dot", 2+ tokens the mma kernel does not take (float32 x, other block sizes, unaligned x): each
+word decoded in one thread to its 8 weights, tensor-core dots over BLOCK_M = 16 tokens. Absmax plain or double-quantized
+(decoded in place). Codes whose storage is not 4-byte (8-byte for mma) aligned are copied first. SPLIT_K > 1: K cut into
+spans, the tile's last span to finish adds the float32 partials in span order (one launch, deterministic); stream-K
+chunk tiles (Osama et al. 2023, "Stream-K") give a round of programs equal shares of all tiles' steps, cutting tiles in
+two. Requires K % blocksize == 0 (a block never spans two rows)."""
 from __future__ import annotations
 
 import ctypes
@@ -32,51 +32,80 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 # ----------------------------------------------------------------------------------------------- one token, words
 
-# Byte table: entry b (0..255, one byte of codes) holds the float32 levels of its two elements, (level[b >> 4],
-# level[b & 15]), stored _TABLE_COPIES times side by side (128 bytes an entry) so that the 16 lanes of a half-warp,
-# which an 8-byte shared-memory load serves together, each read their own copy: no bank conflicts for any bytes.
-_TABLE_COPIES = 16
-_TABLE_BYTES = 256 * _TABLE_COPIES * 8
+# Byte table: entry b (0..255, one byte of codes) holds the levels of its two elements, (level[b >> 4], level[b & 15]),
+# as two float32 ("f32", 8 bytes) or as one pair of fp16 ("f16", 4 bytes, the high nibble's in the low half), stored
+# copies times side by side (128 bytes an entry, 32 KiB) so that the lanes one shared-memory load serves together each
+# read their own copy, whatever bytes they look up: 16 copies for 8-byte loads (a half-warp at a time), 32 for 4-byte
+# loads (the whole warp). fp16 levels are the one-token path's for bf16 x from _F16_LEVELS_MIN_WEIGHT elements up:
+# half the shared-memory wavefronts, two more instructions a byte (the conversions), each level rounded by at most
+# 2^-11 of itself (bf16's rounding of ŵ in a dequantize-then-matmul: up to 2^-8); fp16 x and the dot path keep float32
+# levels. Probed on the H100 beside the float32 table (2026-12-07, autotuned, graph replays,
+# results/h100/probes/2026-12-07-nf4-f16-table-probe.json): 28672 x 8192 57.6 µs against 59.7 (double-quantized 57.3
+# against 59.1), 11008 x 4096 17.5 against 18.3, 8192² 20.8 against 21.4; at 4096² 10.6 against 10.1 (there a program
+# an SM waits on its instructions; Nsight Compute at 28672 x 8192 counted 7.1 M L1 wavefronts against 13.2 M).
+_TABLE_LAYOUT = {"f32": (8, 16), "f16": (4, 32)}  # levels -> (bytes an entry copy, copies)
+_TABLE_BYTES = 32768
+_F16_LEVELS_MIN_WEIGHT = 1 << 25  # N·K: between 4096² and 11008 x 4096
 
 
-def _table_setup_asm(threads: int) -> str:
-    """PTX that declares the byte table in shared memory, fills it from the 16 levels at $1 (global, float32; thread t
-    stores slots t, t + threads, ... of 8 bytes), waits for the whole program and returns the table's address in $0."""
-    if 256 % threads or threads < 16:
-        raise ValueError(f"the byte table's fill needs 16 <= threads <= 256 dividing 256, got {threads}")
-    lines = [f".shared .align 128 .b8 table[{_TABLE_BYTES}];", ".reg .b32 t, c, q, a;", ".reg .b64 p;",
-             ".reg .f32 h, l;", "mov.u32 t, %tid.x;", "shr.u32 c, t, 4;", "mov.u32 $0, table;",
-             "mad.lo.u32 a, t, 8, $0;"]
-    for k in range(_TABLE_BYTES // 8 // threads):  # slot i = t + threads·k: entry i >> 4, copy i & 15
-        high = (threads * k) >> 8  # = i >> 8 for every t < threads (threads divides 256)
-        lines += [f"add.u32 q, c, {(threads // 16 * k) % 16};", "and.b32 q, q, 15;",  # (i >> 4) & 15
-                  "mul.wide.u32 p, q, 4;", "add.u64 p, p, $1;", "ld.global.nc.f32 l, [p];",
-                  f"ld.global.nc.f32 h, [$1+{4 * high}];", f"st.shared.v2.f32 [a+{8 * threads * k}], {{h, l}};"]
+def _level_format(use_dot: bool, pairs: bool, dtype: torch.dtype, weight_elements: int) -> str:
+    """The byte table's levels for a launch: fp16 for one token of bf16 read as pairs times a weight of at least
+    _F16_LEVELS_MIN_WEIGHT elements, float32 otherwise."""
+    one_bf16_token = pairs and not use_dot and dtype == torch.bfloat16
+    return "f16" if one_bf16_token and weight_elements >= _F16_LEVELS_MIN_WEIGHT else "f32"
+
+
+def _table_setup_asm(threads: int, levels: str) -> str:
+    """PTX that declares the byte table (levels "f32" or "f16") in shared memory, fills it from the 16 float32 levels
+    at $1, waits for the whole program and returns the table's address in $0. Thread t stores slots t, t + threads,
+    ... (slot i: copy i % copies of entry i // copies); its entries c + group·k (c = t // copies, group = threads //
+    copies dividing 16) have high nibble (group·k) // 16 and low nibble c + (group·k) % 16, so it loads the 16 levels
+    and its 16 / group low-nibble levels once, then stores each slot from registers."""
+    slot_bytes, copies = _TABLE_LAYOUT[levels]
+    group = threads // copies  # entries one round of the threads fills
+    if threads % copies or 16 % group:
+        raise ValueError(f"the {levels} byte table's fill needs {copies} x (1, 2, 4, 8 or 16) threads, got {threads}")
+    lows = 16 // group
+    lines = [f".shared .align 128 .b8 table[{_TABLE_BYTES}];", ".reg .b32 t, a, r;", ".reg .b64 p;",
+             f".reg .f32 h<16>, l<{lows}>;", "mov.u32 $0, table;", "mov.u32 t, %tid.x;",
+             f"mad.lo.u32 a, t, {slot_bytes}, $0;", f"shr.u32 t, t, {copies.bit_length() - 1};",
+             "mul.wide.u32 p, t, 4;", "add.u64 p, p, $1;"]
+    lines += [f"ld.global.nc.f32 h{q}, [$1+{4 * q}];" for q in range(16)]
+    lines += [f"ld.global.nc.f32 l{i}, [p+{4 * group * i}];" for i in range(lows)]  # level[c + group·i]
+    for k in range(_TABLE_BYTES // slot_bytes // threads):
+        high, low, offset = (group * k) >> 4, k % lows, slot_bytes * threads * k
+        lines.append(f"st.shared.v2.f32 [a+{offset}], {{h{high}, l{low}}};" if levels == "f32"
+                     else f"cvt.rn.f16x2.f32 r, l{low}, h{high}; st.shared.b32 [a+{offset}], r;")
     lines.append("bar.sync 0;")
     return "{\n" + "\n".join(lines) + "\n}"
 
 
 # $0: Σ over the word's 8 elements of level · x. $1: the word (byte j: element 2j high nibble, 2j + 1 low nibble);
 # $2..$9: x of elements 0..7 as float32; $10: the byte table's address. Per byte: its entry's address (lane's copy),
-# one 8-byte load of both levels, two FMAs.
-_WORD_DOT_BYTE = """bfe.u32 a, $1, {shift}, 8; mad.lo.u32 a, a, {entry}, b;
-    ld.shared.v2.f32 {{h, l}}, [a]; fma.rn.f32 s, h, ${even}, s; fma.rn.f32 s, l, ${odd}, s;"""
-_WORD_DOT_ASM = ("{\n    .reg .b32 a, b;\n    .reg .f32 h, l, s;\n"
-                 "    mov.u32 b, %laneid; and.b32 b, b, 15; mad.lo.u32 b, b, 8, $10; mov.f32 s, 0f00000000;\n    "
-                 + "\n    ".join(_WORD_DOT_BYTE.format(shift=8 * j, entry=8 * _TABLE_COPIES, even=2 + 2 * j,
-                                                        odd=3 + 2 * j) for j in range(4))
-                 + "\n    mov.f32 $0, s;\n}")
+# one load of both levels (fp16: two exact conversions), two FMAs.
+_WORD_DOT_BYTE = {
+    "f32": """bfe.u32 a, $1, {shift}, 8; mad.lo.u32 a, a, 128, b;
+    ld.shared.v2.f32 {{h, l}}, [a]; fma.rn.f32 s, h, ${even}, s; fma.rn.f32 s, l, ${odd}, s;""",
+    "f16": """bfe.u32 a, $1, {shift}, 8; mad.lo.u32 a, a, 128, b;
+    ld.shared.b32 r, [a]; mov.b32 {{e, o}}, r; cvt.f32.f16 h, e; cvt.f32.f16 l, o;
+    fma.rn.f32 s, h, ${even}, s; fma.rn.f32 s, l, ${odd}, s;"""}
+_WORD_DOT_ASM = {levels: "{\n    .reg .b32 a, b, r;\n    .reg .b16 e, o;\n    .reg .f32 h, l, s;\n"
+                 f"    mov.u32 b, %laneid; and.b32 b, b, {copies - 1}; mad.lo.u32 b, b, {slot_bytes}, $10; "
+                 "mov.f32 s, 0f00000000;\n    "
+                 + "\n    ".join(_WORD_DOT_BYTE[levels].format(shift=8 * j, even=2 + 2 * j, odd=3 + 2 * j)
+                                 for j in range(4))
+                 + "\n    mov.f32 $0, s;\n}" for levels, (slot_bytes, copies) in _TABLE_LAYOUT.items()}
 
 # $0..$7: the word's 8 elements of ŵ = level · absmax, each product rounded to float32, then to x's 16-bit dtype (as
 # Triton's multiply and cast would); $8: the word, $9: its block's absmax, $10: the byte table's address. Per byte: its
 # entry's address, one 8-byte load of both levels, two products, one conversion of the pair.
-_WORD_WEIGHTS_BYTE = """bfe.u32 a, $8, {shift}, 8; mad.lo.u32 a, a, {entry}, b;
+_WORD_WEIGHTS_BYTE = """bfe.u32 a, $8, {shift}, 8; mad.lo.u32 a, a, 128, b;
     ld.shared.v2.f32 {{h, l}}, [a]; mul.rn.f32 h, h, $9; mul.rn.f32 l, l, $9;
     cvt.rn.{dtype}x2.f32 r, l, h; mov.b32 {{${even}, ${odd}}}, r;"""
 _WORD_WEIGHTS_ASM = {torch_dtype: "{\n    .reg .b32 a, b, r;\n    .reg .f32 h, l;\n"
                      "    mov.u32 b, %laneid; and.b32 b, b, 15; mad.lo.u32 b, b, 8, $10;\n    "
-                     + "\n    ".join(_WORD_WEIGHTS_BYTE.format(shift=8 * j, entry=8 * _TABLE_COPIES, dtype=dtype,
-                                                             even=2 * j, odd=2 * j + 1) for j in range(4))
+                     + "\n    ".join(_WORD_WEIGHTS_BYTE.format(shift=8 * j, dtype=dtype, even=2 * j,
+                                                             odd=2 * j + 1) for j in range(4))
                      + "\n}" for torch_dtype, dtype in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))}
 
 # A block's absmax loaded by inline assembly, so that it takes the layout of the words it scales (a Triton load would
@@ -139,8 +168,8 @@ def _byte_dot(words, even, odd, BYTE: tl.constexpr, table_ptr):
 @triton.jit
 def _word_dot(words, x0, x1, x2, x3, x4, x5, x6, x7, table_ptr, byte_table, WORD_DOT_ASM: tl.constexpr):
     """Σ over the 8 elements of each word of codes of level · x (float32); x0..x7 float32. Inline PTX on the GPU
-    (WORD_DOT_ASM over the byte table in shared memory at byte_table, the same sum), plain loads otherwise (Triton's
-    interpreter)."""
+    (WORD_DOT_ASM over the byte table in shared memory at byte_table: the same sum, of fp16-rounded levels with an
+    "f16" table), plain loads of the float32 levels otherwise (Triton's interpreter)."""
     if WORD_DOT_ASM != "":
         return tl.inline_asm_elementwise(WORD_DOT_ASM, "=f,r,f,f,f,f,f,f,f,f,r",
                                          [words, x0, x1, x2, x3, x4, x5, x6, x7, byte_table], dtype=tl.float32,
@@ -932,15 +961,16 @@ def _split_allowed(block_n: int, block_k: int, split_k: int, tail_round: int, N:
     return split_k == 1 or (K >= split_k * block_k and (tail_round > 0 or programs <= _SPLIT_PROGRAMS_PER_SM * sms))
 
 
-def tile_constexprs(tile: Tile) -> dict:
-    """The tile's block sizes, and the byte table's fill for its thread count (used by the word-decoding paths)."""
+def tile_constexprs(tile: Tile, levels: str) -> dict:
+    """The tile's block sizes, and the fill of the byte table with `levels` (_level_format) for its thread count (used
+    by the word-decoding paths)."""
     return {"BLOCK_N": tile.block_n, "BLOCK_K": tile.block_k, "SPLIT_K": tile.split_k, "TAIL_ROUND": tile.tail_round,
-            "STREAM_K": tile.stream_k, "PREFETCH": tile.prefetch,
-            "CHUNKS": tile.chunks, "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps)}
+            "STREAM_K": tile.stream_k, "PREFETCH": tile.prefetch, "CHUNKS": tile.chunks,
+            "TABLE_SETUP_ASM": "" if _INTERPRET else _table_setup_asm(32 * tile.num_warps, levels)}
 
 
-def _config(tile: Tile) -> triton.Config:
-    return triton.Config(tile_constexprs(tile), num_warps=tile.num_warps, num_stages=tile.num_stages)
+def _config(tile: Tile, levels: str) -> triton.Config:
+    return triton.Config(tile_constexprs(tile, levels), num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 def _prune(configs, named_args, **kwargs):
@@ -981,9 +1011,9 @@ def _cuda_check(code: int, call: str, kernel: str) -> None:
 if not _INTERPRET:
     triton.knobs.runtime.kernel_load_end_hook.add(_opt_in_beside_static_table)
 
-_AUTOTUNED = {family: autotune([_config(t) for t in tiles], ["N", "K", "M"],
-                               prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
-              for family, tiles in _CANDIDATES.items()}
+_AUTOTUNED = {(family, levels): autotune([_config(t, levels) for t in tiles], ["N", "K", "M"],
+                                         prune_configs_by={"early_config_prune": _prune})(_nf4_matmul_kernel)
+              for family, tiles in _CANDIDATES.items() for levels in (("f32",) if family == "dot" else _TABLE_LAYOUT)}
 
 
 def _family(use_dot: bool, chunks: bool) -> str:
@@ -1007,13 +1037,15 @@ def _fixed_tile(family: str, N: int, K: int, dtype: torch.dtype, blocksize: int)
     return tile._replace(block_k=max(tile.block_k, blocksize))
 
 
-def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: int, double_quant: bool) -> dict:
-    """The kernel's constexprs other than the tile's: which path, x's pair format, the assembly, the dot precision."""
+def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: int, double_quant: bool,
+                    levels: str) -> dict:
+    """The kernel's constexprs other than the tile's: which path, x's pair format, the assembly (the byte table's
+    `levels`: _level_format), the dot precision."""
     return {"BLOCKSIZE": blocksize, "DOUBLE_QUANT": double_quant, "DQ_BLOCKSIZE": DQ_BLOCKSIZE,
             "PATH": "dot" if use_dot else "words" if pairs else "bytes",
             "X_PAIRS": _PAIR_FORMATS[dtype] if pairs else "none",
-            "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot else _WORD_DOT_ASM if pairs
-            else "",
+            "WORD_ASM": "" if _INTERPRET else _WORD_WEIGHTS_ASM.get(dtype, "") if use_dot
+            else _WORD_DOT_ASM[levels] if pairs else "",
             "ABSMAX_ASM": "" if _INTERPRET or not (use_dot or pairs) else _ABSMAX_ASM[double_quant],
             "CHUNK_ASM": "" if _INTERPRET or use_dot or not pairs else _CHUNK_LOAD_ASM,
             "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32", "BLOCK_M": _DOT_BLOCK_M if use_dot else 1}
@@ -1023,6 +1055,7 @@ class _Plan(NamedTuple):
     """Everything about a launch that depends only on shapes, dtypes and the pinned tile, worked out once."""
 
     family: str  # of candidate tiles (_FAMILIES)
+    levels: str  # the byte table's (_level_format)
     tokens: int  # programs along the tokens: blocks of _DOT_BLOCK_M tokens (dot) or single tokens
     tile: Tile | None  # None: autotuned among _CANDIDATES[family]
     splits: int  # rows of the split-K partial buffer: the largest split a candidate may take here
@@ -1048,10 +1081,11 @@ def _plan(N: int, K: int, M: int, dtype: torch.dtype, blocksize: int, double_qua
                if _split_allowed(t.block_n, t.block_k, t.split_k, t.tail_round, N, K, tokens, sms, t.stream_k)]
     splits = max(t.split_k for t in allowed)
     output_tiles = max((cdiv(N, t.block_n) for t in allowed if t.split_k > 1), default=0) * tokens
-    constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant)
+    levels = _level_format(use_dot, pairs, dtype, N * K)
+    constexprs = path_constexprs(use_dot, pairs, dtype, blocksize, double_quant, levels)
     if tile is not None:
-        constexprs |= tile_constexprs(tile) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
-    return _Plan(family, tokens, tile, splits, output_tiles, constexprs)
+        constexprs |= tile_constexprs(tile, levels) | {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
+    return _Plan(family, levels, tokens, tile, splits, output_tiles, constexprs)
 
 
 _PLACEHOLDERS: dict[torch.device, torch.Tensor] = {}
@@ -1105,12 +1139,13 @@ def _uses_mma(x2: torch.Tensor, state, M: int) -> bool:
             and state.absmax.data_ptr() % 16 == 0)
 
 
-def autotuner(M: int, dtype: torch.dtype, double_quant: bool):
-    """The autotuner that launches a call of M tokens of `dtype` (aligned x, blocks of 64; benchmarks read its
-    choice)."""
+def autotuner(M: int, N: int, K: int, dtype: torch.dtype, double_quant: bool):
+    """The autotuner that launches a call of M tokens of `dtype` times an (N, K) weight (aligned x, blocks of 64;
+    benchmarks read its choice)."""
     if M > 1 and dtype in _MMA_TYPES:
         return _mma_autotuned(dtype, 1 if M <= 8 else 2, double_quant)
-    return _AUTOTUNED[_family(M > 1, dtype in _PAIR_FORMATS)]
+    pairs = dtype in _PAIR_FORMATS
+    return _AUTOTUNED[_family(M > 1, pairs), _level_format(M > 1, pairs, dtype, N * K)]
 
 
 _LAUNCHES = Launches()  # both kernels' launches after a key's first (impls/_host.Launches)
@@ -1198,7 +1233,7 @@ def nf4_matmul(x: torch.Tensor, state) -> torch.Tensor:
         return along_rows, tokens, 1
 
     if plan.tile is None:
-        tuner = _AUTOTUNED[plan.family]
+        tuner = _AUTOTUNED[plan.family, plan.levels]
         kernel = tuner[grid](*args, **plan.constexprs)
         constexprs = plan.constexprs | tuner.best_config.kwargs
     else:
