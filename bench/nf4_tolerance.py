@@ -1,11 +1,13 @@
 """How often an NF4 matmul of a given arithmetic fails the `nf4_matmul` contract's tolerance (noise-relative: 2x the
 error of dequantize-then-matmul in x's dtype, plus a floor) on the contract's kind of draws, emulated on the CPU in
 float64: "levels in x's dtype" (the mma path until 7284a84: each level rounded to x's dtype, float32 block sums times
-the float32 absmax), "float32 levels" (the word path: float32 level x absmax products summed in float32) and "levels
-as two terms of x's dtype" (the mma path since: each level as the sum of two values of x's dtype, the second the
-first's rounding error, both summed by mma). All are exact-precision arithmetics of the technique; the first rounds each
-weight about as much as the reference's own dequantize does, so where the contract's eager error is small by chance
-(few output values) it fails now and then. With --impl, a registered impl runs the same draws on --device instead.
+the float32 absmax), "float32 levels" (the word path: float32 level x absmax products summed in float32), "levels as two
+terms of x's dtype" (the mma path since: each level as the sum of two values of x's dtype, the second the first's
+rounding error, both summed by mma) and "fp16 levels" (the one-token word path for bf16 x at large weights: each level
+rounded to fp16, float32 sums times the float32 absmax; drawn with bf16 x only, the one dtype it serves). All are exact-
+precision arithmetics of the technique; the first rounds each weight about as much as the reference's own dequantize
+does, so where the contract's eager error is small by chance (few output values) it fails now and then. With --impl, a
+registered impl runs the same draws on --device instead.
 `python -m llmopt.bench.nf4_tolerance [--draws N] [--seed S] [--impl NAME --device cuda]`."""
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from llmopt.reference import tolerance
 from llmopt.reference.contract import PropertyFailed
 from llmopt.reference.nf4_format import nf4_table
 
-ARITHMETICS = ("levels in x's dtype", "float32 levels", "levels as two terms of x's dtype")
+ARITHMETICS = ("levels in x's dtype", "float32 levels", "levels as two terms of x's dtype", "fp16 levels")
+X_DTYPES = {"fp16 levels": ["bfloat16"]}  # an arithmetic's x dtypes where not both
 _DRAWS = contract.NF4_MATMUL_DRAWS[False]  # the contract's draws on a GPU, blocks of 64 (the mma path's)
 BATCHES = {"one token": [b for b in _DRAWS["batches"] if b == (1,)],
            "2+ tokens": [b for b in _DRAWS["batches"] if b != (1,)]}
@@ -34,6 +37,8 @@ def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
     levels = nf4_table("cpu")
     if arithmetic == ARITHMETICS[0]:
         levels = levels.to(x.dtype)
+    elif arithmetic == ARITHMETICS[3]:
+        levels = levels.to(torch.float16)
     elif arithmetic == ARITHMETICS[2]:  # level ≈ high + low, both in x's dtype: two mmas a block, one accumulator
         high = levels.to(x.dtype)
         levels = high.double() + (levels.double() - high.double()).to(x.dtype).double()
@@ -51,14 +56,17 @@ def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
 def failures(arithmetic: str | Callable, batches: list, rows: list, draws: int, seed: int,
              device: str = "cpu") -> tuple[int, float]:
     """(failing draws, largest margin) over `draws` cases of the contract's kind (K 64-512, plain or double-quantized,
-    bf16 or fp16 x) on `device`: `arithmetic` one of ARITHMETICS (emulated) or an impl's function (x, state) -> out."""
+    bf16 or fp16 x, or X_DTYPES[arithmetic]) on `device`: `arithmetic` one of ARITHMETICS (emulated) or an impl's
+    function (x, state) -> out."""
+    dtypes = X_DTYPES.get(arithmetic, ["bfloat16", "float16"]) if isinstance(arithmetic, str) else ["bfloat16",
+                                                                                                      "float16"]
     compute = arithmetic if callable(arithmetic) else (
         lambda x, state: emulated(x.reshape(-1, x.shape[-1]), state, arithmetic).reshape(*x.shape[:-1], -1))
     rng = random.Random(seed)
     failed, worst = 0, 0.0
     for _ in range(draws):
         case = contract.NF4MatmulCase(rng.choice(batches), rng.choice(rows), 64 * rng.choice(_DRAWS["block_multiples"]),
-                                      double_quant=rng.random() < 0.5, dtype=rng.choice(["bfloat16", "float16"]),
+                                      double_quant=rng.random() < 0.5, dtype=rng.choice(dtypes),
                                       seed=rng.randrange(2**16))
         x, state = contract.nf4_matmul_make_call(case, device).args
         out = compute(x, state)

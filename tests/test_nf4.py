@@ -188,7 +188,9 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
     in words or in 16-byte chunks of a row (bf16/fp16 x, blocks a multiple of 32), and stream-K chunk tiles (a round of
     programs sharing all tiles' steps, tiles cut between two programs); each must meet the contract on its own, so each
     runs here (compiled on a GPU, else under Triton's interpreter) on the contract's examples and on shapes that split
-    (K of two steps or more), rows that do not fill a tile and K that does not fill a step."""
+    (K of two steps or more), rows that do not fill a tile and K that does not fill a step; on a GPU also one bf16
+    token times an 8192 x 4096 weight, where the byte table holds fp16 levels (2^25 elements and up; the interpreter
+    has no byte table: plain loads of the float32 levels)."""
     impl, device = _triton_nf4_matmul_and_device()
     from llmopt.impls.nf4_matmul import _triton_nf4_matmul_kernels as kernels
 
@@ -205,6 +207,10 @@ def test_each_tile_family_of_the_triton_nf4_matmul_matches_the_reference(tokens,
     if tail_round:  # one tile past a whole round of one program an SM (its last rows short of a tile): it alone splits
         extra.append(nf4.NF4MatmulCase((1,), tile.block_n * (sms * tail_round + 1) - 1, 2 * tile.block_k,
                                        double_quant=True, dtype="bfloat16", seed=11))
+    if device == "cuda" and not use_dot:  # fp16 levels in the byte table
+        extra += [nf4.NF4MatmulCase((1,), 8192, 4096, double_quant=dq, dtype="bfloat16", seed=13)
+                  for dq in (False, True)]
+        assert kernels._level_format(False, True, torch.bfloat16, 8192 * 4096) == "f16"
     if stream_k:  # 1.5 rounds of tiles of three steps, the last tile short of rows: the round's programs cut tiles
         extra.append(nf4.NF4MatmulCase((1,), tile.block_n * (3 * sms * stream_k // 2) - 1, 3 * tile.block_k,
                                        double_quant=True, dtype="bfloat16", seed=12))

@@ -138,8 +138,9 @@ def test_fp16_levels_are_within_2_to_the_minus_11_of_the_codebook():
 
 def test_fp16_levels_serve_one_token_of_bf16_at_large_weights_only():
     """fp16 levels where their rounding stays far under x's own (bf16, one token) and the weight is large enough for
-    their fewer wavefronts to pay; float32 for fp16 x (its rounding of ŵ is as fine as fp16 levels'), for the dot path
-    (it rounds level · absmax to x's dtype) and for small weights."""
+    their fewer wavefronts to pay and for the contract to hold (on its small draws they fail it now and then:
+    bench/nf4_tolerance.py); float32 for fp16 x (its rounding of ŵ is as fine as fp16 levels'), for the dot path (it
+    rounds level · absmax to x's dtype) and for small weights."""
     large = kernels._F16_LEVELS_MIN_WEIGHT
     assert kernels._level_format(False, True, torch.bfloat16, large) == "f16"
     assert {kernels._level_format(False, True, torch.float16, large), kernels._level_format(True, True, torch.bfloat16,

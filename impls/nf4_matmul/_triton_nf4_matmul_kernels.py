@@ -42,7 +42,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # levels. Probed on the H100 beside the float32 table (2026-12-07, autotuned, graph replays,
 # results/h100/probes/2026-12-07-nf4-f16-table-probe.json): 28672 x 8192 57.6 µs against 59.7 (double-quantized 57.3
 # against 59.1), 11008 x 4096 17.5 against 18.3, 8192² 20.8 against 21.4; at 4096² 10.6 against 10.1 (there a program
-# an SM waits on its instructions; Nsight Compute at 28672 x 8192 counted 7.1 M L1 wavefronts against 13.2 M).
+# an SM waits on its instructions; Nsight Compute at 28672 x 8192 counted 7.1 M L1 wavefronts against 13.2 M). Below
+# the threshold they would not hold the contract everywhere: emulated on its small draws (bench/nf4_tolerance.py, one
+# bf16 token, K 64-512) 1 and 2 of 3000 fail (float32 levels: none); at 8192 x 4096, 512 x 65536 and 8 x 4194304 their
+# margins equal float32 levels' (0.18-0.33), the output's own rounding dominating.
 _TABLE_LAYOUT = {"f32": (8, 16), "f16": (4, 32)}  # levels -> (bytes an entry copy, copies)
 _TABLE_BYTES = 32768
 _F16_LEVELS_MIN_WEIGHT = 1 << 25  # N·K: between 4096² and 11008 x 4096
