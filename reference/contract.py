@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -147,7 +147,7 @@ class Contract:
                     them without requires_grad.
     examples_budget: {mode: examples per property} where a technique's cases are costlier than verify's default.
     features:       (case) -> set of feature names the case needs; impls declare unsupported ones as False.
-    claims:         () -> list[Claim], the seed's numbers about this technique, recomputed.
+    claims:         () -> a sequence of Claim, the seed's numbers about this technique, recomputed.
     goals:          performance targets of the in-house impls (Goal), checked in the report against the libraries.
     baseline_impl:  the library impl the report's speedup table divides by (its goals name theirs).
     examples:       (mode) -> fixed cases run before hypothesis explores (the regression grid).
@@ -165,7 +165,7 @@ class Contract:
     cost: Callable[[Any, str], Cost]
     features: Callable[[Any], set[str]]
     feature_names: tuple[str, ...]
-    claims: Callable[[], list[Claim]] = list
+    claims: Callable[[], Sequence[Claim]] = list
     goals: tuple[Goal, ...] = ()
     baseline_impl: str | None = None
     examples: Callable[[str], list] = lambda mode: []

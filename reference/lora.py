@@ -5,6 +5,7 @@ share (float64 stick, gradients of the trainable tensors only, merge equivalence
 trainable parameters counted by peft on the meta device, fine-tuning memory of full, LoRA and QLoRA training."""
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -606,7 +607,8 @@ def finetuning_memory(model, trainable: int) -> dict[str, dict[str, float]]:
     }
 
 
-def lora_claims() -> list[Claim]:
+@functools.cache  # pure of the installed libraries and files: computed once a process
+def lora_claims() -> tuple[Claim, ...]:
     """The seed's LoRA table (3.1) and QLoRA memory table (3.2), recounted on LLaMA-7B."""
     model = llama7b_on_meta()
     counts = {rank: lora_trainable(model, rank) for rank in (8, 16, 32, 64)}
@@ -638,7 +640,7 @@ def lora_claims() -> list[Claim]:
             "base = 7 projections in NF4 with double quantization (bytes per shape, checked against a quantized "
             "layer's stored tensors) + embeddings, head, norms in bf16", "cpu",
             "confirmed" if abs(total_gb - seed_gb) <= 0.05 * seed_gb else "wrong"))
-    return ledger
+    return tuple(ledger)
 
 
 LORA_CONTRACT = Contract(

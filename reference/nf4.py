@@ -6,6 +6,7 @@ against bitsandbytes' codes) and `nf4_matmul`."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 
@@ -696,7 +697,8 @@ def minilm_weights() -> dict[str, torch.Tensor] | None:
     return {name: t for name, t in tensors.items() if name.startswith("encoder.") and t.dim() == 2}
 
 
-def nf4_claims() -> list[Claim]:
+@functools.cache  # pure of the installed libraries and files: computed once a process
+def nf4_claims() -> tuple[Claim, ...]:
     seed_table, bnb_table = seed_codebook(), nf4_table()
     zero_seed, zero_bnb = float(seed_table.abs().min()), float(bnb_table.abs().min())
     ledger = [Claim(
@@ -741,7 +743,7 @@ def nf4_claims() -> list[Claim]:
             "8 x bytes of the stored tensors (codes, absmax or its 8-bit codes + per-256 scales + offset) of a "
             "4096x4096 weight / parameters (reference/nf4.py, bitsandbytes' layout)", "cpu",
             "confirmed" if abs(bits[dq] - expected) < 1e-3 else "wrong"))
-    return ledger
+    return tuple(ledger)
 
 
 NF4_CONTRACT = Contract(
