@@ -4,6 +4,7 @@ Ainslie et al. 2023, "GQA". The contract: cached decode gives the logits of the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -478,18 +479,19 @@ def _gqa_claims() -> list[Claim]:
     return ledger
 
 
-def claims() -> list[Claim]:
+@functools.cache  # pure of the installed libraries: computed once a process
+def claims() -> tuple[Claim, ...]:
     """The seed's KV cache (2.1) and GQA/MQA (2.3) statements."""
     T = 1000
     redundant = T * (T - 1) // 2
-    return _table_claims() + [_allocation_claim()] + _gqa_claims() + [
+    return tuple(_table_claims() + [_allocation_claim()] + _gqa_claims() + [
         Claim("kv_cache.no_cache_redundant_kv", "without a KV cache, generating 1000 tokens recomputes ~500,000 K/V",
               "~500,000", "K/V rows per layer", f"{redundant:,} (step t recomputes the t - 1 earlier positions)",
               "sum over t = 1..1000 of (t - 1) = T(T - 1)/2", "cpu", "confirmed"),
         Claim("kv_cache.gqa.uptraining", "an MHA model mean-pooled to GQA recovers its quality with ~5% of the "
               "original pre-training compute", "~5%", "% of pre-training", None, "needs pre-training runs; "
               "mean_pool_kv_heads gives the conversion itself", "-", "not checkable here"),
-    ]
+    ])
 
 
 CONTRACT = Contract(
