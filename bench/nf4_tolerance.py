@@ -58,8 +58,7 @@ def failures(arithmetic: str | Callable, batches: list, rows: list, draws: int, 
     """(failing draws, largest margin) over `draws` cases of the contract's kind (K 64-512, plain or double-quantized,
     bf16 or fp16 x, or X_DTYPES[arithmetic]) on `device`: `arithmetic` one of ARITHMETICS (emulated) or an impl's
     function (x, state) -> out."""
-    dtypes = X_DTYPES.get(arithmetic, ["bfloat16", "float16"]) if isinstance(arithmetic, str) else ["bfloat16",
-                                                                                                      "float16"]
+    dtypes = X_DTYPES.get(arithmetic, ["bfloat16", "float16"])  # an impl's function: both
     compute = arithmetic if callable(arithmetic) else (
         lambda x, state: emulated(x.reshape(-1, x.shape[-1]), state, arithmetic).reshape(*x.shape[:-1], -1))
     rng = random.Random(seed)

@@ -106,7 +106,8 @@ _WORD_WEIGHTS_BYTE = """bfe.u32 a, $8, {shift}, 8; mad.lo.u32 a, a, 128, b;
     ld.shared.v2.f32 {{h, l}}, [a]; mul.rn.f32 h, h, $9; mul.rn.f32 l, l, $9;
     cvt.rn.{dtype}x2.f32 r, l, h; mov.b32 {{${even}, ${odd}}}, r;"""
 _WORD_WEIGHTS_ASM = {torch_dtype: "{\n    .reg .b32 a, b, r;\n    .reg .f32 h, l;\n"
-                     "    mov.u32 b, %laneid; and.b32 b, b, 15; mad.lo.u32 b, b, 8, $10;\n    "
+                     f"    mov.u32 b, %laneid; and.b32 b, b, {_TABLE_LAYOUT['f32'][1] - 1}; "
+                     f"mad.lo.u32 b, b, {_TABLE_LAYOUT['f32'][0]}, $10;\n    "
                      + "\n    ".join(_WORD_WEIGHTS_BYTE.format(shift=8 * j, dtype=dtype, even=2 * j,
                                                              odd=2 * j + 1) for j in range(4))
                      + "\n}" for torch_dtype, dtype in ((torch.bfloat16, "bf16"), (torch.float16, "f16"))}
