@@ -37,11 +37,11 @@ def emulated(x: torch.Tensor, state, arithmetic: str) -> torch.Tensor:
     levels = nf4_table("cpu")
     if arithmetic == ARITHMETICS[0]:
         levels = levels.to(x.dtype)
-    elif arithmetic == ARITHMETICS[3]:
-        levels = levels.to(torch.float16)
     elif arithmetic == ARITHMETICS[2]:  # level ≈ high + low, both in x's dtype: two mmas a block, one accumulator
         high = levels.to(x.dtype)
         levels = high.double() + (levels.double() - high.double()).to(x.dtype).double()
+    elif arithmetic == ARITHMETICS[3]:
+        levels = levels.to(torch.float16)
     codes = contract.unpack(state.codes, N * K).reshape(N, K // 64, 64)
     weights = levels[codes].double()  # [N, blocks, 64]
     absmax = contract.dequantize_absmax(state).reshape(N, K // 64).double()
