@@ -304,38 +304,6 @@ def _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr
 
 
 @triton.jit
-def _one_token_steps(acc, words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
-                     table_ptr, byte_table, rows, rows_in, x_row, K, k_start, k_end, BLOCKSIZE: tl.constexpr,
-                     DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr,
-                     CHUNK_ASM: tl.constexpr, BLOCK_K: tl.constexpr, CHUNKS: tl.constexpr, PREFETCH: tl.constexpr,
-                     X_PAIRS: tl.constexpr, WORD_ASM: tl.constexpr):
-    """acc plus the word path's sums over the steps of K in [k_start, k_end) (_chunks_dot or _words_dot); with
-    PREFETCH each step issues the next step's reads before its own sums."""
-    if PREFETCH:
-        loaded = _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
-                                 rows, rows_in, x_row, K, k_start, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM,
-                                 CHUNK_ASM, BLOCK_K, CHUNKS)
-    for k0 in range(k_start, k_end, BLOCK_K):
-        if PREFETCH:  # the next step's reads in a block of their own: issued before this step's sums
-            ahead = loaded  # (as one straight block, ptxas moved them after the sums, to the loop's end, where
-            if k0 + BLOCK_K < k_end:  # the next step waited on them at once: sm_90 SASS, 2026-12-06)
-                ahead = _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                        dynamic_ptr, rows, rows_in, x_row, K, k0 + BLOCK_K, BLOCKSIZE, DOUBLE_QUANT,
-                                        DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-        else:
-            loaded = _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                     dynamic_ptr, rows, rows_in, x_row, K, k0, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
-                                     ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
-        if CHUNKS:
-            acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
-        else:
-            acc = _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
-        if PREFETCH:
-            loaded = ahead
-    return acc
-
-
-@triton.jit
 def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
                  BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr,
                  ABSMAX_ASM: tl.constexpr):
@@ -423,10 +391,30 @@ def _nf4_matmul_kernel(
             k_end = tl.minimum((tl.minimum(last, tile_start + steps) - tile_start) * BLOCK_K, K).to(tl.int32)
             rows = tile * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
             rows_in = rows < N
-            acc = _one_token_steps(tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32), words_ptr, stride_codes // 4,
-                                   x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, table_ptr, byte_table,
-                                   rows, rows_in, x_row, K, k_start, k_end, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
-                                   ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True, PREFETCH, X_PAIRS, WORD_ASM)
+            acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
+            # These steps repeat the tile branch's word steps below on purpose. One helper for both (1d5d77e, reverted)
+            # changed the sm_90 SASS of 23 of the 180 one-token kernels with float32 levels, every one a prefetching
+            # tile, and the H100 then ran 4096², one plain token, in 11.4 µs against 10.3 (graph replays; llmopt gate
+            # failed; results/h100/logs/2026-12-07-bench-nf4_matmul-1d5d77e.log). Stream-K kernels compiled the same.
+            if PREFETCH:
+                loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                         dynamic_ptr, rows, rows_in, x_row, K, k_start, BLOCKSIZE, DOUBLE_QUANT,
+                                         DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+            for k0 in range(k_start, k_end, BLOCK_K):
+                if PREFETCH:  # the next step's reads before this step's sums
+                    ahead = loaded
+                    if k0 + BLOCK_K < k_end:
+                        ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                                offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0 + BLOCK_K,
+                                                BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K,
+                                                True)
+                else:
+                    loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                             offset_ptr, dynamic_ptr, rows, rows_in, x_row, K, k0, BLOCKSIZE,
+                                             DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, True)
+                acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                if PREFETCH:
+                    loaded = ahead
             _split_k_epilogue(tl.sum(acc, axis=1), out_ptr + pid_m * stride_om + rows * stride_on, partial_ptr,
                               pid_m * N + rows, rows_in, arrivals_ptr, pid_m * tiles + tile, (k_start > 0).to(tl.int32),
                               M * N, 2, (k_start == 0) & (k_end >= K))
@@ -465,45 +453,60 @@ def _nf4_matmul_kernel(
                                                    pack=1)
         k_span = tl.cdiv(tl.cdiv(K, spans), BLOCK_K) * BLOCK_K  # K / spans rounded up to whole steps
         k_start = pid_k * k_span
+        if PATH == "words" and PREFETCH:  # the first step's reads; each step then issues the next one's before its sums
+            loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
+                                     dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k_start, BLOCKSIZE,
+                                     DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K, CHUNKS)
         k_end = tl.minimum(k_start + k_span, K)
-        if PATH == "words":
-            acc = _one_token_steps(acc, words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
-                                   dynamic_ptr, table_ptr, byte_table, rows, rows_in, pid_m * (stride_xm // 2), K,
-                                   k_start, k_end, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM,
-                                   BLOCK_K, CHUNKS, PREFETCH, X_PAIRS, WORD_ASM)
-        else:
-            for k0 in range(k_start, k_end, BLOCK_K):
-                if PATH == "dot":
-                    step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
-                    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
-                                                   rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
-                                                   BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
-                                                   ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
-                    words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
-                                    mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
-                    weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
-                    step_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
-                    x_tile = tl.load(x_ptr + tokens[:, None] * stride_xm + step_k[None, :] * stride_xk,
-                                     mask=(tokens < M)[:, None] & (step_k < K)[None, :],
-                                     other=0.0)  # [BLOCK_M, BLOCK_K]
-                    acc = tl.dot(weights, tl.trans(x_tile), acc, input_precision=DOT_PRECISION)
+        for k0 in range(k_start, k_end, BLOCK_K):
+            if PATH == "words":
+                if PREFETCH:  # the next step's reads in a block of their own: issued before this step's sums
+                    ahead = loaded  # (as one straight block, ptxas moved them after the sums, to the loop's end, where
+                    if k0 + BLOCK_K < k_end:  # the next step waited on them at once: sm_90 SASS, 2026-12-06)
+                        ahead = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                                offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K,
+                                                k0 + BLOCK_K, BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM,
+                                                CHUNK_ASM, BLOCK_K, CHUNKS)
                 else:
-                    step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
-                                                   rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE,
-                                                   DOUBLE_QUANT, DQ_BLOCKSIZE, "")  # [1, BPS], [BLOCK_N, BPS]
-                    step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
-                    # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
-                    pair_index = k0 // 2 + step_pairs
-                    pairs_in = step_in[:, None] & (step_pairs >= 0)
-                    packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
-                                     mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
-                    high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
-                    low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
-                    even_ptrs = x_ptr + 2 * pair_index * stride_xk + pid_m * stride_xm  # [BPS, HALF_BLOCK]
-                    x_even = tl.load(even_ptrs, mask=pairs_in, other=0.0).to(tl.float32)
-                    x_odd = tl.load(even_ptrs + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
-                    sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
-                    acc += sums * absmax
+                    loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr,
+                                             offset_ptr, dynamic_ptr, rows, rows_in, pid_m * (stride_xm // 2), K, k0,
+                                             BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM, BLOCK_K,
+                                             CHUNKS)
+                if CHUNKS:
+                    acc = _chunks_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                else:
+                    acc = _words_dot(acc, loaded, table_ptr, byte_table, X_PAIRS, WORD_ASM)
+                if PREFETCH:
+                    loaded = ahead
+            elif PATH == "dot":
+                step_words = tl.arange(0, BLOCK_K // 8)  # [BLOCK_K / 8]
+                step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                               rows_in[:, None], K, k0, (step_words // (BLOCKSIZE // 8))[None, :],
+                                               BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE,
+                                               ABSMAX_ASM)  # [1, W], [BLOCK_N, W]
+                words = tl.load(words_ptr + rows[:, None] * (stride_codes // 4) + k0 // 8 + step_words[None, :],
+                                mask=rows_in[:, None] & step_in, other=0)  # [BLOCK_N, BLOCK_K / 8]
+                weights = _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM)
+                step_k = k0 + tl.arange(0, BLOCK_K)  # [BLOCK_K]
+                x_tile = tl.load(x_ptr + tokens[:, None] * stride_xm + step_k[None, :] * stride_xk,
+                                 mask=(tokens < M)[:, None] & (step_k < K)[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+                acc = tl.dot(weights, tl.trans(x_tile), acc, input_precision=DOT_PRECISION)
+            else:
+                step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows[:, None],
+                                               rows_in[:, None], K, k0, step_blocks[None, :], BLOCKSIZE, DOUBLE_QUANT,
+                                               DQ_BLOCKSIZE, "")  # [1, BPS], [BLOCK_N, BPS]
+                step_in = tl.reshape(step_in, (BLOCKS_PER_STEP,))
+                pair_index = k0 // 2 + step_pairs  # [BPS, HALF_BLOCK]: byte j holds elements 2j (high), 2j + 1 (low)
+                pairs_in = step_in[:, None] & (step_pairs >= 0)
+                packed = tl.load(codes_ptr + rows[:, None, None] * stride_codes + pair_index[None, :, :],
+                                 mask=rows_in[:, None, None] & pairs_in[None, :, :], other=0).to(tl.int32)
+                high = tl.load(table_ptr + (packed >> 4))  # [BLOCK_N, BPS, HALF_BLOCK] levels of the even elements
+                low = tl.load(table_ptr + (packed & 15))  # ... of the odd elements
+                even_ptrs = x_ptr + 2 * pair_index * stride_xk + pid_m * stride_xm  # [BPS, HALF_BLOCK]
+                x_even = tl.load(even_ptrs, mask=pairs_in, other=0.0).to(tl.float32)
+                x_odd = tl.load(even_ptrs + stride_xk, mask=pairs_in, other=0.0).to(tl.float32)
+                sums = tl.sum(high * x_even[None, :, :], axis=2) + tl.sum(low * x_odd[None, :, :], axis=2)
+                acc += sums * absmax
         if PATH == "dot":
             out_offsets = tokens[None, :] * stride_om + rows[:, None] * stride_on  # [BLOCK_N, BLOCK_M]
             partial_offsets = tokens[None, :] * N + rows[:, None]
