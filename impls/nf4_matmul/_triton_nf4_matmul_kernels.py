@@ -395,7 +395,8 @@ def _nf4_matmul_kernel(
             # These steps repeat the tile branch's word steps below on purpose. One helper for both (1d5d77e, reverted)
             # changed the sm_90 SASS of 23 of the 180 one-token kernels with float32 levels, every one a prefetching
             # tile, and the H100 then ran 4096², one plain token, in 11.4 µs against 10.3 (graph replays; llmopt gate
-            # failed; results/h100/logs/2026-12-07-bench-nf4_matmul-1d5d77e.log). Stream-K kernels compiled the same.
+            # failed; results/h100/logs/2026-12-07-bench-nf4_matmul-1d5d77e.log). The stream-K kernels compiled the same
+            # either way.
             if PREFETCH:
                 loaded = _one_token_load(words_ptr, stride_codes // 4, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr,
                                          dynamic_ptr, rows, rows_in, x_row, K, k_start, BLOCKSIZE, DOUBLE_QUANT,
