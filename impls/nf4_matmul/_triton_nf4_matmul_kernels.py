@@ -118,7 +118,9 @@ _WORD_WEIGHTS_ASM = {torch_dtype: "{\n    .reg .b32 a, b, r;\n    .reg .f32 h, l
 # rounded): $1 the 8-bit code's address, $2 the scale's, $3 the mask, $4 the dynamic map, $5 the mean offset. The map
 # entry is loaded unpredicated (entry 0 where masked: in bounds), which ptxas compiles to fewer registers and
 # instructions than a predicated dependent load (sm_90, 32 x 1024 4-warp chunk tile: 128 registers against 167, 4.53
-# loop instructions an element against 4.69; results/sm_90/nf4_sass.json).
+# loop instructions an element against 4.69; results/sm_90/nf4_sass.json). On the H100 (c8a0fe4, autotuned, one token,
+# graph replays, results/h100/probes/2026-12-07-nf4-dq-map-load-probe.json): 28672 x 8192 53.2 µs against 57.4, 8192²
+# 22.3 against 23.3; the decode then costs no more than reading the code (53.2 with the code itself as the level).
 _ABSMAX_ASM = {
     False: """{
     .reg .pred p;
@@ -822,7 +824,7 @@ class Tile(NamedTuple):
 # ~7.1, Nsight Compute, H100, 2026-12-05); the byte table's 32 KB of shared memory caps a program at 6 per SM. The dot
 # path (2-16 tokens before the mma path took them; now its fallback): 16-token tensor-core dots (wgmma) on 64-256-row
 # tiles, each thread decoding whole words to their 8 weights, which Triton stores to the dot's shared operand with
-# 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.5-5.3 double-quantized) and two barriers a step
+# 16-byte stores: 4.0-4.6 SASS instructions per weight element (4.3-5.0 double-quantized) and two barriers a step
 # (results/sm_90/nf4_sass.json). The byte-tile decode it replaced (16-entry table in L1, [rows, blocks, bytes] tiles)
 # took 9.0-14.6 and 0.55-1.5 barriers per element, its operand converted in chunks with a barrier each. 32-row tiles
 # fall back to mma.sync at ~7 and were dropped; so were 2-stage tiles (~6: the pipeliner's buffers cost more than they
@@ -868,7 +870,9 @@ _CHUNK_TILES = [Tile(32, 1024, 4, 1, chunks=True), Tile(64, 1024, 8, 1, prefetch
                 Tile(64, 512, 8, 1, chunks=True), Tile(16, 1024, 8, 1, chunks=True)]
 # Chunk tiles that split only the grid's tail in two: the tiles past the last whole round of tail_round programs an
 # SM, a round being what each tile's registers and the byte table's 32 KB let an SM hold (plain / double-quantized,
-# from results/sm_90/nf4_sass.json: 4 / 3, 1, 4, 2, 3 / 2 and 5 / 4 for the tiles above, in order). At 28672 x 8192,
+# from results/sm_90/nf4_sass.json: 4 / 3, 1, 4, 2, 3 / 2 and 5 / 4 for the tiles above, in order, as compiled before
+# the dynamic-map load was unpredicated; since then the double-quantized tiles take about the plain ones' registers, the
+# 32 x 1024 4-warp one 128, so 4 an SM, and the smaller rounds stay candidates). At 28672 x 8192,
 # one token, 1792 tiles of 16 rows over 4 x 132 programs leave a last round of 208 tiles with most of the SMs idle;
 # GB/s there sat 5% below the line through N = 25344 and 33792, whose tiles fill whole rounds (H100, 2026-12-06,
 # results/h100/probes/2026-12-06-nf4-tail-probe.json). Split in two, those tiles fill the round with half-K programs;
