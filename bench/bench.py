@@ -137,14 +137,20 @@ def _timed(impl, call: Call, mode: str, device: str, frozen: tuple[int, ...] = (
     return."""
     run = timed_call(impl, call, mode, frozen)
     timing, memory = time_fn(run, device), peak_memory_mb(run, device)
-    graph = {"latency_ms_graph": None, "graph_note": "CPU" if device != "cuda" else None}
-    if device == "cuda" and mode == "bwd":  # autograd runs backward kernels on the forward's stream, not the capture's
-        graph["graph_note"] = "backward: not captured"
-    elif device == "cuda":
-        generators = tuple(a for a in call.args if isinstance(a, torch.Generator) and a.device.type == "cuda")
-        replayed, graph["graph_note"] = time_gpu_graph(run, generators=generators)
-        graph["latency_ms_graph"] = None if replayed is None else replayed.median_ms
-    return timing, memory, graph
+    replayed_ms, note = graph_replay(run, call, mode, device)
+    return timing, memory, {"latency_ms_graph": replayed_ms, "graph_note": note}
+
+
+def graph_replay(run: Callable[[], object], call: Call, mode: str, device: str) -> tuple[float | None, str | None]:
+    """(median ms of `run`, the timed call of `call`, replayed from a CUDA graph, None), or (None, why not: CPU, a
+    backward, or the capture failed)."""
+    if device != "cuda":
+        return None, "CPU"
+    if mode == "bwd":  # autograd runs backward kernels on the forward's stream, not the capture's
+        return None, "backward: not captured"
+    generators = tuple(a for a in call.args if isinstance(a, torch.Generator) and a.device.type == "cuda")
+    replayed, note = time_gpu_graph(run, generators=generators)
+    return (None, note) if replayed is None else (replayed.median_ms, None)
 
 
 def rates(cost, latency_ms: float, peaks: dict) -> dict:

@@ -1,6 +1,7 @@
 """asv smoke test: with the repository's asv.conf.json (paths moved to a temp folder, HOME too, so neither results/
 nor ~ is written), asv discovers only the suites of bench/asv and runs one attention impl on one case in both modes;
-a benchmark that raises makes `asv run` exit non-zero, so this test fails. And the suite's CUDA params, built on CPU."""
+a benchmark that raises makes `asv run` exit non-zero, so this test fails. And the suite's CUDA params and its graph
+track's skip, built on CPU."""
 from __future__ import annotations
 
 import json
@@ -50,7 +51,8 @@ def test_asv_runs_the_attention_suite(tmp_path):
     suites = sorted(path.stem for path in (REPO / "bench" / "asv").glob("[!_]*.py"))
     assert "attention.Attention.track_ms" in discovered
     assert sorted({name.split(".")[0] for name in discovered}) == suites  # one suite per module, nothing else
-    tracks = {"track_ms", "track_peak_mem_mb"} if torch.cuda.is_available() else {"track_ms"}  # peak memory: CUDA's
+    tracks = ({"track_ms", "track_graph_ms", "track_peak_mem_mb"} if torch.cuda.is_available()  # CUDA graphs, CUDA's
+              else {"track_ms"})                                                                 # peak memory
     assert {name.split(".")[2] for name in discovered} == tracks, discovered
     assert all(re.fullmatch(r"\w+\.\w+\.\w+", name) for name in discovered), discovered
 
@@ -64,4 +66,14 @@ def test_suite_on_cuda_tracks_memory_on_the_chosen_cases(monkeypatch):
     assert impls == sorted(name for name, impl in discover("attention").items() if impl.runs_on("cuda") == "cuda")
     assert cases == [CONTRACT.case_id(case) for case in CONTRACT.bench_cases if case.N == 4096]
     assert modes == ["fwd", "bwd"]
-    assert (suite.__name__, suite.track_ms.unit, suite.track_peak_mem_mb.unit) == ("Attention", "ms", "MB")
+    assert (suite.__name__, suite.track_ms.unit, suite.track_graph_ms.unit, suite.track_peak_mem_mb.unit) == (
+        "Attention", "ms", "ms", "MB")
+
+
+def test_the_graph_track_skips_what_cannot_be_replayed(monkeypatch):
+    mark = pytest.importorskip("asv_runner.benchmarks.mark")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the suite as on CUDA; a backward never reaches CUDA
+    suite = technique_suite("attention", on_cuda=lambda case: case.N == 4096)()
+    suite.run, suite.call = (lambda: None), None
+    with pytest.raises(mark.SkipNotImplemented, match="backward: not captured"):
+        suite.track_graph_ms("sdpa_math", "any case", "bwd")

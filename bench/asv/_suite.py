@@ -1,7 +1,8 @@
-"""A factory of asv benchmark classes, one per technique: `track_ms` (median latency) and, on CUDA,
-`track_peak_mem_mb` (peak memory of one call) over impl x case x mode (the contract's bench_modes: "fwd", and "bwd"
-where there is a backward), measured exactly as
-`llmopt bench` measures (same cases, skips and timed callable). A technique's suite is one line in
+"""A factory of asv benchmark classes, one per technique: `track_ms` (median latency of calls launched from Python)
+and, on CUDA, `track_graph_ms` (median latency of the call replayed from a CUDA graph: the kernels without the host's
+launch cost, skipped for a backward or a call that cannot be captured) and `track_peak_mem_mb` (peak memory of one
+call) over impl x case x mode (the contract's bench_modes: "fwd", and "bwd" where there is a backward), measured
+exactly as `llmopt bench` measures (same cases, skips and timed callable). A technique's suite is one line in
 bench/asv/<technique>.py: `Attention = technique_suite("attention", on_cuda=...)`.
 
 Nothing named time_*/track_*/mem_*/peakmem_* may be imported here at module level: asv would take it for a benchmark.
@@ -50,9 +51,10 @@ def technique_suite(technique: str, on_cuda: Callable[[object], bool] = lambda c
             impl, case = impls[impl_name], cases[case_id]
             reason = bench.impl_skip_reason(impl, device) or bench.call_skip_reason(contract, impl, case, mode)
             if reason is None:
+                self.call, reason = bench.attempt(lambda: bench.validated_call(contract, case, device), device)
+            if reason is None:
                 self.run, reason = bench.attempt(
-                    lambda: bench.timed_call(impl, bench.validated_call(contract, case, device), mode,
-                                             contract.frozen_args), device)
+                    lambda: bench.timed_call(impl, self.call, mode, contract.frozen_args), device)
             if reason:
                 raise NotImplementedError(reason)
 
@@ -62,10 +64,18 @@ def technique_suite(technique: str, on_cuda: Callable[[object], bool] = lambda c
         track_ms.unit = "ms"
 
     if device == "cuda":
+        def track_graph_ms(self, impl_name: str, case_id: str, mode: str) -> float:
+            replayed_ms, why = bench.graph_replay(self.run, self.call, mode, device)
+            if replayed_ms is None:
+                from asv_runner.benchmarks.mark import SkipNotImplemented  # asv's own: skipped, not failed
+                raise SkipNotImplemented(why)
+            return replayed_ms
+
         def track_peak_mem_mb(self, impl_name: str, case_id: str, mode: str) -> float:
             return timing.peak_memory_mb(self.run, device)
 
+        track_graph_ms.unit = "ms"
         track_peak_mem_mb.unit = "MB"
-        Suite.track_peak_mem_mb = track_peak_mem_mb
+        Suite.track_graph_ms, Suite.track_peak_mem_mb = track_graph_ms, track_peak_mem_mb
     Suite.__name__ = Suite.__qualname__ = "".join(word.title() for word in technique.split("_"))
     return Suite
