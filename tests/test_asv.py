@@ -1,7 +1,7 @@
 """asv smoke test: with the repository's asv.conf.json (paths moved to a temp folder, HOME too, so neither results/
 nor ~ is written), asv discovers only the suites of bench/asv and runs one attention impl on one case in both modes;
 a benchmark that raises makes `asv run` exit non-zero, so this test fails. And the suite's CUDA params and its graph
-track's skip, built on CPU."""
+track's skips and figure, built on CPU."""
 from __future__ import annotations
 
 import json
@@ -11,11 +11,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
+from llmopt.bench import bench
 from llmopt.bench.asv._suite import IMPLS_ENV, technique_suite
 from llmopt.bench.asv.attention import Attention
+from llmopt.bench.timing import Timing
 from llmopt.impls import discover
 from llmopt.reference.attention import CONTRACT
 
@@ -70,10 +73,17 @@ def test_suite_on_cuda_tracks_memory_on_the_chosen_cases(monkeypatch):
         "Attention", "ms", "ms", "MB")
 
 
-def test_the_graph_track_skips_what_cannot_be_replayed(monkeypatch):
+def test_the_graph_track_reports_replays_and_skips_what_cannot_be_replayed(monkeypatch):
+    """A backward and a failed capture are asv skips with their reason, never a figure; a replay's median is the
+    figure. The CUDA-graph timer is stood in for, so this runs on CPU."""
     mark = pytest.importorskip("asv_runner.benchmarks.mark")
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the suite as on CUDA; a backward never reaches CUDA
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the suite as on CUDA
     suite = technique_suite("attention", on_cuda=lambda case: case.N == 4096)()
-    suite.run, suite.call = (lambda: None), None
+    suite.run, suite.call = (lambda: None), SimpleNamespace(args=(torch.ones(1),))
     with pytest.raises(mark.SkipNotImplemented, match="backward: not captured"):
         suite.track_graph_ms("sdpa_math", "any case", "bwd")
+    monkeypatch.setattr(bench, "time_gpu_graph", lambda run, generators: (None, "capture failed: synchronizes"))
+    with pytest.raises(mark.SkipNotImplemented, match="capture failed: synchronizes"):
+        suite.track_graph_ms("sdpa_math", "any case", "fwd")
+    monkeypatch.setattr(bench, "time_gpu_graph", lambda run, generators: (Timing(0.25, 0.2, 0.3), None))
+    assert suite.track_graph_ms("sdpa_math", "any case", "fwd") == 0.25
