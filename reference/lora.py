@@ -446,11 +446,12 @@ def merge_equivalence(spec: AdapterSpec, merged_weight: Callable, merged_output:
         kept = out.detach().clone()
         merged = merged_output(impl, call, weight)
         tolerance.exact("the adapter's output after a later call (an output buffer reused across calls)", out, kept)
-        merged_stick = x.double() @ weight.double().mT
-        merged_eager = x @ weight.mT
-        bound = (allowance(stick, eager, dtype, magnitudes["out"]) + float((stick - merged_stick).abs().max())
-                 + allowance(merged_stick, merged_eager, dtype))
-        gap = float((out.double() - merged.double()).abs().max())
+        with torch.no_grad():  # numbers, not a graph (a wrong impl may hand back an output or base that requires grad)
+            merged_stick = x.double() @ weight.double().mT
+            merged_eager = x @ weight.mT
+            bound = (allowance(stick, eager, dtype, magnitudes["out"]) + float((stick - merged_stick).abs().max())
+                     + allowance(merged_stick, merged_eager, dtype))
+            gap = float((out.double() - merged.double()).abs().max())
         if gap > bound:
             raise PropertyFailed(f"adapter vs merged deployment: max difference {gap:.3e} exceeds {bound:.3e} (each "
                                  f"one's noise allowance + the merged weight's rounding)")
