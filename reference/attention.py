@@ -334,7 +334,11 @@ def grads_match_reference(impl, case, device):
         if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
             return None
         raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
-    grads = torch.autograd.grad(out, call.args, _dout(case, device).to(out.dtype), allow_unused=True)
+    dout = _dout(case, device).to(out.dtype)
+    dout_before = dout.clone()
+    grads = torch.autograd.grad(out, call.args, dout, allow_unused=True)
+    tolerance.exact("the output gradient after backward (in a model it also flows down the residual)", dout,
+                    dout_before)
     (_, stick), (_, eager) = ORACLE(case, device, True)
     conditioning = score_conditioning(case, device)
     scales = [term * conditioning for term in _gradient_term_scales(case, device)]
@@ -376,9 +380,7 @@ def _reference_grads_f32(case, device):
 
 
 def deterministic(impl, case, device):
-    _, first = _call_impl(impl, case, device)
-    _, second = _call_impl(impl, case, device)
-    tolerance.exact("second call vs first call", second, first)
+    tolerance.same_twice(lambda: _call_impl(impl, case, device)[1])
 
 
 def no_input_mutation(impl, case, device):

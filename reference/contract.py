@@ -204,13 +204,13 @@ class Contract:
         return None
 
 
-def copy_inputs_in_place(into: tuple, values: tuple) -> None:
+def copy_inputs_in_place(into: tuple, values: tuple, through_data: bool = False) -> None:
     """Write `values`' tensors into `into`'s (same shapes; NF4 states tensor by tensor), keeping their storage and
-    strides: what an optimizer step does to an adapter and load_state_dict to a model's weights."""
+    strides: what an optimizer step does to an adapter and load_state_dict to a model's weights. `through_data`:
+    written through `.data`, which leaves the tensors' version counters as they were (as older optimizers and weight
+    loaders write): a cache keyed on address and version cannot see the change."""
     with torch.no_grad():
         for target, source in zip(into, values):
-            if isinstance(target, torch.Tensor):
-                target.copy_(source)
-            elif hasattr(target, "tensors"):
-                for name, tensor in target.tensors().items():
-                    tensor.copy_(source.tensors()[name])
+            for tensor, new in ([(target, source)] if isinstance(target, torch.Tensor) else
+                                [(t, source.tensors()[n]) for n, t in getattr(target, "tensors", dict)().items()]):
+                (tensor.data if through_data else tensor).copy_(new)

@@ -124,6 +124,11 @@ DORA_EXAMPLES = [
     LoraCase((2,), 160, 24, 4, 1.0, "float32", x_requires_grad=True, seed=17),
     LoraCase((200,), 272, 24, 40, 0.3, "float32", x_requires_grad=True, layout="strided", seed=18),
     LoraCase((), 24, 16, 4, 0.3, "float32", x_requires_grad=True, seed=19),
+    # at initialization (B = 0: the base, yet A, B and m train); three batch dimensions, column blocks of wider
+    # buffers; float64
+    LoraCase((5,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=20),
+    LoraCase((2, 3, 2), 40, 24, 8, 2.0, "float32", x_requires_grad=True, layout="sliced", seed=21),
+    LoraCase((3,), 48, 20, 8, 2.0, "float64", x_requires_grad=True, seed=22),
 ]
 
 
@@ -177,7 +182,7 @@ DORA_PROPERTIES = [
         doc="adapter output vs a linear layer with the merged weight (m / ||V||) ⊙ V, within both noises"),
     Property("deterministic", deterministic(DORA_SPEC), doc="two calls are bitwise equal"),
     Property("follows_in_place_updates", follows_in_place_updates(DORA_SPEC),
-             doc="after x, W0, A, B, m are overwritten in place, the output follows the new values"),
+             doc="after x, W0, A, B, m are overwritten in place and the scaling changes, the output follows"),
     Property("no_input_mutation", no_input_mutation(DORA_SPEC), doc="x, W0, A, B, m and their buffers unchanged"),
 ]
 

@@ -46,6 +46,7 @@ def unmerge_lora(W_merged, A, B, *, scaling):
 # --------------------------------------------------------------------------------------------------- the signature
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ADAPTER_DTYPES = ("float32", "float16", "bfloat16", "float64")  # drawn for an impl that names none
 
 
 def check_tensors(named: dict, layout: str) -> torch.Tensor:
@@ -100,13 +101,16 @@ def check_lora_call(call: Call) -> None:
 
 # --------------------------------------------------------------------------------------------------- the cases
 
-LAYOUTS = ("contiguous", "strided")  # strided: x and dy views of larger buffers (place_x); W, A, B stored transposed
+# strided: x and dy every other column of wider buffers (place_x), W, A, B stored transposed; sliced: x, dy, W, A and B
+# column blocks of wider buffers (unit column stride, a row stride past the row's width, a storage offset)
+LAYOUTS = ("contiguous", "strided", "sliced")
 
 
 @dataclass(frozen=True)
 class LoraCase:
     """x (*batch, n_in) N(0, 1); W N(0, 1/n_in); A N(0, 1/n_in); B N(0, b_scale^2 / r) (a trained adapter, b_scale 1:
-    as strong as the base); rank 0 means no adapter."""
+    as strong as the base; b_scale 0: B = 0, the adapter at initialization, which must still train); rank 0 means no
+    adapter."""
 
     batch: tuple
     n_in: int
@@ -129,12 +133,18 @@ def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.
 
 
 def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """x (*batch, n) in `dtype` on `device`, contiguous or (layout "strided") a view of a NaN-filled larger buffer:
-    every other column from the second of rows 2n + 2 wide (a slice of a wider hidden state: a storage offset, a row
-    stride that is not n times the column stride), and with two or more batch dimensions the leading rows of one row
-    more, so that the batch does not flatten to a single stride (x and the output gradient are placed so)."""
+    """x (*batch, n) in `dtype` on `device`, contiguous or a view of a NaN-filled larger buffer. "strided": every other
+    column from the second of rows 2n + 2 wide (a storage offset, a row stride that is not n times the column stride),
+    and with two or more batch dimensions the leading rows of one row more, so that the batch does not flatten to a
+    single stride. "sliced": columns 3 .. n + 2 of rows n + 5 wide (a slice of a wider hidden state: unit column
+    stride, rows apart by more than their width). x and the output gradient are placed so."""
     if layout == "contiguous":
         return x.to(device=device, dtype=dtype)
+    if layout == "sliced":
+        larger = torch.full((*x.shape[:-1], x.shape[-1] + 5), float("nan"), dtype=dtype, device=device)
+        view = larger[..., 3:x.shape[-1] + 3]
+        view.copy_(x.to(device=device, dtype=dtype))
+        return view
     rows = x.shape[:-1] if x.dim() < 3 else (*x.shape[:-2], x.shape[-2] + 1)
     larger = torch.full((*rows, 2 * x.shape[-1] + 2), float("nan"), dtype=dtype, device=device)
     view = larger[..., 1:2 * x.shape[-1] + 1:2]
@@ -145,10 +155,15 @@ def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> to
 
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """w (a matrix: W, A or B) in `dtype` on `device`, row-major or (layout "strided") stored transposed after one
-    NaN row (a slice of a fused weight: a storage offset)."""
+    """w (a matrix: W, A or B) in `dtype` on `device`, row-major, or a view of a NaN-filled larger buffer: (layout
+    "strided") stored transposed after one NaN row (a slice of a fused weight: a storage offset); ("sliced") columns
+    1 .. cols of rows cols + 3 wide (unit column stride, rows apart by more than their width)."""
     if layout == "contiguous":
         return w.to(device=device, dtype=dtype)
+    if layout == "sliced":
+        stored = torch.full((w.shape[0], w.shape[1] + 3), float("nan"), dtype=dtype, device=device)
+        stored[:, 1:w.shape[1] + 1] = w.to(device=device, dtype=dtype)
+        return stored[:, 1:w.shape[1] + 1]
     stored = torch.full((w.shape[1] + 1, w.shape[0]), float("nan"), dtype=dtype, device=device)
     stored[1:] = w.mT.to(device=device, dtype=dtype)
     return stored[1:].mT
@@ -173,16 +188,16 @@ def random_adapter(gen: torch.Generator, case, dtype: torch.dtype, device: str) 
 def lora_cases(impl, mode: str):
     from hypothesis import strategies as st
 
-    on, small, dtypes = drawing(impl, mode)
+    on, small, dtypes = drawing(impl, mode, ADAPTER_DTYPES)
     sizes = [1, 3, 16, 33, 64] + ([] if small else [100, 128])
     build = st.builds(
         LoraCase,
-        batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33)])),
+        batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33), (2, 3, 2)])),
         n_in=st.sampled_from(sizes), n_out=st.sampled_from(sizes), rank=st.sampled_from([0, 1, 2, 8, 16, 17]),
         scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0, 0.3]), dtype=st.sampled_from(dtypes),
         x_requires_grad=st.booleans(),
         layout=st.sampled_from(LAYOUTS if on("strided") else ("contiguous",)),
-        b_scale=st.sampled_from([1.0, 1.0, 0.01]), seed=st.integers(0, 2**16))
+        b_scale=st.sampled_from([1.0, 1.0, 0.01, 0.0]), seed=st.integers(0, 2**16))
     return build.filter(lambda case: LORA_CONTRACT.unsupported(case, impl.supports) is None)
 
 
@@ -190,7 +205,7 @@ LORA_EXAMPLES = [
     LoraCase((3,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, seed=1),
     LoraCase((2, 5), 64, 16, 16, 0.5, "float16", layout="strided", seed=2),
     LoraCase((16,), 16, 64, 1, 2.0, "bfloat16", x_requires_grad=True, seed=3),
-    LoraCase((1,), 7, 5, 0, 1.0, "float32", seed=4),
+    LoraCase((1,), 7, 5, 0, 1.0, "float32", x_requires_grad=True, seed=4),  # no adapter: x still trains
     LoraCase((4,), 100, 31, 17, 1.0, "float16", x_requires_grad=True, b_scale=0.01, seed=5),
     # a square weight (a transposed update is the same shape) and each dimension past 128 (a tile that never loops)
     LoraCase((4,), 24, 24, 8, 2.0, "float32", x_requires_grad=True, seed=6),
@@ -200,6 +215,13 @@ LORA_EXAMPLES = [
     # x a slice of a wider hidden state and W, A, B slices of fused weights; x of shape (in,)
     LoraCase((200,), 272, 24, 40, 0.3, "float32", x_requires_grad=True, layout="strided", seed=9),
     LoraCase((), 24, 16, 4, 0.3, "float32", x_requires_grad=True, seed=10),
+    # the adapter at initialization (B = 0: the output is the base, yet A and B get gradients); x of three batch
+    # dimensions, every input a column block of a wider buffer; float64 (held to float64's rounding)
+    LoraCase((5,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=20),
+    LoraCase((2, 3, 2), 40, 24, 8, 2.0, "float32", x_requires_grad=True, layout="sliced", seed=21),
+    LoraCase((3,), 48, 20, 8, 2.0, "float64", x_requires_grad=True, seed=22),
+    # a real layer's rank and width: rank 72 and 1100 inputs (tiles of rank and K that must loop past 64 and 512)
+    LoraCase((5,), 1100, 24, 72, 0.5, "float32", x_requires_grad=True, seed=23),
 ]
 
 
@@ -351,10 +373,14 @@ def grads_match_reference(spec: AdapterSpec):
                 return None
             raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
         _, second_layer = _impl_call(spec, impl, replace(case, seed=case.seed + 1), device, trained)
-        # the output gradient in the case's layout: a strided case's backward gets a strided dy
-        out.backward(place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype,
-                             device))
+        # the output gradient in the case's layout: a strided case's backward gets a strided dy, which it must leave
+        # as it was (in a model dy also flows down the residual branch)
+        dy = place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype, device)
+        dy_storage = dy._base if dy._base is not None else dy
+        dy_before = dy_storage.clone()
+        out.backward(dy)
         del second_layer  # kept alive (its graph and buffers) through the first layer's backward
+        tolerance.exact("the output gradient dy (and the buffer it views) after backward", dy_storage, dy_before)
         for i, a in enumerate(call.args):
             frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
             for t in frozen if i not in trained else ():
@@ -377,30 +403,40 @@ def grads_match_reference(spec: AdapterSpec):
 
 def deterministic(spec: AdapterSpec):
     def check(impl, case, device):
-        _, first = _impl_call(spec, impl, case, device)
-        _, second = _impl_call(spec, impl, case, device)
-        tolerance.exact("second call vs first call", second, first)
+        tolerance.same_twice(lambda: _impl_call(spec, impl, case, device)[1])
 
     return check
 
 
 def follows_in_place_updates(spec: AdapterSpec):
     """Called again after every input was overwritten in place with the next seed's values (an optimizer step on the
-    adapter, new weights loaded into the same buffers), the output is within noise of the reference at the new
-    values: nothing the impl kept from its first call (a merged or dequantized weight cached by tensor identity or
-    address) may go stale."""
+    adapter, new weights loaded into the same buffers) and with another scaling, then again after the seed after that
+    was written through `.data` (no version bump; the same scaling), the output is within noise of the reference at the
+    new values each time: nothing the impl kept from an earlier call (a merged or dequantized weight cached by tensor
+    identity, address or version, a kernel specialized on the first scaling) may go stale. The first call's output must
+    be left as it was by the later calls (an impl writing every call into one buffer fails). Returns the worse
+    margin."""
 
     def check(impl, case, device):
         call = spec.make_call(case, device)
         spec.validate(call)
-        impl.fn(*call.args, **call.kwargs)
-        updated = replace(case, seed=case.seed + 1)
-        copy_inputs_in_place(call.args, spec.make_call(updated, device).args)
-        out = impl.fn(*call.args, **call.kwargs)
-        (stick, _), (eager, _), magnitudes = ORACLE(spec, updated, device, False)
-        return tolerance.noise_relative("out after in-place updates", out, stick, eager, dtype_of(updated.dtype),
-                                        eager_float32=_eager32(spec, updated, device, False),
-                                        magnitude=magnitudes["out"])
+        first = impl.fn(*call.args, **call.kwargs)
+        kept = first.detach().clone()
+        margins = []
+        for step, through_data in ((1, False), (2, True)):  # the second keeps the first's scaling: values alone change
+            updated = replace(case, seed=case.seed + step, scaling=1.5 * case.scaling + 0.25)
+            updated_call = spec.make_call(updated, device)
+            copy_inputs_in_place(call.args, updated_call.args, through_data)
+            out = impl.fn(*call.args, **updated_call.kwargs)
+            (stick, _), (eager, _), magnitudes = ORACLE(spec, updated, device, False)
+            written = "through .data (no version bump)" if through_data else "in place"
+            margins.append(tolerance.noise_relative(
+                f"out after its inputs were written {written} and the scaling changed", out, stick, eager,
+                dtype_of(updated.dtype), eager_float32=_eager32(spec, updated, device, False),
+                magnitude=magnitudes["out"]))
+        tolerance.exact("the first call's output after later calls (an output buffer reused across calls)", first,
+                        kept)
+        return max(margins)
 
     return check
 
@@ -517,7 +553,7 @@ LORA_PROPERTIES = [
         doc="adapter output vs the impl's base path on W + scaling·B·A, within both noises and the merge rounding"),
     Property("deterministic", deterministic(LORA_SPEC), doc="two calls are bitwise equal"),
     Property("follows_in_place_updates", follows_in_place_updates(LORA_SPEC),
-             doc="after x, W, A, B are overwritten in place, the output follows the new values"),
+             doc="after x, W, A, B are overwritten in place and the scaling changes, the output follows"),
     Property("no_input_mutation", no_input_mutation(LORA_SPEC), doc="x, W, A, B and the buffers they view unchanged"),
 ]
 

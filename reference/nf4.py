@@ -485,7 +485,8 @@ NF4_QUICK_CASES = [NF4Case(1024, 1024, double_quant=dq, scale=0.02) for dq in (F
 @dataclass(frozen=True)
 class NF4MatmulCase:
     """x (*batch, K) times the NF4 state of a weight (N, K) drawn N(0, 0.02^2); x N(0, 1). x_layout "strided": x is a
-    view every other column of a wider buffer."""
+    view every other column of a wider buffer; "sliced": columns 3 .. K + 2 of rows K + 5 wide (unit column stride,
+    rows apart by more than their width)."""
 
     batch: tuple
     N: int
@@ -522,6 +523,10 @@ def nf4_matmul_make_call(case: NF4MatmulCase, device: str) -> Call:
         wide = torch.full((*case.batch, 2 * case.K), float("nan"), dtype=dtype, device=device)
         wide[..., ::2] = x
         x = wide[..., ::2]
+    elif case.x_layout == "sliced":
+        wide = torch.full((*case.batch, case.K + 5), float("nan"), dtype=dtype, device=device)
+        wide[..., 3:case.K + 3] = x
+        x = wide[..., 3:case.K + 3]
     return Call((x, state))
 
 
@@ -547,7 +552,7 @@ def nf4_matmul_cases(impl, mode: str):
             batch=draw(st.sampled_from(draws["batches"])), N=draw(st.sampled_from(draws["rows"])), K=K,
             blocksize=blocksize,
             double_quant=draw(st.booleans()) if on("double_quant") else False, dtype=draw(st.sampled_from(dtypes)),
-            x_layout=draw(st.sampled_from(["contiguous", "strided"] if on("strided") else ["contiguous"])),
+            x_layout=draw(st.sampled_from(["contiguous", "strided", "sliced"] if on("strided") else ["contiguous"])),
             seed=draw(st.integers(0, 2**16)))
 
     return build().filter(lambda case: NF4_MATMUL_CONTRACT.unsupported(case, impl.supports) is None)
@@ -564,6 +569,12 @@ NF4_MATMUL_EXAMPLES = [
     NF4MatmulCase((), 24, 128, dtype="float32", seed=8),  # x of shape (K,): the output is (N,)
     NF4MatmulCase((3,), 40, 1024, blocksize=256, double_quant=True, dtype="float32", seed=9),  # blocks past a K tile
     NF4MatmulCase((1,), 33, 2048, blocksize=1024, dtype="float16", seed=10),
+    # 100 tokens (tiles of tokens with a partial last one), x a column block of a wider hidden state
+    NF4MatmulCase((100,), 24, 128, dtype="float16", x_layout="sliced", seed=11),
+    # blocks of 512, 2048 and 4096 (bitsandbytes' largest): any blocksize the format allows, not a table of a few
+    NF4MatmulCase((2,), 8, 4096, blocksize=4096, double_quant=True, dtype="float32", seed=12),
+    NF4MatmulCase((3,), 12, 2048, blocksize=512, dtype="float16", seed=13),
+    NF4MatmulCase((1,), 8, 4096, blocksize=2048, dtype="float32", x_layout="sliced", seed=14),
 ]
 
 
@@ -589,30 +600,36 @@ def matches_reference(impl, case, device):
 def deterministic(impl, case, device):
     call = nf4_matmul_make_call(case, device)
     check_nf4_matmul_call(call)
-    tolerance.exact("second call vs first call", impl.fn(*call.args), impl.fn(*call.args))
+    tolerance.same_twice(lambda: impl.fn(*call.args))
 
 
 def follows_in_place_updates(impl, case, device):
     """Called again after x and the state's scales were overwritten in place with the next seed's values, then again
-    after its codes were too (new weights loaded into the same buffers, the codes last), the output is within noise of
-    the new x·ŵᵀ each time: nothing the impl kept from an earlier call (a dequantized weight cached by tensor address,
-    or keyed on the codes alone) may go stale. Returns the worse margin."""
+    after its codes were too (new weights loaded into the same buffers, the codes last), then after everything was
+    written through `.data` (no version bump) with the seed after that, the output is within noise of the new x·ŵᵀ
+    each time: nothing the impl kept from an earlier call (a dequantized weight cached by tensor address or version,
+    or keyed on the codes alone) may go stale. The first call's output must be left as it was by the later calls (an
+    impl writing every call into one buffer fails). Returns the worst margin."""
     call = nf4_matmul_make_call(case, device)
     check_nf4_matmul_call(call)
-    impl.fn(*call.args)
+    first = impl.fn(*call.args)
+    kept = first.detach().clone()
     x, state = call.args
     new_x, new_state = nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args
     scales = [name for name in state.tensors() if name != "codes"]
-    stages = {"x and the scales": ((x, *(state.tensors()[n] for n in scales)),
-                                   (new_x, *(new_state.tensors()[n] for n in scales))),
-              "the codes": ((state.codes,), (new_state.codes,))}
+    stages = {"x and the scales were updated in place": ((x, *(state.tensors()[n] for n in scales)),
+                                                         (new_x, *(new_state.tensors()[n] for n in scales)), False),
+              "the codes were updated in place": ((state.codes,), (new_state.codes,), False),
+              "x and the state were written through .data (no version bump)":
+                  (call.args, nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 2), device).args, True)}
     margins = []
-    for stage, (into, values) in stages.items():
-        copy_inputs_in_place(into, values)
+    for stage, (into, values, through_data) in stages.items():
+        copy_inputs_in_place(into, values, through_data)
         stick, eager = nf4_matmul(x.double(), state), nf4_matmul(x, state)
-        margins.append(tolerance.noise_relative(f"x·ŵᵀ after {stage} were updated in place", impl.fn(*call.args),
-                                                stick, eager, dtype_of(case.dtype),
+        margins.append(tolerance.noise_relative(f"x·ŵᵀ after {stage}", impl.fn(*call.args), stick, eager,
+                                                dtype_of(case.dtype),
                                                 eager_float32=lambda: nf4_matmul(x.float(), state)))
+    tolerance.exact("the first call's output after later calls (an output buffer reused across calls)", first, kept)
     return max(margins)
 
 

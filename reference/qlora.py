@@ -123,7 +123,7 @@ def qlora_cases(impl, mode: str):
             n_out=draw(st.sampled_from([1, 5, 16, 64])), rank=draw(st.sampled_from([0, 1, 8, 16])),
             scaling=draw(st.sampled_from([2.0, 0.5, 0.3])), dtype=draw(st.sampled_from(dtypes)),
             x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
-            blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01])), seed=draw(st.integers(0, 2**16)))
+            blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01, 0.0])), seed=draw(st.integers(0, 2**16)))
 
     return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, impl.supports) is None)
 
@@ -139,6 +139,9 @@ QLORA_EXAMPLES = [
     # 32 tokens, 96 outputs, rank 20, blocks of 128, double quantization, a scaling no 16-bit type holds; x of (in,)
     QLoraCase((32,), 128, 96, 20, 0.3, "float32", x_requires_grad=True, double_quant=True, blocksize=128, seed=7),
     QLoraCase((), 64, 16, 4, 0.3, "float32", x_requires_grad=True, seed=8),
+    # 100 tokens (a partial last tile of tokens); the adapter at initialization (B = 0, yet A and B train)
+    QLoraCase((100,), 64, 24, 8, 2.0, "float32", x_requires_grad=True, seed=9),
+    QLoraCase((4,), 64, 16, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=10),
 ]
 
 
@@ -169,7 +172,7 @@ QLORA_PROPERTIES = [
         doc="B = 0 gives bitwise the impl's no-adapter output, itself within noise of x·ŵᵀ"),
     Property("deterministic", deterministic(QLORA_SPEC), doc="two calls are bitwise equal"),
     Property("follows_in_place_updates", follows_in_place_updates(QLORA_SPEC),
-             doc="after x, the state's tensors, A, B are overwritten in place, the output follows the new values"),
+             doc="after x, the state's tensors, A, B are overwritten in place and the scaling changes, it follows"),
     Property("no_input_mutation", no_input_mutation(QLORA_SPEC), doc="x, the state's tensors, A, B unchanged"),
 ]
 

@@ -102,6 +102,13 @@ def exact(what: str, out: torch.Tensor, expected: torch.Tensor) -> None:
         )
 
 
+def same_twice(run) -> None:
+    """Two calls of `run` (no arguments, a tensor back) are bitwise equal. The first output is copied before the
+    second call: an impl that returns one buffer every call would otherwise be compared with itself."""
+    first = run().detach().clone()
+    exact("second call vs first call", run(), first)
+
+
 def bit_exact_except(what: str, out: torch.Tensor, expected: torch.Tensor, exempt: torch.Tensor) -> int:
     """Bitwise equality outside `exempt` (values within a few ulps of a decision threshold, where two correct
     builds may round differently). Returns how many exempt positions differ, for the report."""

@@ -115,3 +115,25 @@ def direction_buffer_shared_by_shape(x, W0, A, B, m, *, scaling):
     """Keeps V and its norm in one buffer per weight shape and reads them back in the backward: right while each
     forward is followed by its own backward, wrong in a model whose same-shaped layers all run forward first."""
     return _SharedDirection.apply(x, W0, A, B, m, scaling)
+
+
+def skips_the_adapter_at_initialization(x, W0, A, B, m, *, scaling):
+    """Returns the magnitude-scaled base while B is all zeros (DoRA's initialization): the forward is right, but A and
+    B never get a gradient."""
+    if A.shape[0] == 0 or not bool(B.any()):
+        return x @ ((m / torch.linalg.vector_norm(W0, dim=1).detach())[:, None] * W0).mT
+    V = _direction(W0, A, B, scaling)
+    return x @ ((m / torch.linalg.vector_norm(V, dim=1).detach())[:, None] * V).mT
+
+
+_NORMS_BY_VERSION: dict = {}
+
+
+def norm_kept_by_address_and_version(x, W0, A, B, m, *, scaling):
+    """Caches the detached norm under the address and version counter of W0, A and B (an in-place optimizer step
+    bumps the version and invalidates it): stale when new values are written through .data, which keeps the version."""
+    key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (W0, A, B)) + (scaling,)
+    V = _direction(W0, A, B, scaling)
+    if key not in _NORMS_BY_VERSION:
+        _NORMS_BY_VERSION[key] = torch.linalg.vector_norm(V, dim=1).detach()
+    return x @ ((m / _NORMS_BY_VERSION[key])[:, None] * V).mT

@@ -1,5 +1,7 @@
 """Known-wrong LoRA layers, each with one classic bug; `llmopt verify lora --impl FILE:FUNC` must reject every one on
 CPU within the default budget. Written as a plausible layer author would, not from the reference module."""
+import functools
+
 import torch
 
 
@@ -182,3 +184,74 @@ def no_graph_without_an_adapter(x, W, A, B, *, scaling):
         with torch.no_grad():
             return x @ W.mT
     return _lora(x, W, A, B, scaling)
+
+
+def computes_in_float32(x, W, A, B, *, scaling):
+    """Upcasts to float32 and casts the result back (right for the 16-bit types it was written for): float64 inputs
+    lose half their digits."""
+    out = x.float() @ W.float().mT + scaling * ((x.float() @ A.float().mT) @ B.float().mT)
+    return out.to(x.dtype)
+
+
+class _ScalesDyInPlace(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        ctx.save_for_backward(x, W, A, B)
+        ctx.scaling = scaling
+        return _lora(x, W, A, B, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.saved_tensors
+        dx_base = dy @ W
+        dy.mul_(ctx.scaling)  # saves a buffer: the scaled gradient written over the caller's
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        dt = dy2 @ B
+        return dx_base + (dt @ A).reshape(x.shape), None, dt.mT @ x2, dy2.mT @ (x2 @ A.mT), None
+
+
+def backward_scales_dy_in_place(x, W, A, B, *, scaling):
+    """Its backward multiplies the output gradient by scaling in place (gradients right): in a model the same dy also
+    flows down the residual branch, which now gets it scaled."""
+    return _ScalesDyInPlace.apply(x, W, A, B, scaling)
+
+
+def skips_the_adapter_at_initialization(x, W, A, B, *, scaling):
+    """Returns the base alone while B is all zeros (LoRA's initialization, where the update adds nothing): the forward
+    is right, but A and B never get a gradient, so the adapter never starts training."""
+    if A.shape[0] == 0 or not bool(B.any()):
+        return x @ W.mT
+    return _lora(x, W, A, B, scaling)
+
+
+def dense_rows_from_unit_column_stride(x, W, A, B, *, scaling):
+    """Takes x whose last stride is 1 as dense rows (row stride = in): wrong for a column block of a wider hidden
+    state."""
+    if x.stride(-1) != 1:
+        return _lora(x, W, A, B, scaling)
+    rows = torch.as_strided(x, (x.numel() // x.shape[-1], x.shape[-1]), (x.shape[-1], 1), x.storage_offset())
+    return _lora(rows, W, A, B, scaling).reshape(*x.shape[:-1], W.shape[0])
+
+
+def batch_restored_as_three_dims(x, W, A, B, *, scaling):
+    """Flattens the batch and restores it as (x.shape[0], -1, out) when x has three or more dimensions (written for
+    (batch, tokens, hidden)): four come back as three."""
+    out = _lora(x.reshape(-1, x.shape[-1]), W, A, B, scaling)
+    return out.reshape(x.shape[0], -1, W.shape[0]) if x.dim() >= 3 else out.reshape(*x.shape[:-1], W.shape[0])
+
+
+_KERNELS: dict = {}
+
+
+def scaling_fixed_at_first_call(x, W, A, B, *, scaling):
+    """Compiles a kernel per shape and dtype with the first call's scaling baked in as a constant."""
+    key = (tuple(x.shape), tuple(W.shape), A.shape[0], x.dtype)
+    if key not in _KERNELS:
+        _KERNELS[key] = functools.partial(_lora, scaling=scaling)
+    return _KERNELS[key](x, W, A, B)
+
+
+def shrink_over_one_k_tile(x, W, A, B, *, scaling):
+    """The adapter's shrink x·Aᵀ reduces over one K tile of 512 inputs and never loops: past 512 inputs it drops the
+    rest."""
+    return x @ W.mT + scaling * ((x[..., :512] @ A[:, :512].mT) @ B.mT)

@@ -144,3 +144,43 @@ def weight_cached_on_its_codes(x, state):
     if key not in _BY_CODES:
         _BY_CODES[key] = _weight(state)
     return (x.float() @ _BY_CODES[key].mT).to(x.dtype)
+
+
+def token_tiles_without_a_tail(x, state):
+    """Runs whole tiles of 64 tokens and, past 64 tokens, leaves the last partial tile unwritten (zeros)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    out = (x2.float() @ _weight(state).mT).to(x.dtype)
+    if x2.shape[0] > 64:
+        out[x2.shape[0] // 64 * 64:] = 0
+    return out.reshape(*x.shape[:-1], state.shape[0])
+
+
+def blocksize_from_a_shift_table(x, state):
+    """Finds each element's block with a shift from a table of the blocksizes it was written for (32 to 256, 1024),
+    falling back to 64 for any other."""
+    shift = {32: 5, 64: 6, 128: 7, 256: 8, 1024: 10}.get(state.blocksize, 6)
+    block = (torch.arange(state.numel) >> shift).clamp(max=state.blocks - 1)
+    return (x.float() @ _weight(state, block=block).mT).to(x.dtype)
+
+
+_BY_VERSION: dict = {}
+
+
+def weight_cached_by_address_and_version(x, state):
+    """Caches ŵ under the address and version counter of every state tensor (in-place reloads bump the version and
+    invalidate it): stale when new weights are written through .data, which keeps the version."""
+    key = tuple((t.data_ptr(), t._version) for t in state.tensors().values()) + (state.shape,)
+    if key not in _BY_VERSION:
+        _BY_VERSION[key] = _weight(state)
+    return (x.float() @ _BY_VERSION[key].mT).to(x.dtype)
+
+
+_OUTPUTS: dict = {}
+
+
+def output_in_one_buffer(x, state):
+    """Writes every result into one preallocated output per shape (a CUDA-graph runner's static output): a later
+    call overwrites what an earlier one returned."""
+    out = _OUTPUTS.setdefault((tuple(x.shape), state.shape, x.dtype),
+                              torch.empty(*x.shape[:-1], state.shape[0], dtype=x.dtype, device=x.device))
+    return out.copy_((x.float() @ _weight(state).mT).to(x.dtype))
