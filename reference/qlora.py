@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from llmopt.reference.contract import Call, Contract, Cost, Property, drawing, dtype_of
 from llmopt.reference.lora import (
+    LAYOUTS,
     AdapterSpec,
     LoraCase,
     check_low_rank,
@@ -23,6 +24,7 @@ from llmopt.reference.lora import (
     lora_linear,
     matches_reference,
     no_input_mutation,
+    place_x,
     random_adapter,
     random_tensor,
     term_magnitudes,
@@ -75,7 +77,8 @@ def check_qlora_call(call: Call) -> None:
 
 @dataclass(frozen=True)
 class QLoraCase:
-    """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`)."""
+    """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`); `layout`
+    places x and the output gradient (lora.place_x: "strided", "sliced")."""
 
     batch: tuple
     n_in: int
@@ -87,11 +90,14 @@ class QLoraCase:
     double_quant: bool = False
     blocksize: int = 64
     b_scale: float = 1.0
+    layout: str = "contiguous"
     seed: int = 0
 
 
 def qlora_features(case: QLoraCase) -> set[str]:
     needs = {"double_quant"} if case.double_quant else set()
+    if case.layout != "contiguous":
+        needs.add("strided")
     if case.n_out > 1 and case.n_in % case.blocksize:
         needs.add("k_not_multiple_of_blocksize")
     return needs
@@ -102,7 +108,7 @@ def qlora_make_call(case: QLoraCase, device: str) -> Call:
     W = random_weight(case.n_out, case.n_in, "normal", case.n_in**-0.5, case.seed, device).to(dtype=dtype)
     state = nf4_quantize(W, blocksize=case.blocksize, double_quant=case.double_quant)
     gen = torch.Generator().manual_seed(case.seed + 1)
-    x = random_tensor(gen, *case.batch, case.n_in).to(device=device, dtype=dtype)
+    x = place_x(random_tensor(gen, *case.batch, case.n_in), case.layout, dtype, device)
     A, B = random_adapter(gen, case, dtype, device)
     return Call((x, state, A, B), {"scaling": case.scaling})
 
@@ -123,7 +129,9 @@ def qlora_cases(impl, mode: str):
             n_out=draw(st.sampled_from([1, 5, 16, 64])), rank=draw(st.sampled_from([0, 1, 8, 16])),
             scaling=draw(st.sampled_from([2.0, 0.5, 0.3])), dtype=draw(st.sampled_from(dtypes)),
             x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
-            blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01, 0.0])), seed=draw(st.integers(0, 2**16)))
+            blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01, 0.0])),
+            layout=draw(st.sampled_from(LAYOUTS if on("strided") else ("contiguous",))),
+            seed=draw(st.integers(0, 2**16)))
 
     return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, impl.supports) is None)
 
@@ -142,6 +150,9 @@ QLORA_EXAMPLES = [
     # 100 tokens (a partial last tile of tokens); the adapter at initialization (B = 0, yet A and B train)
     QLoraCase((100,), 64, 24, 8, 2.0, "float32", x_requires_grad=True, seed=9),
     QLoraCase((4,), 64, 16, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=10),
+    # x a slice of a wider hidden state: every other column; a column block (unit column stride)
+    QLoraCase((2, 3), 64, 16, 8, 2.0, "float16", x_requires_grad=True, layout="strided", seed=11),
+    QLoraCase((5,), 128, 24, 8, 2.0, "float32", x_requires_grad=True, layout="sliced", seed=12),
 ]
 
 
@@ -195,6 +206,6 @@ QLORA_CONTRACT = Contract(
     name="qlora", reference=qlora_linear, validate=check_qlora_call, case_type=QLoraCase, cases=qlora_cases,
     make_call=qlora_make_call, properties=QLORA_PROPERTIES, bench_cases=QLORA_BENCH_CASES,
     quick_cases=QLORA_QUICK_CASES, cost=qlora_cost, features=qlora_features,
-    feature_names=("double_quant", "k_not_multiple_of_blocksize", "backward"), examples=qlora_examples,
+    feature_names=("double_quant", "k_not_multiple_of_blocksize", "strided", "backward"), examples=qlora_examples,
     bench_modes=("fwd", "bwd"), examples_budget={"cpu": 8, "interpret": 3})
 CONTRACT = QLORA_CONTRACT
