@@ -229,7 +229,10 @@ class NF4Case:
     """A weight (rows, cols) drawn from `distribution` times `scale`: normal; student_t (3 degrees of freedom, heavy
     tails: outliers dominate their block); zero_rows (every third row zero: all-zero blocks where rows hold whole
     blocks); uniform; thresholds (every value EXEMPT_ULPS + 1 to + 8 float32 ulps beside an NF4 decision threshold,
-    every 32nd ±1 so that each block's absmax is 1: a threshold a few ulps off decides some of them wrong)."""
+    every 32nd ±1 so that each block's absmax is 1: a threshold a few ulps off decides some of them wrong). `layout`:
+    how w is handed over, its values and row-major order the same: "contiguous"; "transposed" (stored column-major, a
+    transposed view: memory order is not the flattening order); "vector" (flattened, (rows·cols,)); "3d" ((rows, 1,
+    cols): the state keeps w's shape, whatever it is)."""
 
     rows: int
     cols: int
@@ -238,7 +241,11 @@ class NF4Case:
     dtype: str = "float32"
     distribution: str = "normal"
     scale: float = 1.0
+    layout: str = "contiguous"
     seed: int = 0
+
+
+NF4_LAYOUTS = ("contiguous", "transposed", "vector", "3d")
 
 
 def nf4_features(case: NF4Case) -> set[str]:
@@ -277,9 +284,10 @@ def random_weight(rows: int, cols: int, distribution: str, scale: float, seed: i
 
 
 def nf4_make_call(case: NF4Case, device: str) -> Call:
-    w = random_weight(case.rows, case.cols, case.distribution, case.scale, case.seed, device)
-    return Call((w.to(dtype=dtype_of(case.dtype)),),
-                {"blocksize": case.blocksize, "double_quant": case.double_quant})
+    w = random_weight(case.rows, case.cols, case.distribution, case.scale, case.seed, device).to(dtype_of(case.dtype))
+    placed = {"contiguous": w, "transposed": w.mT.contiguous().mT, "vector": w.reshape(-1),
+              "3d": w.reshape(case.rows, 1, case.cols)}[case.layout]
+    return Call((placed,), {"blocksize": case.blocksize, "double_quant": case.double_quant})
 
 
 def nf4_cases(impl, mode: str):
@@ -297,7 +305,9 @@ def nf4_cases(impl, mode: str):
         return NF4Case(rows=draw(st.sampled_from(rows)), cols=cols, blocksize=blocksize,
                        double_quant=draw(st.booleans()) if on("double_quant") else False,
                        dtype=draw(st.sampled_from(dtypes)), distribution=draw(st.sampled_from(DISTRIBUTIONS)),
-                       scale=draw(st.sampled_from([1.0, 0.02, 300.0])), seed=draw(st.integers(0, 2**16)))
+                       scale=draw(st.sampled_from([1.0, 0.02, 300.0])),
+                       layout=draw(st.sampled_from(NF4_LAYOUTS[:1] * 3 + NF4_LAYOUTS[1:])),
+                       seed=draw(st.integers(0, 2**16)))
 
     return build().filter(lambda case: NF4_CONTRACT.unsupported(case, impl.supports) is None)
 
@@ -322,6 +332,10 @@ NF4_EXAMPLES = [
     NF4Case(8, 2048, blocksize=1024, seed=12),
     NF4Case(2, 4096, blocksize=4096, double_quant=True, dtype="float16", seed=13),
     NF4Case(33, 1024, blocksize=32, double_quant=True, seed=14),
+    # w handed over transposed (memory order is not the flattening order), flattened, and 3-D
+    NF4Case(64, 128, double_quant=True, dtype="float16", layout="transposed", seed=15),
+    NF4Case(7, 96, layout="vector", seed=16),
+    NF4Case(5, 128, blocksize=128, dtype="float16", layout="3d", seed=17),
 ]
 
 

@@ -14,10 +14,12 @@ def _nearest(values, table, top_threshold=None):
 
 def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, block_of=None, per_row=False,
            decode_in_dtype=False, center_absmax=True, absmax_round_down=False, pad_code=7,
-           fused_absmax_decode=False, top_threshold=None, absmax_reach=None, offset_reach=None):
+           fused_absmax_decode=False, top_threshold=None, absmax_reach=None, offset_reach=None, memory_order=False,
+           shape_as_matrix=False):
     """(NF4State, dequantized w); the keyword arguments switch one bug on."""
     table = nf4_table() if table is None else table
-    flat = w.reshape(-1).float()
+    flat = (torch.as_strided(w, (w.numel(),), (1,), w.storage_offset()) if memory_order else w.reshape(-1)).float()
+    shape = (w.shape[0], w.numel() // w.shape[0]) if shape_as_matrix and w.dim() else tuple(w.shape)
     n = flat.numel()
     index = torch.arange(n)
     if per_row:
@@ -30,7 +32,7 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
     codes = torch.nn.functional.pad(codes, (0, n % 2), value=pad_code)
     first, second = (codes[1::2], codes[0::2]) if low_nibble_first else (codes[0::2], codes[1::2])
     packed = ((first << 4) | second).to(torch.uint8)
-    state = NF4State(packed, absmax, tuple(w.shape), w.dtype, blocksize)
+    state = NF4State(packed, absmax, shape, w.dtype, blocksize)
     absmax_used = absmax
     if double_quant:
         offset = absmax[:offset_reach].mean() if center_absmax else torch.zeros(())
@@ -44,14 +46,14 @@ def _codec(w, blocksize, double_quant, *, table=None, low_nibble_first=False, bl
             absmax_used = (dynamic_table()[absmax_codes].double() * scales[dq_block].double() + offset.double()).float()
         else:
             absmax_used = dynamic_table()[absmax_codes] * scales[dq_block] + offset
-        state = NF4State(packed, absmax_codes.to(torch.uint8), tuple(w.shape), w.dtype, blocksize, scales, offset)
+        state = NF4State(packed, absmax_codes.to(torch.uint8), shape, w.dtype, blocksize, scales, offset)
     high, low = packed.long() >> 4, packed.long() & 15
     decoded = torch.stack([low, high] if low_nibble_first else [high, low], 1).reshape(-1)[:n]
     if decode_in_dtype:
         values = table.to(w.dtype)[decoded] * absmax_used.to(w.dtype)[block]
     else:
         values = (table[decoded] * absmax_used[block]).to(w.dtype)
-    return state, values.reshape(w.shape)
+    return state, values.reshape(shape)
 
 
 def seed_symmetric_codebook(w, *, blocksize=64, double_quant=False):
@@ -121,3 +123,15 @@ def offset_over_first_1024_absmax(w, *, blocksize=64, double_quant=False):
     """Takes the double quantization's mean offset in one block of 1024 threads with no loop: the mean of the first
     1024 absmax, exact only for weights of up to 1024 blocks."""
     return _codec(w, blocksize, double_quant, offset_reach=1024)
+
+
+def reads_memory_order(w, *, blocksize=64, double_quant=False):
+    """Walks w's storage in memory order (a kernel handed the data pointer): a transposed weight (GPT-2's Conv1D
+    handed over as .t()) is quantized in the wrong element order."""
+    return _codec(w, blocksize, double_quant, memory_order=True)
+
+
+def shape_recorded_as_matrix(w, *, blocksize=64, double_quant=False):
+    """Records the weight as a (rows, numel / rows) matrix (written for nn.Linear): a 1-D or 3-D w's state, and its
+    dequantization, come back with another shape."""
+    return _codec(w, blocksize, double_quant, shape_as_matrix=True)
