@@ -110,7 +110,7 @@ LAYOUTS = ("contiguous", "strided", "sliced")
 class LoraCase:
     """x (*batch, n_in) N(0, 1); W N(0, 1/n_in); A N(0, 1/n_in); B N(0, b_scale^2 / r) (a trained adapter, b_scale 1:
     as strong as the base; b_scale 0: B = 0, the adapter at initialization, which must still train); rank 0 means no
-    adapter."""
+    adapter. `frozen`: "A" or "B" does not train (LoRA-FA freezes A), the other does."""
 
     batch: tuple
     n_in: int
@@ -121,6 +121,7 @@ class LoraCase:
     x_requires_grad: bool = False
     layout: str = "contiguous"
     b_scale: float = 1.0
+    frozen: str = ""
     seed: int = 0
 
 
@@ -197,7 +198,8 @@ def lora_cases(impl, mode: str):
         scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0, 0.3]), dtype=st.sampled_from(dtypes),
         x_requires_grad=st.booleans(),
         layout=st.sampled_from(LAYOUTS if on("strided") else ("contiguous",)),
-        b_scale=st.sampled_from([1.0, 1.0, 0.01, 0.0]), seed=st.integers(0, 2**16))
+        b_scale=st.sampled_from([1.0, 1.0, 0.01, 0.0]), frozen=st.sampled_from(["", "", "A", "B"]),
+        seed=st.integers(0, 2**16))
     return build.filter(lambda case: LORA_CONTRACT.unsupported(case, impl.supports) is None)
 
 
@@ -222,6 +224,9 @@ LORA_EXAMPLES = [
     LoraCase((3,), 48, 20, 8, 2.0, "float64", x_requires_grad=True, seed=22),
     # a real layer's rank and width: rank 72 and 1100 inputs (tiles of rank and K that must loop past 64 and 512)
     LoraCase((5,), 1100, 24, 72, 0.5, "float32", x_requires_grad=True, seed=23),
+    # A frozen (LoRA-FA), then B: the other still trains
+    LoraCase((4,), 33, 24, 8, 2.0, "float32", x_requires_grad=True, frozen="A", seed=24),
+    LoraCase((4,), 24, 33, 8, 2.0, "float32", frozen="B", seed=25),
 ]
 
 
@@ -241,7 +246,8 @@ def _is_float_tensor(value) -> bool:
 class AdapterSpec:
     """What the adapter contracts (lora, dora, qlora) share: the reference, inputs and validation of the contract; the
     argument positions that train (x, position 0, also trains when the case says x_requires_grad), among them A and B
-    (`low_rank`: empty, so not trained, at rank 0); everything else is frozen."""
+    (`low_rank`: empty, so not trained, at rank 0, and not the one a case freezes, `frozen` "A" or "B"); everything
+    else is frozen."""
 
     reference: Callable
     make_call: Callable
@@ -268,8 +274,9 @@ class AdapterSpec:
         return out.detach(), torch.autograd.grad(out, [args[i] for i in trained], dout)
 
     def trained(self, case) -> tuple[int, ...]:
+        frozen = {"A": self.low_rank[:1], "B": self.low_rank[1:]}.get(getattr(case, "frozen", ""), ())
         return ((0,) if case.x_requires_grad else ()) + tuple(
-            p for p in self.trainable if case.rank > 0 or p not in self.low_rank)
+            p for p in self.trainable if (case.rank > 0 or p not in self.low_rank) and p not in frozen)
 
     @staticmethod
     def dout(case, shape, device: str) -> torch.Tensor:

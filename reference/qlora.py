@@ -78,7 +78,7 @@ def check_qlora_call(call: Call) -> None:
 @dataclass(frozen=True)
 class QLoraCase:
     """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`); `layout`
-    places x and the output gradient (lora.place_x: "strided", "sliced")."""
+    places x and the output gradient (lora.place_x: "strided", "sliced"); `frozen` as in LoraCase."""
 
     batch: tuple
     n_in: int
@@ -91,6 +91,7 @@ class QLoraCase:
     blocksize: int = 64
     b_scale: float = 1.0
     layout: str = "contiguous"
+    frozen: str = ""
     seed: int = 0
 
 
@@ -131,7 +132,7 @@ def qlora_cases(impl, mode: str):
             x_requires_grad=draw(st.booleans()), double_quant=draw(st.booleans()) if on("double_quant") else False,
             blocksize=blocksize, b_scale=draw(st.sampled_from([1.0, 0.01, 0.0])),
             layout=draw(st.sampled_from(LAYOUTS if on("strided") else ("contiguous",))),
-            seed=draw(st.integers(0, 2**16)))
+            frozen=draw(st.sampled_from(["", "", "A", "B"])), seed=draw(st.integers(0, 2**16)))
 
     return build().filter(lambda case: QLORA_CONTRACT.unsupported(case, impl.supports) is None)
 

@@ -255,3 +255,27 @@ def shrink_over_one_k_tile(x, W, A, B, *, scaling):
     """The adapter's shrink x·Aᵀ reduces over one K tile of 512 inputs and never loops: past 512 inputs it drops the
     rest."""
     return x @ W.mT + scaling * ((x[..., :512] @ A[:, :512].mT) @ B.mT)
+
+
+class _SwappedFlags(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        ctx.save_for_backward(x, W, A, B)
+        ctx.scaling = scaling
+        return _lora(x, W, A, B, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.saved_tensors
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        dt = ctx.scaling * (dy2 @ B)
+        dx = dy @ W + (dt @ A).reshape(x.shape) if ctx.needs_input_grad[0] else None
+        dA = dt.mT @ x2 if ctx.needs_input_grad[3] else None  # B's flag asked for A's gradient, and the reverse
+        dB = ctx.scaling * (dy2.mT @ (x2 @ A.mT)) if ctx.needs_input_grad[2] else None
+        return dx, None, dA, dB, None
+
+
+def gradient_flags_swapped(x, W, A, B, *, scaling):
+    """Its backward asks needs_input_grad of B before computing dA and of A before dB: right while both train, no
+    gradient for B when A is frozen (LoRA-FA), and the reverse."""
+    return _SwappedFlags.apply(x, W, A, B, scaling)
