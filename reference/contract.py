@@ -29,6 +29,13 @@ class Drawing(NamedTuple):
     dtypes: list[str]
 
 
+# Field metadata for a case field added after results were recorded: case ids name it only where it is not its
+# default, so the ids of earlier cases (rows in results/, asv's benchmark parameters) stay what they were, and a
+# --replay written before it may leave it out.
+NAMED_WHEN_SET = "named_when_set"
+WHEN_SET = {NAMED_WHEN_SET: True}
+
+
 def drawing(impl, mode: str, dtypes: tuple[str, ...] = ("float32", "float16", "bfloat16")) -> Drawing:
     """The Drawing of `impl` in `mode` ("cpu", "cuda", "interpret"); `dtypes`: the contract's, when the impl names
     none."""
@@ -183,12 +190,17 @@ class Contract:
         except json.JSONDecodeError as error:
             raise ValueError(f"--replay expects a JSON object of {self.case_type.__name__} fields: {error}") from None
         names = {f.name for f in dataclasses.fields(self.case_type)}
-        if not isinstance(fields, dict) or set(fields) != names:
-            raise ValueError(f"--replay expects a JSON object with exactly the fields {sorted(names)}")
+        required = {f.name for f in dataclasses.fields(self.case_type) if not f.metadata.get(NAMED_WHEN_SET)}
+        if not isinstance(fields, dict) or not required <= set(fields) <= names:
+            raise ValueError(f"--replay expects a JSON object with the fields {sorted(required)}"
+                             + (f" (and optionally {sorted(names - required)})" if names - required else ""))
         return self.case_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
     def case_id(self, case) -> str:
-        return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(case).items() if k != "seed")
+        """Every field but the seed, as k=v; a field marked NAMED_WHEN_SET only where it differs from its default."""
+        unnamed = {f.name for f in dataclasses.fields(case)
+                   if f.metadata.get(NAMED_WHEN_SET) and getattr(case, f.name) == f.default}
+        return ",".join(f"{k}={v}" for k, v in dataclasses.asdict(case).items() if k != "seed" and k not in unnamed)
 
     def unsupported(self, case, supports: dict) -> str | None:
         """Why an impl with these `supports` cannot run this case, or None. Boolean features declared False,

@@ -8,11 +8,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.contract import (
+    WHEN_SET,
     Call,
     Claim,
     Contract,
@@ -121,7 +122,7 @@ class LoraCase:
     x_requires_grad: bool = False
     layout: str = "contiguous"
     b_scale: float = 1.0
-    frozen: str = ""
+    frozen: str = field(default="", metadata=WHEN_SET)
     seed: int = 0
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.contract import (
+    WHEN_SET,
     Call,
     Claim,
     Contract,
@@ -241,7 +242,7 @@ class NF4Case:
     dtype: str = "float32"
     distribution: str = "normal"
     scale: float = 1.0
-    layout: str = "contiguous"
+    layout: str = dataclasses.field(default="contiguous", metadata=WHEN_SET)
     seed: int = 0
 
 

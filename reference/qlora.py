@@ -5,10 +5,10 @@ the exact dequantized values (the float64 stick multiplies by them) and never to
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-from llmopt.reference.contract import Call, Contract, Cost, Property, drawing, dtype_of
+from llmopt.reference.contract import WHEN_SET, Call, Contract, Cost, Property, drawing, dtype_of
 from llmopt.reference.lora import (
     LAYOUTS,
     AdapterSpec,
@@ -90,8 +90,8 @@ class QLoraCase:
     double_quant: bool = False
     blocksize: int = 64
     b_scale: float = 1.0
-    layout: str = "contiguous"
-    frozen: str = ""
+    layout: str = field(default="contiguous", metadata=WHEN_SET)
+    frozen: str = field(default="", metadata=WHEN_SET)
     seed: int = 0
 
 

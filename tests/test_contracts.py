@@ -85,3 +85,24 @@ def test_known_wrong_impl_is_rejected(technique, func, path, capsys):
 @pytest.mark.parametrize("technique,func,path", _user_functions("known_right"))
 def test_known_right_impl_passes(technique, func, path):
     assert main(["verify", technique, "--impl", f"{path}:{func}", "--device", "cpu"]) == 0
+
+
+def test_a_case_field_added_later_keeps_earlier_case_ids_and_replays():
+    """LoraCase.frozen came after results were recorded: a case at its default keeps the id it had (rows in results/
+    and asv's parameters still match), a case that sets it is named by it, and a --replay written before it (without
+    the field) still loads; a missing original field or an unknown one is still refused."""
+    import dataclasses
+    import json
+
+    from llmopt.reference.lora import LORA_EXAMPLES
+
+    contract = contracts()["lora"]
+    case = LORA_EXAMPLES[0]
+    assert contract.case_id(case) == ("batch=(3,),n_in=33,n_out=40,rank=8,scaling=2.0,dtype=float32,"
+                                      "x_requires_grad=True,layout=contiguous,b_scale=1.0")
+    assert contract.case_id(dataclasses.replace(case, frozen="A")).endswith(",b_scale=1.0,frozen=A")
+    fields = {k: v for k, v in dataclasses.asdict(case).items() if k != "frozen"}
+    assert contract.case_from_json(json.dumps(fields)) == case
+    for broken in ({k: v for k, v in fields.items() if k != "seed"}, {**fields, "frozn": "A"}):
+        with pytest.raises(ValueError, match="optionally"):
+            contract.case_from_json(json.dumps(broken))
