@@ -192,7 +192,7 @@ class Contract:
         names = {f.name for f in dataclasses.fields(self.case_type)}
         required = {f.name for f in dataclasses.fields(self.case_type) if not f.metadata.get(NAMED_WHEN_SET)}
         if not isinstance(fields, dict) or not required <= set(fields) <= names:
-            raise ValueError(f"--replay expects a JSON object with the fields {sorted(required)}"
+            raise ValueError(f"--replay expects a JSON object with exactly the fields {sorted(required)}"
                              + (f" (and optionally {sorted(names - required)})" if names - required else ""))
         return self.case_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
 
