@@ -11,6 +11,7 @@ from llmopt.reference.contract import Call, Contract, Cost, Property, dtype_of
 from llmopt.reference.lora import (
     AdapterSpec,
     LoraCase,
+    backward_after_in_place_updates,
     check_frozen,
     check_low_rank,
     check_scaling,
@@ -176,6 +177,9 @@ DORA_PROPERTIES = [
              doc="y within 2x the eager low-precision error of the float64 reference"),
     Property("grads_match_reference", grads_match_reference(DORA_SPEC), applies=has_backward(DORA_SPEC),
              doc="only A, B, m (and x) get gradients, the norm detached as peft does; W0.grad stays None"),
+    Property("backward_after_in_place_updates", backward_after_in_place_updates(DORA_SPEC),
+             applies=has_backward(DORA_SPEC),
+             doc="trained inputs changed in place before backward: autograd's error, or the forward's gradients"),
     Property("equals_base_at_init", equals_base_at_init, doc="B = 0, m = ||W0||: the output is x·W0ᵀ within noise"),
     Property("merge_equivalence", merge_equivalence(
         DORA_SPEC, lambda c: dora_weight(*c.args[1:], **c.kwargs), _merged_linear),

@@ -409,6 +409,36 @@ def grads_match_reference(spec: AdapterSpec):
     return check
 
 
+def backward_after_in_place_updates(spec: AdapterSpec):
+    """The trained inputs (the adapter, x when it trains) overwritten in place with the next seed's values between
+    the forward and the backward (an optimizer step taken before the backward of a forward that used them): the
+    backward either raises autograd's error for a saved tensor modified in place, or returns the gradients of the
+    values the forward saw (within noise, as grads_match_reference). An impl keeping its inputs outside
+    save_for_backward (no version check) differentiates the new values instead, silently."""
+
+    def check(impl, case, device):
+        trained = spec.trained(case)
+        call, out = _impl_call(spec, impl, case, device, trained)
+        if out.grad_fn is None:  # a forward-only user impl: grads_match_reference says whether that is allowed
+            return None
+        updated = spec.make_call(replace(case, seed=case.seed + 1), device)
+        copy_inputs_in_place(tuple(call.args[i] for i in trained), tuple(updated.args[i] for i in trained))
+        try:
+            grads = torch.autograd.grad(out, [call.args[i] for i in trained],
+                                        spec.dout(case, out.shape, device).to(out.dtype))
+        except RuntimeError as error:  # autograd's checks: a saved tensor, or a saved view's base, changed in place
+            if "modified by an inplace operation" in str(error) or "has been modified inplace" in str(error):
+                return None
+            raise
+        (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
+        return max(tolerance.noise_relative(
+            f"d{spec.names[position]} after its inputs changed in place before backward", grad, stick[index],
+            eager[index], dtype_of(case.dtype), eager_float32=_eager32(spec, case, device, True, index),
+            magnitude=magnitudes.get(position)) for index, (position, grad) in enumerate(zip(trained, grads)))
+
+    return check
+
+
 def deterministic(spec: AdapterSpec):
     def check(impl, case, device):
         tolerance.same_twice(lambda: _impl_call(spec, impl, case, device)[1])
@@ -554,6 +584,9 @@ LORA_PROPERTIES = [
              doc="y within 2x the eager low-precision error of the float64 reference"),
     Property("grads_match_reference", grads_match_reference(LORA_SPEC), applies=has_backward(LORA_SPEC),
              doc="only A, B (and x when it requires grad) get gradients, within 2x the eager error; W.grad stays None"),
+    Property("backward_after_in_place_updates", backward_after_in_place_updates(LORA_SPEC),
+             applies=has_backward(LORA_SPEC),
+             doc="trained inputs changed in place before backward: autograd's error, or the forward's gradients"),
     Property("zero_update_is_the_base", zero_update_is_the_base(LORA_SPEC, lambda call: call.args[1].to),
              doc="B = 0 gives bitwise the impl's no-adapter (rank 0) output, itself within noise of x·Wᵀ"),
     Property("merge_equivalence", merge_equivalence(

@@ -13,6 +13,7 @@ from llmopt.reference.lora import (
     LAYOUTS,
     AdapterSpec,
     LoraCase,
+    backward_after_in_place_updates,
     check_low_rank,
     check_scaling,
     check_tensors,
@@ -179,6 +180,9 @@ QLORA_PROPERTIES = [
              doc="y within 2x the eager error (dequantize, then LoRA in the dtype) of the float64 reference"),
     Property("grads_match_reference", grads_match_reference(QLORA_SPEC), applies=has_backward(QLORA_SPEC),
              doc="only A, B (and x) get gradients, within 2x the eager error; the NF4 state gets none"),
+    Property("backward_after_in_place_updates", backward_after_in_place_updates(QLORA_SPEC),
+             applies=has_backward(QLORA_SPEC),
+             doc="trained inputs changed in place before backward: autograd's error, or the forward's gradients"),
     Property("zero_update_is_the_base", zero_update_is_the_base(
         QLORA_SPEC, lambda call: lambda dtype: nf4_dequantize(call.args[1], dtype)),
         doc="B = 0 gives bitwise the impl's no-adapter output, itself within noise of x·ŵᵀ"),

@@ -279,3 +279,23 @@ def gradient_flags_swapped(x, W, A, B, *, scaling):
     """Its backward asks needs_input_grad of B before computing dA and of A before dB: right while both train, no
     gradient for B when A is frozen (LoRA-FA), and the reverse."""
     return _SwappedFlags.apply(x, W, A, B, scaling)
+
+
+class _InputsOnCtx(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        ctx.inputs, ctx.scaling = (x, W, A, B), scaling  # kept as attributes: autograd checks no versions
+        return _lora(x, W, A, B, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.inputs
+        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
+        dt = ctx.scaling * (dy2 @ B)
+        return dy @ W + (dt @ A).reshape(x.shape), None, dt.mT @ x2, ctx.scaling * (dy2.mT @ (x2 @ A.mT)), None
+
+
+def inputs_kept_on_ctx(x, W, A, B, *, scaling):
+    """Keeps its inputs as ctx attributes instead of save_for_backward (gradients right when nothing changes): an
+    optimizer step between forward and backward goes unnoticed, and the backward differentiates the new values."""
+    return _InputsOnCtx.apply(x, W, A, B, scaling)
