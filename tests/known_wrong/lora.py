@@ -10,6 +10,32 @@ def _lora(x, W, A, B, scaling):
     return x @ W.mT + scaling * ((x @ A.mT) @ B.mT)
 
 
+def _hand_grads(x, W, A, B, dy2, scaling, wants=(True, True, True)):
+    """(dx, dA, dB) of the layer written by hand, dy2 the output gradient as (M, out) rows; each only where `wants`
+    says (dx, dA, dB)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    dt = scaling * (dy2 @ B)  # (M, r)
+    return ((dy2 @ W + dt @ A).reshape(x.shape) if wants[0] else None, dt.mT @ x2 if wants[1] else None,
+            scaling * (dy2.mT @ (x2 @ A.mT)) if wants[2] else None)
+
+
+class _HandWritten(torch.autograd.Function):
+    """The layer with its backward written by hand (_hand_grads); each bug below overrides one step of it."""
+
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        ctx.save_for_backward(x, W, A, B)
+        ctx.scaling = scaling
+        return _lora(x, W, A, B, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.saved_tensors
+        dx, dA, dB = _hand_grads(x, W, A, B, dy.reshape(-1, dy.shape[-1]), ctx.scaling,
+                                 (ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]))
+        return dx, None, dA, dB, None
+
+
 def ignores_scaling(x, W, A, B, *, scaling):
     """Adds the update unscaled: x·Wᵀ + (x·Aᵀ)·Bᵀ (alpha / r dropped)."""
     return x @ W.mT + (x @ A.mT) @ B.mT
@@ -80,24 +106,16 @@ def expand_tile_without_loop(x, W, A, B, *, scaling):
     return torch.cat([out[..., :128] + shrunk @ B[:128].mT, out[..., 128:]], dim=-1)
 
 
-class _RowMajorGradLora(torch.autograd.Function):
-    """LoRA with a hand-written backward that reads the output gradient's storage as a row-major (M, out) matrix."""
-
-    @staticmethod
-    def forward(ctx, x, W, A, B, scaling):
-        ctx.save_for_backward(x, W, A, B)
-        ctx.scaling = scaling
-        return _lora(x, W, A, B, scaling)
+class _RowMajorGradLora(_HandWritten):
+    """A hand-written backward that reads the output gradient's storage as a row-major (M, out) matrix."""
 
     @staticmethod
     def backward(ctx, dy):
         x, W, A, B = ctx.saved_tensors
         rows = dy.numel() // W.shape[0]
         dy2 = torch.as_strided(dy, (rows, W.shape[0]), (W.shape[0], 1), dy.storage_offset())  # the bug
-        x2 = x.reshape(rows, x.shape[-1])
-        dshrunk = ctx.scaling * (dy2 @ B)  # (M, r)
-        dx = (dy2 @ W + dshrunk @ A).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        return dx, None, dshrunk.mT @ x2, ctx.scaling * (dy2.mT @ (x2 @ A.mT)), None
+        dx, dA, dB = _hand_grads(x, W, A, B, dy2, ctx.scaling, (ctx.needs_input_grad[0], True, True))
+        return dx, None, dA, dB, None
 
 
 def backward_reads_dy_row_major(x, W, A, B, *, scaling):
@@ -193,21 +211,13 @@ def computes_in_float32(x, W, A, B, *, scaling):
     return out.to(x.dtype)
 
 
-class _ScalesDyInPlace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W, A, B, scaling):
-        ctx.save_for_backward(x, W, A, B)
-        ctx.scaling = scaling
-        return _lora(x, W, A, B, scaling)
-
+class _ScalesDyInPlace(_HandWritten):
     @staticmethod
     def backward(ctx, dy):
         x, W, A, B = ctx.saved_tensors
-        dx_base = dy @ W
-        dy.mul_(ctx.scaling)  # saves a buffer: the scaled gradient written over the caller's
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        dt = dy2 @ B
-        return dx_base + (dt @ A).reshape(x.shape), None, dt.mT @ x2, dy2.mT @ (x2 @ A.mT), None
+        dx, dA, dB = _hand_grads(x, W, A, B, dy.reshape(-1, dy.shape[-1]), ctx.scaling)
+        dy.mul_(ctx.scaling)  # the adapter's scaled gradient, kept in dy's buffer to save one
+        return dx, None, dA, dB, None
 
 
 def backward_scales_dy_in_place(x, W, A, B, *, scaling):
@@ -257,21 +267,13 @@ def shrink_over_one_k_tile(x, W, A, B, *, scaling):
     return x @ W.mT + scaling * ((x[..., :512] @ A[:, :512].mT) @ B.mT)
 
 
-class _SwappedFlags(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W, A, B, scaling):
-        ctx.save_for_backward(x, W, A, B)
-        ctx.scaling = scaling
-        return _lora(x, W, A, B, scaling)
-
+class _SwappedFlags(_HandWritten):
     @staticmethod
     def backward(ctx, dy):
         x, W, A, B = ctx.saved_tensors
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        dt = ctx.scaling * (dy2 @ B)
-        dx = dy @ W + (dt @ A).reshape(x.shape) if ctx.needs_input_grad[0] else None
-        dA = dt.mT @ x2 if ctx.needs_input_grad[3] else None  # B's flag asked for A's gradient, and the reverse
-        dB = ctx.scaling * (dy2.mT @ (x2 @ A.mT)) if ctx.needs_input_grad[2] else None
+        needs = ctx.needs_input_grad
+        wants = (needs[0], needs[3], needs[2])  # B's flag asked for dA, A's for dB
+        dx, dA, dB = _hand_grads(x, W, A, B, dy.reshape(-1, dy.shape[-1]), ctx.scaling, wants)
         return dx, None, dA, dB, None
 
 
@@ -289,10 +291,8 @@ class _InputsOnCtx(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x, W, A, B = ctx.inputs
-        x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-        dt = ctx.scaling * (dy2 @ B)
-        return dy @ W + (dt @ A).reshape(x.shape), None, dt.mT @ x2, ctx.scaling * (dy2.mT @ (x2 @ A.mT)), None
+        dx, dA, dB = _hand_grads(*ctx.inputs, dy.reshape(-1, dy.shape[-1]), ctx.scaling)
+        return dx, None, dA, dB, None
 
 
 def inputs_kept_on_ctx(x, W, A, B, *, scaling):
