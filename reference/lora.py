@@ -275,7 +275,7 @@ class AdapterSpec:
         return out.detach(), torch.autograd.grad(out, [args[i] for i in trained], dout)
 
     def trained(self, case) -> tuple[int, ...]:
-        frozen = {"A": self.low_rank[:1], "B": self.low_rank[1:]}.get(getattr(case, "frozen", ""), ())
+        frozen = {"A": self.low_rank[:1], "B": self.low_rank[1:]}.get(case.frozen, ())
         return ((0,) if case.x_requires_grad else ()) + tuple(
             p for p in self.trainable if (case.rank > 0 or p not in self.low_rank) and p not in frozen)
 
@@ -360,6 +360,16 @@ def has_backward(spec: AdapterSpec):
                                and bool(spec.trained(case)))
 
 
+def _grads_margin(spec: AdapterSpec, case, device: str, trained: tuple[int, ...], grads, when: str = "") -> float:
+    """The worst margin of an impl's gradients of the `trained` positions against float64 autograd on the case, each
+    within 2x the eager low-precision error (the oracle's) plus the rounding floor of its terms."""
+    (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
+    return max(tolerance.noise_relative(
+        f"d{spec.names[position]}{when}", grad, stick[index], eager[index], dtype_of(case.dtype),
+        eager_float32=_eager32(spec, case, device, True, index), magnitude=magnitudes.get(position))
+        for index, (position, grad) in enumerate(zip(trained, grads)))
+
+
 def grads_match_reference(spec: AdapterSpec):
     """Only the trained tensors (the adapter, and x when it requires grad) receive gradients, within 2x the eager
     low-precision error of float64 autograd; the frozen base gets none, its requires_grad stays False. A second layer
@@ -383,7 +393,7 @@ def grads_match_reference(spec: AdapterSpec):
         _, second_layer = _impl_call(spec, impl, replace(case, seed=case.seed + 1), device, trained)
         # the output gradient in the case's layout: a strided case's backward gets a strided dy, which it must leave
         # as it was (in a model dy also flows down the residual branch)
-        dy = place_x(spec.dout(case, out.shape, device), getattr(case, "layout", "contiguous"), out.dtype, device)
+        dy = place_x(spec.dout(case, out.shape, device), case.layout, out.dtype, device)
         dy_storage = dy._base if dy._base is not None else dy
         dy_before = dy_storage.clone()
         out.backward(dy)
@@ -395,16 +405,10 @@ def grads_match_reference(spec: AdapterSpec):
                 if t.requires_grad or t.grad is not None:
                     raise PropertyFailed(f"{spec.names[i]} is not trained but has requires_grad={t.requires_grad}, "
                                          f"grad {'set' if t.grad is not None else 'None'} after backward")
-        (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
-        margins = []
-        for index, position in enumerate(trained):
-            grad = call.args[position].grad
-            if grad is None:
+        for position in trained:
+            if call.args[position].grad is None:
                 raise PropertyFailed(f"d{spec.names[position]} is None: the output does not reach it")
-            margins.append(tolerance.noise_relative(
-                f"d{spec.names[position]}", grad, stick[index], eager[index], dtype_of(case.dtype),
-                eager_float32=_eager32(spec, case, device, True, index), magnitude=magnitudes.get(position)))
-        return max(margins)
+        return _grads_margin(spec, case, device, trained, [call.args[position].grad for position in trained])
 
     return check
 
@@ -430,11 +434,7 @@ def backward_after_in_place_updates(spec: AdapterSpec):
             if "modified by an inplace operation" in str(error) or "has been modified inplace" in str(error):
                 return None
             raise
-        (_, stick), (_, eager), magnitudes = ORACLE(spec, case, device, True)
-        return max(tolerance.noise_relative(
-            f"d{spec.names[position]} after its inputs changed in place before backward", grad, stick[index],
-            eager[index], dtype_of(case.dtype), eager_float32=_eager32(spec, case, device, True, index),
-            magnitude=magnitudes.get(position)) for index, (position, grad) in enumerate(zip(trained, grads)))
+        return _grads_margin(spec, case, device, trained, grads, " after its inputs changed in place before backward")
 
     return check
 
