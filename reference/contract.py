@@ -216,6 +216,29 @@ class Contract:
         return None
 
 
+def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """x (*batch, n) in `dtype` on `device`, contiguous or a view of a NaN-filled larger buffer. "strided": every other
+    column from the second of rows 2n + 2 wide (a storage offset, a row stride that is not n times the column stride),
+    and with two or more batch dimensions the leading rows of one row more, so that the batch does not flatten to a
+    single stride. "sliced": columns 3 .. n + 2 of rows n + 5 wide (a slice of a wider hidden state: unit column
+    stride, rows apart by more than their width). The adapters' x and output gradient, and nf4_matmul's x, are placed
+    so."""
+    if layout == "contiguous":
+        return x.to(device=device, dtype=dtype)
+    if layout == "sliced":
+        larger = torch.full((*x.shape[:-1], x.shape[-1] + 5), float("nan"), dtype=dtype, device=device)
+        view = larger[..., 3:x.shape[-1] + 3]
+        view.copy_(x.to(device=device, dtype=dtype))
+        return view
+    rows = x.shape[:-1] if x.dim() < 3 else (*x.shape[:-2], x.shape[-2] + 1)
+    larger = torch.full((*rows, 2 * x.shape[-1] + 2), float("nan"), dtype=dtype, device=device)
+    view = larger[..., 1:2 * x.shape[-1] + 1:2]
+    if x.dim() >= 3:
+        view = view[..., :x.shape[-2], :]
+    view.copy_(x.to(device=device, dtype=dtype))
+    return view
+
+
 def copy_inputs_in_place(into: tuple, values: tuple, through_data: bool = False) -> None:
     """Write `values`' tensors into `into`'s (same shapes; NF4 states tensor by tensor), keeping their storage and
     strides: what an optimizer step does to an adapter and load_state_dict to a model's weights. `through_data`:

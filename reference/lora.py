@@ -23,6 +23,7 @@ from llmopt.reference.contract import (
     copy_inputs_in_place,
     drawing,
     dtype_of,
+    place_x,
 )
 
 # --------------------------------------------------------------------------------------------------- the reference
@@ -132,28 +133,6 @@ def lora_features(case) -> set[str]:
 
 def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.Tensor:
     return torch.randn(*shape, generator=gen, dtype=torch.float64) * std
-
-
-def place_x(x: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
-    """x (*batch, n) in `dtype` on `device`, contiguous or a view of a NaN-filled larger buffer. "strided": every other
-    column from the second of rows 2n + 2 wide (a storage offset, a row stride that is not n times the column stride),
-    and with two or more batch dimensions the leading rows of one row more, so that the batch does not flatten to a
-    single stride. "sliced": columns 3 .. n + 2 of rows n + 5 wide (a slice of a wider hidden state: unit column
-    stride, rows apart by more than their width). x and the output gradient are placed so."""
-    if layout == "contiguous":
-        return x.to(device=device, dtype=dtype)
-    if layout == "sliced":
-        larger = torch.full((*x.shape[:-1], x.shape[-1] + 5), float("nan"), dtype=dtype, device=device)
-        view = larger[..., 3:x.shape[-1] + 3]
-        view.copy_(x.to(device=device, dtype=dtype))
-        return view
-    rows = x.shape[:-1] if x.dim() < 3 else (*x.shape[:-2], x.shape[-2] + 1)
-    larger = torch.full((*rows, 2 * x.shape[-1] + 2), float("nan"), dtype=dtype, device=device)
-    view = larger[..., 1:2 * x.shape[-1] + 1:2]
-    if x.dim() >= 3:
-        view = view[..., :x.shape[-2], :]
-    view.copy_(x.to(device=device, dtype=dtype))
-    return view
 
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:

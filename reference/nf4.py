@@ -25,6 +25,7 @@ from llmopt.reference.contract import (
     copy_inputs_in_place,
     drawing,
     dtype_of,
+    place_x,
 )
 from llmopt.reference.nf4_format import BLOCKSIZES, DQ_BLOCKSIZE, DTYPES, NF4State, dynamic_table, nf4_table
 
@@ -499,9 +500,9 @@ NF4_QUICK_CASES = [NF4Case(1024, 1024, double_quant=dq, scale=0.02) for dq in (F
 
 @dataclass(frozen=True)
 class NF4MatmulCase:
-    """x (*batch, K) times the NF4 state of a weight (N, K) drawn N(0, 0.02^2); x N(0, 1). x_layout "strided": x is a
-    view every other column of a wider buffer; "sliced": columns 3 .. K + 2 of rows K + 5 wide (unit column stride,
-    rows apart by more than their width)."""
+    """x (*batch, K) times the NF4 state of a weight (N, K) drawn N(0, 0.02^2); x N(0, 1), placed by
+    contract.place_x in `x_layout` ("strided": every other column of a wider buffer; "sliced": a column block of
+    one)."""
 
     batch: tuple
     N: int
@@ -533,15 +534,7 @@ def nf4_matmul_make_call(case: NF4MatmulCase, device: str) -> Call:
     w = random_weight(case.N, case.K, "normal", 0.02, case.seed, device).to(dtype=dtype)
     state = nf4_quantize(w, blocksize=case.blocksize, double_quant=case.double_quant)
     gen = torch.Generator().manual_seed(case.seed + 1)
-    x = torch.randn(*case.batch, case.K, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
-    if case.x_layout == "strided":
-        wide = torch.full((*case.batch, 2 * case.K), float("nan"), dtype=dtype, device=device)
-        wide[..., ::2] = x
-        x = wide[..., ::2]
-    elif case.x_layout == "sliced":
-        wide = torch.full((*case.batch, case.K + 5), float("nan"), dtype=dtype, device=device)
-        wide[..., 3:case.K + 3] = x
-        x = wide[..., 3:case.K + 3]
+    x = place_x(torch.randn(*case.batch, case.K, generator=gen, dtype=torch.float64), case.x_layout, dtype, device)
     return Call((x, state))
 
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from llmopt.reference.contract import WHEN_SET, Call, Contract, Cost, Property, drawing, dtype_of
+from llmopt.reference.contract import WHEN_SET, Call, Contract, Cost, Property, drawing, dtype_of, place_x
 from llmopt.reference.lora import (
     LAYOUTS,
     AdapterSpec,
@@ -25,7 +25,6 @@ from llmopt.reference.lora import (
     lora_linear,
     matches_reference,
     no_input_mutation,
-    place_x,
     random_adapter,
     random_tensor,
     term_magnitudes,
@@ -79,7 +78,7 @@ def check_qlora_call(call: Call) -> None:
 @dataclass(frozen=True)
 class QLoraCase:
     """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`); `layout`
-    places x and the output gradient (lora.place_x: "strided", "sliced"); `frozen` as in LoraCase."""
+    places x and the output gradient (contract.place_x: "strided", "sliced"); `frozen` as in LoraCase."""
 
     batch: tuple
     n_in: int
