@@ -620,8 +620,7 @@ def follows_in_place_updates(impl, case, device):
     impl writing every call into one buffer fails). Returns the worst margin."""
     call = nf4_matmul_make_call(case, device)
     check_nf4_matmul_call(call)
-    first = impl.fn(*call.args)
-    kept = first.detach().clone()
+    first_unchanged = tolerance.unchanged_later(impl.fn(*call.args))
     x, state = call.args
     new_x, new_state = nf4_matmul_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args
     scales = [name for name in state.tensors() if name != "codes"]
@@ -637,7 +636,7 @@ def follows_in_place_updates(impl, case, device):
         margins.append(tolerance.noise_relative(f"x·ŵᵀ after {stage}", impl.fn(*call.args), stick, eager,
                                                 dtype_of(case.dtype),
                                                 eager_float32=lambda: nf4_matmul(x.float(), state)))
-    tolerance.exact("the first call's output after later calls (an output buffer reused across calls)", first, kept)
+    first_unchanged()
     return max(margins)
 
 

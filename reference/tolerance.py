@@ -109,6 +109,14 @@ def same_twice(run) -> None:
     exact("second call vs first call", run(), first)
 
 
+def unchanged_later(output: torch.Tensor):
+    """A check to run after later calls of an impl: `output`, returned by an earlier call, still holds what it holds
+    now (an impl that writes every call into one buffer fails it)."""
+    kept = output.detach().clone()
+    return lambda: exact("an earlier call's output after later calls (an output buffer reused across calls)", output,
+                         kept)
+
+
 def bit_exact_except(what: str, out: torch.Tensor, expected: torch.Tensor, exempt: torch.Tensor) -> int:
     """Bitwise equality outside `exempt` (values within a few ulps of a decision threshold, where two correct
     builds may round differently). Returns how many exempt positions differ, for the report."""
