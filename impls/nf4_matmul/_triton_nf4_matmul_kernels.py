@@ -219,13 +219,13 @@ def _word_weights(words, absmax, table_ptr, byte_table, x_ptr, WORD_ASM: tl.cons
 
 @triton.jit
 def _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
-                x_row, K, k0, step_blocks, BLOCKSIZE: tl.constexpr, DOUBLE_QUANT: tl.constexpr,
-                DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr):
+                x_row, K, k0, step_blocks, BLOCKSIZE: tl.constexpr, STEP_BLOCK: tl.constexpr,
+                DOUBLE_QUANT: tl.constexpr, DQ_BLOCKSIZE: tl.constexpr, ABSMAX_ASM: tl.constexpr):
     """What the step of K at k0 reads (zeros past K), in the words' own layout: (words [BPS, BLOCK_N, WPB], x as each
     word's 4 pairs p0..p3 [BPS, 1, WPB] (pair j: elements 2j, 2j + 1), absmax [BPS, BLOCK_N, 1]); rows [1, BLOCK_N, 1],
-    step_blocks [BPS, 1, 1]. The absmax by ABSMAX_ASM on the GPU (no layout of its own), by block_absmax under
-    Triton's interpreter."""
-    WORDS_PER_BLOCK: tl.constexpr = BLOCKSIZE // 8
+    step_blocks [BPS, 1, 1], each of STEP_BLOCK elements (_step_absmax). The absmax by ABSMAX_ASM on the GPU (no
+    layout of its own), by block_absmax under Triton's interpreter."""
+    WORDS_PER_BLOCK: tl.constexpr = STEP_BLOCK // 8
     step_in, absmax = _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in, K, k0, step_blocks,
                                    BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM)
     word_index = k0 // 8 + step_blocks * WORDS_PER_BLOCK + tl.arange(0, WORDS_PER_BLOCK)[None, None, :]  # [BPS, 1, WPB]
@@ -301,9 +301,10 @@ def _one_token_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr
                               rows[:, None], rows_in[:, None], x_row, K, k0, tl.arange(0, BLOCK_K // 32)[None, :],
                               BLOCKSIZE, DOUBLE_QUANT, DQ_BLOCKSIZE, ABSMAX_ASM, CHUNK_ASM)
     else:
+        STEP_BLOCK: tl.constexpr = min(BLOCKSIZE, BLOCK_K)
         loaded = _words_load(words_ptr, stride_words, x_pairs_ptr, absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr,
                              rows[None, :, None], rows_in[None, :, None], x_row, K, k0,
-                             tl.arange(0, BLOCK_K // BLOCKSIZE)[:, None, None], BLOCKSIZE, DOUBLE_QUANT,
+                             tl.arange(0, BLOCK_K // STEP_BLOCK)[:, None, None], BLOCKSIZE, STEP_BLOCK, DOUBLE_QUANT,
                              DQ_BLOCKSIZE, ABSMAX_ASM)
     return loaded
 
@@ -314,7 +315,9 @@ def _step_absmax(absmax_ptr, scales_ptr, offset_ptr, dynamic_ptr, rows, rows_in,
                  ABSMAX_ASM: tl.constexpr):
     """(step_in: blocks of this K step inside the row, absmax: of each row's blocks) of the step at k0, in the
     broadcast of rows and step_blocks (e.g. [BLOCK_N, 1] and [1, BPS] -> [BLOCK_N, BPS]). The absmax by block_absmax,
-    or, given ABSMAX_ASM (_ABSMAX_ASM[DOUBLE_QUANT]), by that assembly in the layout of whatever it scales."""
+    or, given ABSMAX_ASM (_ABSMAX_ASM[DOUBLE_QUANT]), by that assembly in the layout of whatever it scales. A step
+    holds whole blocks (BLOCK_K a multiple of BLOCKSIZE) or lies in one (BLOCKSIZE a multiple of BLOCK_K, k0 a multiple
+    of BLOCK_K): then its only block, step_blocks 0, is k0's."""
     step_in = k0 + step_blocks * BLOCKSIZE < K  # whole blocks (K % BLOCKSIZE == 0): masks constant per block
     blocks = rows * (K // BLOCKSIZE) + k0 // BLOCKSIZE + step_blocks
     inside = rows_in & step_in
@@ -365,7 +368,8 @@ def _nf4_matmul_kernel(
     CHUNKS: tl.constexpr, CHUNK_ASM: tl.constexpr,
 ):
     """out[M, N] = x[M, K] · ŵ[N, K]ᵀ for weight rows [pid_n·BLOCK_N, +BLOCK_N) and tokens
-    [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple of BLOCKSIZE.
+    [pid_m·BLOCK_M, +BLOCK_M) (PATH "dot") or token pid_m alone (BLOCK_M = 1). BLOCK_K is a multiple or a divisor of
+    BLOCKSIZE (both powers of two).
     Tiles are contiguous along the last dimension: [blocks, rows, words] for PATH "words" (block sums kept per word
     until the end), [rows, words] for "dot" (each word's 8 weights joined in its thread), [rows, quantization blocks,
     bytes] for "bytes" (high (even element) and low (odd) nibbles meet the even and odd elements of x); with CHUNKS,
@@ -437,8 +441,9 @@ def _nf4_matmul_kernel(
             pid_n = tl.where(whole, program, whole_tiles + split_program // SPLIT_K)
             pid_k = tl.where(whole, 0, split_program % SPLIT_K)
             spans = tl.where(whole, 1, SPLIT_K)
-        BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // BLOCKSIZE
-        HALF_BLOCK: tl.constexpr = BLOCKSIZE // 2  # bytes of codes per quantization block
+        STEP_BLOCK: tl.constexpr = min(BLOCKSIZE, BLOCK_K)  # elements one absmax scales within a step (_step_absmax)
+        BLOCKS_PER_STEP: tl.constexpr = BLOCK_K // STEP_BLOCK
+        HALF_BLOCK: tl.constexpr = STEP_BLOCK // 2  # bytes of codes per block of a step
         rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] weight rows = outputs
         rows_in = rows < N
         step_blocks = tl.arange(0, BLOCKS_PER_STEP)  # [BLOCKS_PER_STEP]
@@ -450,7 +455,7 @@ def _nf4_matmul_kernel(
         elif PATH == "words" and CHUNKS:
             acc = tl.zeros((BLOCK_N, BLOCK_K // 32), dtype=tl.float32)
         elif PATH == "words":
-            acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, BLOCKSIZE // 8), dtype=tl.float32)
+            acc = tl.zeros((BLOCKS_PER_STEP, BLOCK_N, STEP_BLOCK // 8), dtype=tl.float32)
         else:
             acc = tl.zeros((BLOCK_N, BLOCKS_PER_STEP), dtype=tl.float32)
         byte_table = 0
@@ -990,13 +995,13 @@ def _config(tile: Tile, levels: str) -> triton.Config:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Steps of whole quantization blocks only; splits of K only where _split_allowed."""
+    """Splits of K only where _split_allowed. Every step fits the blocks: both powers of two, a step holds whole
+    blocks or lies in one."""
     N, K, M = named_args["N"], named_args["K"], named_args["M"]
     tokens = cdiv(M, kwargs["BLOCK_M"])
     sms = _num_sms(named_args["out_ptr"].device)
-    return [c for c in configs if c.kwargs["BLOCK_K"] % kwargs["BLOCKSIZE"] == 0
-            and _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"], c.kwargs["TAIL_ROUND"],
-                               N, K, tokens, sms, c.kwargs["STREAM_K"])]
+    return [c for c in configs if _split_allowed(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.kwargs["SPLIT_K"],
+                                                 c.kwargs["TAIL_ROUND"], N, K, tokens, sms, c.kwargs["STREAM_K"])]
 
 
 _CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # CUfunction_attribute values of the CUDA driver API
@@ -1050,7 +1055,7 @@ def _fixed_tile(family: str, N: int, K: int, dtype: torch.dtype, blocksize: int)
         tile = _CANDIDATES[family][0]
     else:
         return None
-    return tile._replace(block_k=max(tile.block_k, blocksize))
+    return tile
 
 
 def path_constexprs(use_dot: bool, pairs: bool, dtype: torch.dtype, blocksize: int, double_quant: bool,
