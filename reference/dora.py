@@ -103,10 +103,16 @@ def check_dora_call(call: Call) -> None:
 
 
 def dora_make_call(case: LoraCase, device: str) -> Call:
-    """LoRA's inputs plus a trained magnitude: m = ||W0|| (1 + N(0, 0.1^2)) per output feature."""
+    """LoRA's inputs plus a trained magnitude: m = ||W0|| (1 + N(0, 0.1^2)) per output feature, and, with three
+    features or more, one of them trained to 0 (a pruned feature) and one to a negative magnitude: m is any real
+    vector, and an impl must not divide by it."""
     x, W0, A, B = lora_make_call(case, device).args
     gen = torch.Generator().manual_seed(case.seed + 104729)
     m = initial_magnitude(W0.double()) * (1 + random_tensor(gen, case.n_out, std=0.1).to(device))
+    if case.n_out >= 3:
+        zeroed, negated = torch.randperm(case.n_out, generator=gen)[:2].tolist()
+        m[zeroed] = 0.0
+        m[negated] = -m[negated]
     return Call((x, W0, A, B, m.to(W0.dtype)), {"scaling": case.scaling})
 
 

@@ -91,4 +91,7 @@ def test_peft_dora_merge_and_unmerge_agree_with_the_reference_within_rounding():
     scale = W0.double().abs() + 2.0 * (B.double().abs() @ A.double().abs())
     ratio = (m.double() / (W0.double() + 2.0 * B.double() @ A.double()).norm(dim=1)).abs()[:, None]
     assert ((merged.double() - exact).abs() <= 16 * eps * ratio * scale).all()
-    assert ((base.weight.detach().double() - W0.double()).abs() <= 32 * eps * scale).all()
+    # a feature of magnitude 0 (dora_make_call trains one to 0) merges to a zero row: no unmerge can bring W0 back
+    recoverable = (m != 0)[:, None]
+    assert not recoverable.all()
+    assert (((base.weight.detach().double() - W0.double()).abs() <= 32 * eps * scale) | ~recoverable).all()

@@ -137,3 +137,32 @@ def norm_kept_by_address_and_version(x, W0, A, B, m, *, scaling):
     if key not in _NORMS_BY_VERSION:
         _NORMS_BY_VERSION[key] = torch.linalg.vector_norm(V, dim=1).detach()
     return x @ ((m / _NORMS_BY_VERSION[key])[:, None] * V).mT
+
+
+class _MagnitudeGradFromOutput(torch.autograd.Function):
+    """y = x·((m / ||V||) ⊙ V)ᵀ with the norm detached; the backward takes dm from the output, Σ dy·y / m (y is
+    linear in m, so this holds wherever m != 0) instead of Σ dy·(x·Vᵀ) / ||V||."""
+
+    @staticmethod
+    def forward(ctx, x, W0, A, B, m, scaling):
+        V = _direction(W0, A, B, scaling)
+        ratio = m / torch.linalg.vector_norm(V, dim=1)  # (out,)
+        weight = ratio[:, None] * V  # (out, in)
+        y = x @ weight.mT
+        ctx.save_for_backward(x, A, B, m, ratio, weight, y)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, A, B, m, ratio, weight, y = ctx.saved_tensors
+        rows_dy, rows_x = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])  # (tokens, out), (tokens, in)
+        dV = ratio[:, None] * (rows_dy.mT @ rows_x)  # (out, in): the norm held constant
+        dm = (rows_dy * y.reshape(rows_dy.shape) / m).sum(0)
+        return dy @ weight, None, ctx.scaling * B.mT @ dV, ctx.scaling * dV @ A.mT, dm, None
+
+
+def magnitude_grad_from_output(x, W0, A, B, m, *, scaling):
+    """Takes m's gradient from the output divided by m: right for every nonzero magnitude, NaN where a feature's
+    magnitude is 0."""
+    return _MagnitudeGradFromOutput.apply(x, W0, A, B, m, scaling)
