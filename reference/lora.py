@@ -137,14 +137,12 @@ def random_tensor(gen: torch.Generator, *shape: int, std: float = 1.0) -> torch.
 
 def place_weight(w: torch.Tensor, layout: str, dtype: torch.dtype, device: str) -> torch.Tensor:
     """w (a matrix: W, A or B) in `dtype` on `device`, row-major, or a view of a NaN-filled larger buffer: (layout
-    "strided") stored transposed after one NaN row (a slice of a fused weight: a storage offset); ("sliced") columns
-    1 .. cols of rows cols + 3 wide (unit column stride, rows apart by more than their width)."""
+    "strided") stored transposed after one NaN row (a slice of a fused weight: a storage offset); ("sliced") a column
+    block of wider rows, as place_x places x (unit column stride, rows apart by more than their width)."""
     if layout == "contiguous":
         return w.to(device=device, dtype=dtype)
     if layout == "sliced":
-        stored = torch.full((w.shape[0], w.shape[1] + 3), float("nan"), dtype=dtype, device=device)
-        stored[:, 1:w.shape[1] + 1] = w.to(device=device, dtype=dtype)
-        return stored[:, 1:w.shape[1] + 1]
+        return place_x(w, layout, dtype, device)
     stored = torch.full((w.shape[1] + 1, w.shape[0]), float("nan"), dtype=dtype, device=device)
     stored[1:] = w.mT.to(device=device, dtype=dtype)
     return stored[1:].mT

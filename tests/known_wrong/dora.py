@@ -6,6 +6,11 @@ def _direction(W0, A, B, scaling):
     return W0 + scaling * (B @ A)
 
 
+def _rescaled(x, V, m, norm):
+    """x·((m / norm) ⊙ V)ᵀ: DoRA's output for a direction V and whatever per-row norm the bug takes."""
+    return x @ ((m / norm)[:, None] * V).mT
+
+
 def norm_over_outputs(x, W0, A, B, m, *, scaling):
     """Normalizes each input column (norm over the output dimension, the seed's "column" read literally for an (out,
     in) weight) and scales columns by m where shapes allow: not peft's per-output-feature norm."""
@@ -18,13 +23,13 @@ def norm_not_detached(x, W0, A, B, m, *, scaling):
     """Differentiates the norm (the DoRA paper's formula without its section 4.3 detach): same forward, different
     dA, dB."""
     V = _direction(W0, A, B, scaling)
-    return x @ ((m / torch.linalg.vector_norm(V, dim=1))[:, None] * V).mT
+    return _rescaled(x, V, m, torch.linalg.vector_norm(V, dim=1))
 
 
 def norm_of_base_only(x, W0, A, B, m, *, scaling):
     """Divides by ||W0|| instead of ||W0 + scaling·B·A|| (the norm cached at initialization)."""
     V = _direction(W0, A, B, scaling)
-    return x @ ((m / torch.linalg.vector_norm(W0, dim=1))[:, None] * V).mT
+    return _rescaled(x, V, m, torch.linalg.vector_norm(W0, dim=1))
 
 
 def magnitude_ignored(x, W0, A, B, m, *, scaling):
@@ -66,7 +71,7 @@ def norm_over_first_tile(x, W0, A, B, m, *, scaling):
     loop): right for layers up to 128 wide."""
     V = _direction(W0, A, B, scaling)
     norm = torch.linalg.vector_norm(V[:, :128], dim=1).detach()
-    return x @ ((m / norm)[:, None] * V).mT
+    return _rescaled(x, V, m, norm)
 
 
 _NORMS: dict = {}
@@ -79,7 +84,7 @@ def norm_kept_by_identity(x, W0, A, B, m, *, scaling):
     if key not in _NORMS:
         _NORMS[key] = torch.linalg.vector_norm(_direction(W0, A, B, scaling), dim=1).detach()
     V = _direction(W0, A, B, scaling)
-    return x @ ((m / _NORMS[key])[:, None] * V).mT
+    return _rescaled(x, V, m, _NORMS[key])
 
 
 _DIRECTIONS: dict = {}
@@ -95,7 +100,7 @@ class _SharedDirection(torch.autograd.Function):
         _DIRECTIONS[tuple(V.shape)] = (V, torch.linalg.vector_norm(V, dim=1))
         ctx.save_for_backward(x, A, B, m)
         ctx.scaling, ctx.shape = scaling, tuple(V.shape)
-        return x @ ((m / _DIRECTIONS[ctx.shape][1])[:, None] * V).mT
+        return _rescaled(x, V, m, _DIRECTIONS[ctx.shape][1])
 
     @staticmethod
     def backward(ctx, dy):
@@ -121,9 +126,9 @@ def skips_the_adapter_at_initialization(x, W0, A, B, m, *, scaling):
     """Returns the magnitude-scaled base while B is all zeros (DoRA's initialization): the forward is right, but A and
     B never get a gradient."""
     if A.shape[0] == 0 or not bool(B.any()):
-        return x @ ((m / torch.linalg.vector_norm(W0, dim=1).detach())[:, None] * W0).mT
+        return _rescaled(x, W0, m, torch.linalg.vector_norm(W0, dim=1).detach())
     V = _direction(W0, A, B, scaling)
-    return x @ ((m / torch.linalg.vector_norm(V, dim=1).detach())[:, None] * V).mT
+    return _rescaled(x, V, m, torch.linalg.vector_norm(V, dim=1).detach())
 
 
 _NORMS_BY_VERSION: dict = {}
@@ -136,7 +141,7 @@ def norm_kept_by_address_and_version(x, W0, A, B, m, *, scaling):
     V = _direction(W0, A, B, scaling)
     if key not in _NORMS_BY_VERSION:
         _NORMS_BY_VERSION[key] = torch.linalg.vector_norm(V, dim=1).detach()
-    return x @ ((m / _NORMS_BY_VERSION[key])[:, None] * V).mT
+    return _rescaled(x, V, m, _NORMS_BY_VERSION[key])
 
 
 class _MagnitudeGradFromOutput(torch.autograd.Function):
