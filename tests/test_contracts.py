@@ -31,9 +31,9 @@ KNOWN_LIBRARY_FAILURES = {
     ("attention", "sdpa_efficient"): f"torch SDPA memory-efficient backend: {_PADDED_VIEW_FAULT}",
     ("attention", "sdpa_cudnn"): "torch SDPA cuDNN backend: NaN outputs on padded_view inputs",
     ("attention", "fa4"): "FlashAttention-4: dq wrong at head dim 40 with GQA and causal N != M",
-    ("nf4_matmul", "bnb_matmul_4bit"): "bitsandbytes matmul_4bit: misaligned-address fault on one float32 token "
-                                       "that is a contiguous view 12 bytes into its storage (sliced x; its 4-bit "
-                                       "kernels read x in 16-byte vectors)",
+    ("nf4_matmul", "bnb_matmul_4bit"): "bitsandbytes matmul_4bit: misaligned-address fault on one token of x "
+                                       "that does not start on 16 bytes (sliced x; any dtype or blocksize: "
+                                       "results/h100/probes/2026-12-07-bnb-one-token-alignment-probe.json)",
 }
 
 
