@@ -292,7 +292,8 @@ def make_call(case: DecodeCase, device: str) -> Call:
 
 def cases(impl, mode: str):
     """Hypothesis strategy of DecodeCase: tiny decoders, cache chunks of 1-8 positions so that prompt and generation
-    cross growth boundaries, MHA/GQA/MQA where the impl supports GQA."""
+    cross growth boundaries, MHA/GQA/MQA where the impl supports GQA (groups of 3 too: query head h reads KV head
+    h // group, not h >> log2(group))."""
     from hypothesis import strategies as st
 
     supports = impl.supports
@@ -302,11 +303,12 @@ def cases(impl, mode: str):
     @st.composite
     def build(draw):
         n_kv_heads = draw(st.sampled_from([1, 2]))
-        group = draw(st.sampled_from([1, 2, 4] if gqa else [1]))
+        group = draw(st.sampled_from([1, 2, 3, 4] if gqa else [1]))
         T = draw(st.integers(2, 20))
+        dims = [dim for dim in (16, 32, 48) if dim % (n_kv_heads * group) == 0]  # as Hugging Face's Llama requires
         return DecodeCase(
             B=draw(st.sampled_from([1, 2])), prompt_len=draw(st.integers(1, T)), T=T,
-            vocab_size=draw(st.sampled_from([17, 50])), dim=draw(st.sampled_from([16, 32, 48])),
+            vocab_size=draw(st.sampled_from([17, 50])), dim=draw(st.sampled_from(dims)),
             n_layers=draw(st.sampled_from([1, 2])), n_heads=n_kv_heads * group, n_kv_heads=n_kv_heads,
             head_dim=draw(st.sampled_from([4, 8, 16])), hidden_dim=draw(st.sampled_from([24, 64])),
             cache_chunk=draw(st.sampled_from([1, 3, 4, 8])), dtype=draw(st.sampled_from(dtypes)),
@@ -316,13 +318,14 @@ def cases(impl, mode: str):
 
 
 # Prompt exactly one chunk (the first decode step grows the cache), one past a chunk, pure decode, pure prefill,
-# MQA and GQA over several growths, half precision.
+# MQA and GQA over several growths, half precision, GQA groups of 3.
 EXAMPLES = [
     DecodeCase(2, 8, 20, 50, 32, 2, 4, 2, 8, 64, cache_chunk=8, dtype="float64", seed=1),
     DecodeCase(1, 5, 17, 17, 48, 2, 4, 1, 16, 64, cache_chunk=4, dtype="float32", seed=2),
     DecodeCase(2, 1, 12, 50, 32, 1, 8, 2, 4, 24, cache_chunk=3, dtype="float64", seed=3),
     DecodeCase(1, 9, 9, 50, 32, 2, 2, 2, 8, 64, cache_chunk=4, dtype="float32", seed=4),
     DecodeCase(2, 4, 16, 50, 32, 2, 4, 1, 8, 64, cache_chunk=4, dtype="bfloat16", seed=5),
+    DecodeCase(1, 3, 11, 17, 48, 1, 6, 2, 8, 24, cache_chunk=3, dtype="float32", seed=6),
 ]
 
 

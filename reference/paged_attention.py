@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Goal, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import (
+    WHEN_SET,
+    Call,
+    Claim,
+    Contract,
+    Cost,
+    Goal,
+    Property,
+    PropertyFailed,
+    drawing,
+    dtype_of,
+)
 
 # --------------------------------------------------------------------------------------------------- block manager
 
@@ -219,12 +230,17 @@ def check_paged_call(call: Call) -> None:
 
 SPARE_BLOCKS = 2  # blocks no sequence references, in every case (poisoned by unused_slots_never_read)
 TABLE_SLACK = 1  # block table columns past the longest sequence's last block
+NO_BLOCK = 2**31 - 1  # what unused_slots_never_read writes in the table past each sequence's last block
+KEY_OFFSET = 200.0  # the stress cases' key_offset: scores shift by ~200 (float32 exp overflows past 88)
 
 
 @dataclass(frozen=True)
 class PagedCase:
     """Sequence b holds lengths[b % len(lengths)] tokens; with shared_prefix > 0 every sequence was forked from one
-    parent after its first shared_prefix tokens (full blocks shared, the partial one copied on write)."""
+    parent after its first shared_prefix tokens (full blocks shared, the partial one copied on write: siblings that
+    never wrote past it keep sharing it). key_offset > 0 gives every key of a KV head a common component (as real keys
+    carry a large channel mean), shifting all scores of a query head by one amount, key_offset times a standard normal:
+    softmax ignores it, a kernel whose running max is missing or starts at 0 overflows or underflows."""
 
     B: int
     Hq: int
@@ -237,6 +253,7 @@ class PagedCase:
     dtype: str = "float32"
     value_scale: float = 1.0
     seed: int = 0
+    key_offset: float = field(default=0.0, metadata=WHEN_SET)
 
     def __post_init__(self):
         if not self.lengths or min(self.lengths) < 1 or not 0 <= self.shared_prefix <= min(self.lengths):
@@ -272,15 +289,29 @@ def logical_query(case: PagedCase, device: str) -> torch.Tensor:
                        dtype=dtype_of(case.dtype)) * case.value_scale
 
 
+def key_offsets(case: PagedCase, device: str) -> torch.Tensor:
+    """(Hkv, D) in float32: the component every key of KV head j shares, key_offset / (scale x value_scale) along a
+    random unit vector u_j, so that query head h's scores all shift by key_offset x (q_h . u_j) / value_scale, a
+    standard normal times key_offset."""
+    scale = case.scale if case.scale is not None else case.D**-0.5
+    directions = torch.randn(case.Hkv, case.D, generator=_generator(case, device, 1_000_006), device=device)
+    return directions / directions.norm(dim=1, keepdim=True) * (case.key_offset / (abs(scale) * case.value_scale))
+
+
 def logical_sequence(case: PagedCase, b: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence b's K and V (L_b, Hkv, D), standard normal in the case's dtype, generated on `device` one sequence at a
-    time (bench-sized caches never exist twice); the first shared_prefix tokens are the same for every sequence."""
+    """Sequence b's K and V (L_b, Hkv, D), standard normal (K plus key_offsets) in the case's dtype, generated on
+    `device` one sequence at a time (bench-sized caches never exist twice); the first shared_prefix tokens are the same
+    for every sequence."""
     def normal(length, offset):
         return torch.randn(length, case.Hkv, case.D, generator=_generator(case, device, offset), device=device,
                            dtype=dtype_of(case.dtype))
 
     own = case.seq_lens[b] - case.shared_prefix
-    return tuple(torch.cat([normal(case.shared_prefix, 1 + i), normal(own, 3 + 2 * b + i)]) for i in range(2))
+    k, v = (torch.cat([normal(case.shared_prefix, 1 + i), normal(own, 3 + 2 * b + i)]) for i in range(2))
+    if case.key_offset:
+        wide = torch.promote_types(k.dtype, torch.float32)
+        k = (k.to(wide) + key_offsets(case, device).to(wide)).to(k.dtype)
+    return k, v
 
 
 def paged_layout(case: PagedCase, device: str):
@@ -322,7 +353,8 @@ def make_call(case: PagedCase, device: str) -> Call:
 
 def cases(impl, mode: str):
     """Hypothesis strategy of PagedCase: lengths at, one before and one past block boundaries (and 1), shared prefixes,
-    GQA/MQA, several block sizes; only what the impl supports ("interpret": tiny, no bfloat16)."""
+    GQA/MQA (groups of 3 too), several block sizes, keys with a large common offset; only what the impl supports
+    ("interpret": tiny, no bfloat16)."""
     from hypothesis import strategies as st
 
     on, _, dtypes = drawing(impl, mode, ("float32", "float16", "bfloat16", "float64"))
@@ -340,21 +372,22 @@ def cases(impl, mode: str):
 
         Hkv = draw(st.sampled_from([1, 2]))
         B = draw(st.sampled_from([1, 2, 3]))
-        lengths = tuple(length() for _ in range(B))
+        lengths = tuple(length() for _ in range(draw(st.integers(1, B))))  # fewer than B: equal lengths recur
         prefix = draw(st.sampled_from([0, bs, bs + 1, min(lengths)])) if on("shared_blocks") else 0
         return PagedCase(
-            B=B, Hq=Hkv * draw(st.sampled_from([1, 2, 4, 8] if on("gqa") else [1])), Hkv=Hkv,
+            B=B, Hq=Hkv * draw(st.sampled_from([1, 2, 3, 4, 8] if on("gqa") else [1])), Hkv=Hkv,
             D=draw(st.sampled_from(head_dims)), block_size=bs, lengths=lengths,
             shared_prefix=min(prefix, min(lengths)),
             scale=draw(st.sampled_from([None, None, 0.05, 0.3])) if on("scale") else None,
             dtype=draw(st.sampled_from(dtypes)), value_scale=draw(st.sampled_from([1.0, 1.0, 8.0, 0.1])),
-            seed=draw(st.integers(0, 2**16)))
+            seed=draw(st.integers(0, 2**16)), key_offset=draw(st.sampled_from([0.0, 0.0, 0.0, KEY_OFFSET])))
 
     return build().filter(lambda case: CONTRACT.unsupported(case, impl.supports) is None)
 
 
 # The regression grid: lengths exactly at, one past and one before block boundaries, a single token, forks whose
-# children copy a partial block on write, GQA 8:1, MHA, MQA, half precision.
+# children copy a partial block on write (or, never writing past it, all keep sharing it), GQA 8:1 and 3:1, MHA, MQA,
+# half precision, keys with a large common offset.
 EXAMPLES = [
     PagedCase(3, 8, 2, 32, 16, (32, 33, 1), seed=1),
     PagedCase(3, 4, 1, 16, 8, (24, 17, 13), shared_prefix=13, dtype="float16", seed=2),
@@ -363,6 +396,7 @@ EXAMPLES = [
     PagedCase(1, 2, 2, 16, 16, (1,), seed=5),
     PagedCase(3, 16, 2, 128, 16, (300, 257, 112), shared_prefix=100, dtype="bfloat16", seed=6),
     PagedCase(2, 6, 3, 40, 3, (31, 30), scale=0.3, value_scale=8.0, seed=7),
+    PagedCase(2, 6, 2, 16, 4, (6,), shared_prefix=6, seed=8, key_offset=KEY_OFFSET),
 ]
 
 
@@ -475,13 +509,21 @@ def invariant_to_block_permutation(impl, case, device):
                     _call(impl, relabel_blocks(call, permutation)), _call(impl, call))
 
 
+def table_tails(call: Call) -> torch.Tensor:
+    """(B, max_blocks) bool: the table entries past each sequence's last block."""
+    _, k_cache, _, block_table, seq_lens = call.args
+    blocks = -(-seq_lens.long() // k_cache.shape[1])  # (B,)
+    return torch.arange(block_table.shape[1], device=block_table.device) >= blocks[:, None]
+
+
 def unused_slots_never_read(impl, case, device):
     call = make_call(case, device)
     used = used_slots(call)[..., None, None]  # (num_blocks, block_size, 1, 1)
     poisoned = _with(call, k_cache=call.args[1].masked_fill(~used, float("nan")),
-                     v_cache=call.args[2].masked_fill(~used, float("nan")))
-    tolerance.exact("out with NaN in every slot past seq_len and every unreferenced block", _call(impl, poisoned),
-                    _call(impl, call))
+                     v_cache=call.args[2].masked_fill(~used, float("nan")),
+                     block_table=call.args[3].masked_fill(table_tails(call), NO_BLOCK))
+    tolerance.exact("out with NaN in every slot past seq_len and every unreferenced block, and the table entries past "
+                    "each sequence's last block naming no block", _call(impl, poisoned), _call(impl, call))
 
 
 def unshared_layout(call: Call) -> Call:
@@ -518,7 +560,7 @@ def gqa_head_mapping(impl, case, device):
     probe = heads[None, None, :, None].expand(call.args[2].shape).contiguous()  # V of KV head j is j + 1 everywhere
     out = _call(impl, _with(call, v_cache=probe)).float().cpu()  # (B, Hq, D): the KV head each query head read, + 1
     expected = (torch.arange(Hq) // (Hq // Hkv) + 1).float()[None, :, None].expand_as(out)
-    wrong = (out - expected).abs() > 0.25
+    wrong = ~((out - expected).abs() <= 0.25)  # NaN reads no head
     if wrong.any():
         b, h, d = (int(i) for i in wrong.nonzero()[0])
         raise PropertyFailed(f"with V of KV head j set to j + 1, query head {h} (batch {b}, dim {d}) got "
@@ -544,7 +586,8 @@ PROPERTIES = [
     Property("invariant_to_block_permutation", invariant_to_block_permutation,
              doc="moving the physical blocks (renaming them in the table) leaves out bitwise unchanged"),
     Property("unused_slots_never_read", unused_slots_never_read,
-             doc="NaN in the slots past seq_len and in unreferenced blocks leaves out bitwise unchanged"),
+             doc="NaN in the slots past seq_len and in unreferenced blocks, and table entries past a sequence's "
+                 "last block out of range, leave out bitwise unchanged"),
     Property("fork_children_exact", fork_children_exact,
              applies=lambda impl, case: case.shared_prefix > 0 and case.B > 1,
              doc="forked children sharing prefix blocks (partial ones copied on write) give bitwise the out of the "

@@ -22,6 +22,7 @@ from llmopt.reference.paged_attention import (
     PagedKVCache,
     check_paged_call,
     claims,
+    logical_query,
     logical_sequence,
     make_call,
     paged_attention,
@@ -147,7 +148,8 @@ def test_entries_past_the_last_block_are_never_read():
     assert torch.equal(paged_attention(q, k, v, scrambled, lens), paged_attention(q, k, v, table, lens))
 
 
-@pytest.mark.parametrize("case", [EXAMPLES[1], EXAMPLES[5]], ids=["fork-cow", "fork-bf16"])
+@pytest.mark.parametrize("case", [EXAMPLES[1], EXAMPLES[5], EXAMPLES[7]],
+                         ids=["fork-cow", "fork-bf16", "fork-shared-tail"])
 def test_layout_transformations_keep_the_logical_sequences(case):
     """The calls the properties build (physical blocks moved, forks unshared) hold the same logical sequences, and the
     paged layout really shares blocks and leaves unused slots: the properties test something."""
@@ -164,6 +166,22 @@ def test_layout_transformations_keep_the_logical_sequences(case):
                            logical_k)
     used = used_slots(call)
     assert int(used.sum()) < used.numel() and int(used_slots(unshared).sum()) > int(used.sum())  # sharing saved slots
+
+
+def test_key_offset_only_shifts_the_scores():
+    """A key_offset case attends as the same case without it (softmax ignores a shift of all of a head's scores), yet
+    its scores leave the range where float32 exp stays finite without the running max, above and below."""
+    case = dataclasses.replace(EXAMPLES[7], dtype="float64")
+    torch.testing.assert_close(paged_attention(*make_call(case, "cpu").args),
+                               paged_attention(*make_call(dataclasses.replace(case, key_offset=0.0), "cpu").args),
+                               rtol=0, atol=1e-9)
+    q = logical_query(case, "cpu")
+    top = []  # each (sequence, query head)'s largest score
+    for b in range(case.B):
+        k = logical_sequence(case, b, "cpu")[0].repeat_interleave(case.Hq // case.Hkv, 1)  # (L, Hq, D)
+        top.append((torch.einsum("hd,lhd->hl", q[b], k) * case.D**-0.5).amax(1))
+    top = torch.cat(top)
+    assert float(top.max()) > 88 and float(top.min()) < -104  # exp overflows / every exp underflows in float32
 
 
 # Each property and the known-wrong kernel that only it (or it first) catches.

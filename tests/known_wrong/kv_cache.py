@@ -68,3 +68,24 @@ def forgets_decoded_tokens(weights, config, tokens, *, prompt_len):
 def rope_position_restarts(weights, config, tokens, *, prompt_len):
     """Rotates each decoded token's query and key at position 0 instead of its position in the sequence."""
     return _decode(weights, config, tokens, prompt_len, _cache(weights, config, tokens), position=lambda t: 0)
+
+
+class _HeadPerQuery:
+    """Hands attention one K/V head per query head, KV head heads[h] for query head h (an MHA-layout read of a GQA
+    cache, for a kernel without GQA)."""
+
+    def __init__(self, cache, heads):
+        self.cache, self.heads = cache, heads
+
+    def extend(self, layer, k, v):
+        k, v = self.cache.extend(layer, k, v)
+        return k[:, self.heads], v[:, self.heads]
+
+
+def gqa_group_padded_to_power_of_two(weights, config, tokens, *, prompt_len):
+    """Expands the KV heads for the query heads with the group rounded up to a power of two (a packed kernel's
+    padding taken for the group): h // group for groups of 1, 2, 4, but with 3 query head 3 reads KV head 0."""
+    group = config.n_heads // config.n_kv_heads
+    padded = 1 << (group - 1).bit_length()
+    heads = (torch.arange(config.n_heads) // padded).clamp(max=config.n_kv_heads - 1)
+    return _decode(weights, config, tokens, prompt_len, _HeadPerQuery(_cache(weights, config, tokens), heads))

@@ -19,9 +19,10 @@ def _group_head(h, Hq, Hkv):
 
 
 def _decode(q, k_cache, v_cache, block_table, seq_lens, scale, *, blocks_of=_table_blocks, kept=_first_tokens,
-            kv_head_of=_group_head, tile=None, order=None, zero_masked_values=True):
+            kv_head_of=_group_head, tile=None, order=None, zero_masked_values=True, first_max=float("-inf")):
     """out (B, Hq, D): per sequence, read the physical blocks blocks_of(row, L, bs), keep the slots kept(L, blocks,
-    bs), run an online softmax in float32 over tiles of `tile` slots merged in `order` (default: table order)."""
+    bs), run an online softmax in float32 over tiles of `tile` slots merged in `order` (default: table order), its
+    running max starting at first_max."""
     B, Hq, D = q.shape
     bs, Hkv = k_cache.shape[1], k_cache.shape[2]
     scale = D**-0.5 if scale is None else scale
@@ -39,7 +40,7 @@ def _decode(q, k_cache, v_cache, block_table, seq_lens, scale, *, blocks_of=_tab
         scores = torch.einsum("hd,shd->hs", q[b].to(wide), k).masked_fill(~keep, float("-inf")) * scale  # (Hq, slots)
         step = tile or scores.shape[1]
         starts = list(range(0, scores.shape[1], step))
-        m = torch.full((Hq, 1), float("-inf"), dtype=wide)
+        m = torch.full((Hq, 1), first_max, dtype=wide)
         total = torch.zeros(Hq, 1, dtype=wide)
         acc = torch.zeros(Hq, D, dtype=wide)
         for start in (order(starts, blocks) if order else starts):
@@ -107,3 +108,36 @@ def racy_split_combine(q, k_cache, v_cache, block_table, seq_lens, *, scale=None
     atomics): right up to rounding, but two calls differ."""
     return _decode(q, k_cache, v_cache, block_table, seq_lens, scale, tile=4,
                    order=lambda starts, blocks: random.sample(starts, len(starts)))
+
+
+def running_max_starts_at_zero(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Starts the online softmax's running max at 0 instead of -inf (`m_i = tl.zeros(...)`): exact while some score
+    of a head is above about -100, but a head whose scores are all shifted far below (keys sharing a large component)
+    underflows every exp to 0 and returns 0 / 0."""
+    return _decode(q, k_cache, v_cache, block_table, seq_lens, scale, tile=k_cache.shape[1], first_max=0.0)
+
+
+def dereferences_entry_past_last_block(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Loads L // block_size + 1 blocks (one too many when L is a multiple of block_size) and masks the extra slots:
+    right while the table entry past the last block names some block, an out-of-bounds read when it names none."""
+    return _decode(q, k_cache, v_cache, block_table, seq_lens, scale,
+                   blocks_of=lambda row, L, bs: row[: L // bs + 1].long())
+
+
+def group_by_bit_shift(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Maps query head h to KV head h >> floor(log2(Hq // Hkv)): h // group for groups of 1, 2, 4, 8, wrong for the
+    others (3 here; 7 in Qwen2-7B's 28 query heads over 4 KV heads)."""
+    return _decode(q, k_cache, v_cache, block_table, seq_lens, scale,
+                   kv_head_of=lambda h, Hq, Hkv: (h >> ((Hq // Hkv).bit_length() - 1)).clamp(max=Hkv - 1))
+
+
+def shared_blocks_taken_as_full(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Treats a last block that several sequences hold as full, as prefix-cache blocks are: forked siblings that have
+    written nothing past a partial block still share it, and read its stale slots."""
+    bs = k_cache.shape[1]
+    rows = [_table_blocks(block_table[b], int(seq_lens[b]), bs).tolist() for b in range(q.shape[0])]
+    lengths = seq_lens.clone()
+    for b, row in enumerate(rows):
+        if sum(row[-1] in other for other in rows) > 1:
+            lengths[b] = len(row) * bs
+    return _decode(q, k_cache, v_cache, block_table, lengths, scale)
