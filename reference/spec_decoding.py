@@ -7,6 +7,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from llmopt.reference import tolerance
@@ -395,10 +396,12 @@ def make_call(case: SpecCase, device: str) -> Call:
 
 def trial_budget(V: int, mode: str) -> tuple[int, int]:
     """(rows per call, trials) the distribution properties use at vocabulary size V: >= 10^5 trials up to V = 1000
-    (2 x 10^4 under Triton's interpreter, which runs each program in Python), a few thousand above."""
+    (2 x 10^4 under Triton's interpreter, which runs each program in Python), a few thousand above. The rows of a call
+    are odd, so a kernel that splits rows into power-of-two blocks always has a partial last block."""
     if V <= 1000:
-        return 1024, (20 if mode == "interpret" else 98) * 1024
-    return (1024, 4096) if V <= 40_000 else (512, 2048)
+        return MAX_ROWS - 25, (21 if mode == "interpret" else 101) * (MAX_ROWS - 25)
+    rows = MAX_ROWS - 25 if V <= 40_000 else MAX_ROWS // 2 - 1
+    return rows, 4 * rows
 
 
 def cases(impl, mode: str):
@@ -449,13 +452,15 @@ DENSE_LARGE_VOCABULARY = _example(32001, 3, "dense", seed=10)
 def examples(mode: str) -> list[SpecCase]:
     """The regression grid: the odd vocabularies 7, 1000, 32001 and, on the GPU, 128257 and a dense 32001 (on the CPU
     every impl and known-wrong sampler would pay for them: tests/test_spec_decoding.py runs 128257 for torch_batched),
-    every family, k from 1 to 4; under the interpreter V <= 33."""
+    every family, k from 1 to 6 (the longest drafts the strategy draws, positions past 4 reached in a tenth of the
+    rows); under the interpreter V <= 33."""
     if mode == "interpret":
         return [_example(7, 3, "markov", "float64", 1, mode), _example(33, 4, "sparse", seed=2, mode=mode),
                 _example(7, 2, "one_hot", seed=3, mode=mode)]
     grid = [
         _example(7, 3, "markov", "float64", 1),
         _example(7, 4, "dense", seed=2),
+        _example(7, 6, "dense", seed=11),
         _example(1000, 3, "dense", seed=3),
         _example(1000, 2, "one_hot", seed=4),
         _example(7, 3, "equal", "float64", 5),
@@ -472,17 +477,15 @@ FULL_CODES = 50_000  # at most this many (context, emitted sequence) outcomes: t
 
 @dataclass
 class CaseLaw:
-    """How emitted rows are coded as integers, and the exact law of the codes.
+    """How emitted rows are coded as integers, and the exact law of the codes after each context.
     full: codes are (context, emitted sequence): context x n_sequences + offset[length] + digits in base len(alphabet).
     Otherwise (large dense shared cases) the codes are (accepted count m, last token y): m x V + y, and each position i
-    is tested apart: the tokens kept there, against q_i a_i / alpha_i.
-    m_law (contexts, k + 1): the law of the accepted count m after each context."""
+    is tested apart: the tokens kept there, against q_i a_i / alpha_i."""
 
     full: bool
-    probs: torch.Tensor  # (codes,) float64
+    probs: torch.Tensor  # (contexts, codes per context) float64: each row the law of the codes after that context
     lookup: torch.Tensor  # (V,) int64: token -> digit, -1 for a token no outcome contains
     radix: int
-    m_law: torch.Tensor
     kept_laws: torch.Tensor | None = None  # (k, V) coarse only: the law of the token kept at each position
 
 
@@ -505,7 +508,6 @@ def case_law(case: SpecCase) -> CaseLaw:
     n_sequences, offsets = _sequences(radix, k)
     if context_ids.numel() * n_sequences <= FULL_CODES:
         probs = [0.0] * (context_ids.numel() * n_sequences)
-        m_law = [[0.0] * (k + 1) for _ in context_ids.tolist()]
         digit_of, starts = lookup.tolist(), offsets.tolist()
         for c in context_ids.tolist():
             if case.family == "markov":
@@ -515,10 +517,7 @@ def case_law(case: SpecCase) -> CaseLaw:
             for tokens, probability in law.items():
                 code = starts[len(tokens) - 1] + sum(digit_of[t] * radix ** j for j, t in enumerate(tokens))
                 probs[c * n_sequences + code] += probability
-                m_law[c][len(tokens) - 1] += probability
-        weights = torch.bincount(contexts(case, case.rows), minlength=context_ids.numel()).double() / case.rows
-        probs = torch.tensor(probs, dtype=torch.float64).view(-1, n_sequences) * weights.unsqueeze(1)
-        return CaseLaw(True, probs.flatten(), lookup, radix, torch.tensor(m_law, dtype=torch.float64))
+        return CaseLaw(True, torch.tensor(probs, dtype=torch.float64).view(-1, n_sequences), lookup, radix)
     # large dense shared tables: (m, y) and the kept token of each position, from the rule's helpers
     q_safe = torch.where(draft > 0, draft, 1.0)
     keep = torch.where(draft > 0, acceptance_probability(target[:k], q_safe), 0.0)  # (k, V)
@@ -527,7 +526,7 @@ def case_law(case: SpecCase) -> CaseLaw:
     m_law = reach * torch.cat([1 - alphas, torch.ones(1, dtype=torch.float64)])  # (k + 1,)
     last = torch.cat([residual_distribution(target[:k], draft), target[k:]])  # (k + 1, V)
     kept_laws = draft * keep / torch.where(alphas > 0, alphas, 1.0).unsqueeze(1)  # zero rows where alpha = 0
-    return CaseLaw(False, (m_law.unsqueeze(1) * last).flatten(), torch.arange(V), V, m_law.unsqueeze(0), kept_laws)
+    return CaseLaw(False, (m_law.unsqueeze(1) * last).view(1, -1), torch.arange(V), V, kept_laws)
 
 
 # --------------------------------------------------------------------------------------------------- the properties
@@ -538,11 +537,11 @@ ALPHA = FAMILY_ALPHA / MAX_TESTS  # each test's level (Bonferroni)
 
 
 def tests_per_case(case: SpecCase) -> int:
-    """Statistical tests the properties run on one case: the law (1, or 1 + k when tested by marginals) and the
-    acceptance count."""
+    """Statistical tests the properties run on one case: the law (1, or 1 + k when tested by marginals), the
+    acceptance count and the scores of row pairs."""
     if not _is_random(None, case):
         return 0
-    return (1 if case_law(case).full else 1 + case.k) + 1
+    return (1 if case_law(case).full else 1 + case.k) + 2
 
 
 def _run(impl, call: Call) -> torch.Tensor:
@@ -577,19 +576,84 @@ def accepted_counts(out: torch.Tensor, draft_tokens: torch.Tensor, V: int) -> to
     return m
 
 
-def draw_samples(impl, case: SpecCase, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(emitted (N, k + 1), drafts (N, k), contexts (N,)) on the CPU over ceil(trials / rows) calls of the impl, each
-    call's layout checked; N >= trials."""
+SCORE_BINS = 4  # bins of each of a row's two scores (row_scores): a pair of rows falls in one of SCORE_BINS^4 cells
+
+
+def accepted_count_law(call: Call) -> torch.Tensor:
+    """(T, k + 1) float64 on the inputs' device: the law of each row's accepted count m given its drafts, P(m = j) =
+    a_0 ... a_(j-1) (1 - a_j), a_i = min(1, p_i(x_i) / q_i(x_i)) the acceptance probability of draft i, a_k = 0."""
+    draft_tokens, draft_probs, target_probs, _ = call.args
+    k = draft_tokens.shape[1]
+    index = draft_tokens.unsqueeze(2)
+    keep = acceptance_probability(target_probs[:, :k].gather(2, index).squeeze(2).double(),
+                                  draft_probs.gather(2, index).squeeze(2).double())  # (T, k)
+    reach = torch.nn.functional.pad(keep.cumprod(1), (1, 0), value=1.0)  # (T, k + 1): P(m >= j)
+    return reach * torch.nn.functional.pad(1 - keep, (0, 1), value=1.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _last_token_cdfs(case: SpecCase) -> torch.Tensor:
+    """(laws, V + 1) float64: P(y < v) for v = 0 .. V under each law a row's last token y is drawn from, from the case's
+    tables. Shared families: row j < k the residual at position j, row k the bonus row; markov: row t the residual
+    after token t, row V + t the bonus row after token t."""
+    target, draft = _tables(case)
+    last = torch.cat([residual_distribution(target, draft), target]) if case.family == "markov" else \
+        torch.cat([residual_distribution(target[:case.k], draft), target[case.k:]])
+    return torch.nn.functional.pad(last.cumsum(1), (1, 0))
+
+
+def row_scores(case: SpecCase, out: torch.Tensor, drafts: torch.Tensor, starts: torch.Tensor, m_law: torch.Tensor,
+               randomizer: torch.Generator) -> torch.Tensor:
+    """(T, 2) float64: each row's randomized probability integral transforms F(x-) + w P(x), w ~ U(0, 1) from
+    `randomizer`, of its accepted count m under m_law (accepted_count_law: the law given its drafts) and of its last
+    token y given m (under the law it is drawn from: the residual at position m, or the bonus row when m = k). Under
+    the contract both are U(0, 1), independent of each other and across rows, however the impl draws its random
+    numbers; rows that share or overlap random numbers make them dependent, even where each row's own law is exact.
+    out (T, k + 1), drafts (T, k), starts (T,) (contexts), m_law (T, k + 1), on the CPU."""
+    m = (out >= 0).sum(1).unsqueeze(1) - 1  # (T, 1), the layout checked by accepted_counts
+    y = out.gather(1, m).squeeze(1)
+    if case.family == "markov":  # the law after the token before position m
+        before = torch.cat([starts.unsqueeze(1), drafts], 1).gather(1, m).squeeze(1)
+        law = before + case.V * (m.squeeze(1) == case.k)
+    else:
+        law = m.squeeze(1)
+    y_cdf = _last_token_cdfs(case)
+    m_cdf = torch.nn.functional.pad(m_law.cumsum(1), (1, 0))  # (T, k + 2)
+    w = torch.rand((out.shape[0], 2), generator=randomizer, dtype=torch.float64)
+    score_m = m_cdf.gather(1, m).squeeze(1) + w[:, 0] * m_law.gather(1, m).squeeze(1)
+    score_y = y_cdf[law, y] + w[:, 1] * (y_cdf[law, y + 1] - y_cdf[law, y])
+    return torch.stack([score_m, score_y], 1)
+
+
+class Samples(NamedTuple):
+    out: torch.Tensor  # (N, k + 1) int64: the emitted rows
+    drafts: torch.Tensor  # (N, k) int64
+    starts: torch.Tensor  # (N,) int64: each row's context
+    m_laws: torch.Tensor  # (N, k + 1) float64: the law of each row's accepted count given its drafts
+    pairs: torch.Tensor  # (P,) int64: the binned scores of rows 2j and 2j + 1 of each call, in [0, SCORE_BINS^4)
+
+
+def draw_samples(impl, case: SpecCase, device: str) -> Samples:
+    """The rows of a single-row call (one sequence: the commonest decoding batch) and of ceil(trials / rows) calls of
+    `rows`, on the CPU, each call's layout checked, with each row's accepted_count_law and the binned row_scores of
+    each call's adjacent row pairs."""
     inputs, sampler = _generators(case, device)
-    outs, drafts, starts = [], [], []
-    for _ in range(-(-case.trials // case.rows)):
-        call = draw_call(case, case.rows, inputs, sampler, device)
+    randomizer = torch.Generator().manual_seed(case.seed)
+    outs, drafts, starts, m_laws, pairs = [], [], [], [], []
+    for rows in [1] + [case.rows] * -(-case.trials // case.rows):
+        call = draw_call(case, rows, inputs, sampler, device)
         out = _run(impl, call)
         accepted_counts(out, call.args[0], case.V)
         outs.append(out.cpu())
         drafts.append(call.args[0].cpu())
-        starts.append(contexts(case, case.rows))
-    return torch.cat(outs), torch.cat(drafts), torch.cat(starts)
+        starts.append(contexts(case, rows))
+        m_laws.append(accepted_count_law(call).cpu())
+        scores = row_scores(case, outs[-1], drafts[-1], starts[-1], m_laws[-1], randomizer)
+        bins = (scores * SCORE_BINS).long().clamp(0, SCORE_BINS - 1)  # (rows, 2)
+        cells = bins[:, 0] * SCORE_BINS + bins[:, 1]  # (rows,)
+        paired = rows // 2 * 2
+        pairs.append(cells[0:paired:2] * SCORE_BINS ** 2 + cells[1:paired:2])
+    return Samples(torch.cat(outs), torch.cat(drafts), torch.cat(starts), torch.cat(m_laws), torch.cat(pairs))
 
 
 def _codes(case: SpecCase, law: CaseLaw, out: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -629,8 +693,11 @@ def sequence_test(case: SpecCase, out: torch.Tensor, drafts: torch.Tensor, start
     law = case_law(case)
     codes = _codes(case, law, out, starts)
     observed = torch.bincount(codes, minlength=law.probs.numel()).double()
+    # the contexts are the harness's choice, not drawn: each context's law weighs as much as its share of the rows
+    context_share = torch.bincount(starts, minlength=law.probs.shape[0]).double() / starts.numel()
     what = "(context, emitted sequence)" if law.full else "(accepted count, last token)"
-    tolerance.g_test(f"law of {what} over {out.shape[0]} rows", observed, law.probs, ALPHA)
+    tolerance.g_test(f"law of {what} over {out.shape[0]} rows", observed,
+                     (context_share.unsqueeze(1) * law.probs).flatten(), ALPHA)
     if not law.full:
         m = (out >= 0).sum(1) - 1
         for i in range(case.k):
@@ -641,69 +708,82 @@ def sequence_test(case: SpecCase, out: torch.Tensor, drafts: torch.Tensor, start
                              torch.bincount(kept, minlength=case.V).double(), law.kept_laws[i], ALPHA)
 
 
-def acceptance_test(case: SpecCase, out: torch.Tensor, starts: torch.Tensor) -> None:
-    """Accepted drafts per row against the exact law of m (for shared tables P(m >= i) = prod_{j<i} alpha_j,
-    alpha_j = sum min(p_j, q_j)): an m of probability 0 fails at once; the total must lie within the deviation
-    Bernstein's inequality allows at level ALPHA (rows are independent, each m within k of its mean)."""
-    law = case_law(case)
+def acceptance_test(out: torch.Tensor, m_laws: torch.Tensor) -> None:
+    """Accepted drafts per row against the law of m given the row's drafts (m_laws (N, k + 1), accepted_count_law):
+    an m of probability 0 fails at once; the total must lie within the deviation Bernstein's inequality allows at
+    level ALPHA (given the drafts, rows are independent, each m within k of its mean; conditioning on the drafts
+    leaves their own variance out of the test's)."""
+    k = m_laws.shape[1] - 1
     m = (out >= 0).sum(1) - 1
-    m_law = law.m_law[starts if law.full else torch.zeros_like(starts)]  # (N, k + 1)
-    impossible = m_law.gather(1, m.unsqueeze(1)).squeeze(1) == 0
+    impossible = m_laws.gather(1, m.unsqueeze(1)).squeeze(1) == 0
     if impossible.any():
         row = int(impossible.nonzero()[0])
-        raise PropertyFailed(f"row {row} accepted {int(m[row])} drafts, which has probability 0")
-    counts = torch.arange(case.k + 1, dtype=torch.float64)
-    mean = (m_law * counts).sum(1)
-    variance = float((m_law * counts ** 2).sum(1).sub(mean ** 2).sum())
+        raise PropertyFailed(f"row {row} accepted {int(m[row])} drafts, which has probability 0 given its drafts")
+    counts = torch.arange(k + 1, dtype=torch.float64)
+    mean = (m_laws * counts).sum(1)
+    variance = float((m_laws * counts ** 2).sum(1).sub(mean ** 2).sum())
     total, expected = float(m.sum()), float(mean.sum())
-    p = _bernstein_p(abs(total - expected), variance, case.k)
-    attempted = float(torch.clamp(m + 1, max=case.k).sum())
+    p = _bernstein_p(abs(total - expected), variance, k)
+    attempted = float(torch.clamp(m + 1, max=k).sum())
     if p < ALPHA:
         raise PropertyFailed(f"{total:.0f} drafts accepted over {out.shape[0]} rows, expected {expected:.1f} "
                              f"(sd {math.sqrt(variance):.1f}): acceptance rate {total / attempted:.4f} per examined "
                              f"draft; Bernstein p <= {p:.1e} < {ALPHA:.1e}")
 
 
+def row_pairs_test(pairs: torch.Tensor) -> None:
+    """G-test at level ALPHA of the binned scores of adjacent row pairs against the uniform law of their
+    SCORE_BINS^4 cells: each row's scores uniform (its law, given its own inputs) and rows independent."""
+    cells = SCORE_BINS ** 4
+    tolerance.g_test(f"scores of {pairs.numel()} adjacent row pairs (independent U(0, 1) per row)",
+                     torch.bincount(pairs, minlength=cells).double(),
+                     torch.full((cells,), 1 / cells, dtype=torch.float64), ALPHA)
+
+
 def emitted_law(impl, case: SpecCase, device: str):
-    """Over `trials` rows: each call's layout, the G-test of the emitted sequences, the accepted count against alpha."""
-    out, drafts, starts = draw_samples(impl, case, device)
-    sequence_test(case, out, drafts, starts)
-    acceptance_test(case, out, starts)
+    """Over `trials` rows: each call's layout, the G-test of the emitted sequences, the accepted counts against their
+    law given the drafts, the scores of adjacent row pairs."""
+    samples = draw_samples(impl, case, device)
+    sequence_test(case, samples.out, samples.drafts, samples.starts)
+    acceptance_test(samples.out, samples.m_laws)
+    row_pairs_test(samples.pairs)
 
 
 def one_hot_target_is_greedy(impl, case: SpecCase, device: str):
     """With one-hot targets (greedy target): drafts equal to the target's token are kept, the first other one is
-    replaced by the target's token, all kept -> the target's bonus token. Exactly."""
+    replaced by the target's token, all kept -> the target's bonus token. Exactly, in a single-row call and two calls
+    of the case's rows."""
     target, _ = _tables(case)
     greedy = target.argmax(1)  # (k + 1,)
     inputs, sampler = _generators(case, device)
-    for _ in range(2):
-        call = draw_call(case, case.rows, inputs, sampler, device)
+    for rows in (1, case.rows, case.rows):
+        call = draw_call(case, rows, inputs, sampler, device)
         out = _run(impl, call).cpu()
         draft_tokens = call.args[0].cpu()
         m = (draft_tokens == greedy[:case.k]).long().cumprod(1).sum(1)  # (T,)
         positions = torch.arange(case.k + 1)
         expected = torch.where(positions < m.unsqueeze(1), torch.nn.functional.pad(draft_tokens, (0, 1)), -1)
-        expected[torch.arange(case.rows), m] = greedy[m]
+        expected[torch.arange(rows), m] = greedy[m]
         tolerance.exact("output with one-hot targets", out, expected)
 
 
 SINGLE_CALL_ROWS = 256  # rows of the one-call properties (the distribution properties use the case's rows)
 
 
-def _single_call(case: SpecCase, device: str, sampler_seed: int) -> Call:
+def _single_call(case: SpecCase, device: str, sampler_seed: int, rows: int = SINGLE_CALL_ROWS) -> Call:
     inputs, _ = _generators(case, device)
-    rows = min(case.rows, SINGLE_CALL_ROWS)
-    return draw_call(case, rows, inputs, torch.Generator(device).manual_seed(sampler_seed), device)
+    return draw_call(case, min(case.rows, rows), inputs, torch.Generator(device).manual_seed(sampler_seed), device)
 
 
 def reproducible_with_generator(impl, case: SpecCase, device: str):
-    """Two calls on the same inputs with generators in the same state emit the same tokens: the generator is the
-    only source of randomness."""
-    call = _single_call(case, device, case.seed)
-    again = Call(call.args[:3] + (torch.Generator(device).manual_seed(case.seed),))
-    first = _run(impl, call)
-    tolerance.exact("second call with the generator reseeded", _run(impl, again), first)
+    """Two calls on the same inputs with generators in the same state emit the same tokens, with SINGLE_CALL_ROWS
+    rows and with one: the generator is the only source of randomness."""
+    for rows in (SINGLE_CALL_ROWS, 1):
+        call = _single_call(case, device, case.seed, rows)
+        again = Call(call.args[:3] + (torch.Generator(device).manual_seed(case.seed),))
+        first = _run(impl, call)
+        tolerance.exact(f"second call of {call.args[0].shape[0]} rows with the generator reseeded", _run(impl, again),
+                        first)
 
 
 def no_input_mutation(impl, case: SpecCase, device: str):
@@ -718,8 +798,9 @@ def no_input_mutation(impl, case: SpecCase, device: str):
 
 PROPERTIES = [
     Property("emitted_law", emitted_law, applies=_is_random,
-             doc=f"each call's layout; G-test of the emitted sequences against the exact law and a Bernstein test of "
-                 f"the accepted drafts against alpha, each at level {ALPHA:.1e}"),
+             doc=f"each call's layout; G-test of the emitted sequences against the exact law, a Bernstein test of "
+                 f"the accepted drafts against their law given the drafts and a G-test of adjacent rows' scores "
+                 f"(independent rows), each at level {ALPHA:.1e}"),
     Property("one_hot_target_is_greedy", one_hot_target_is_greedy, applies=_has_greedy_target,
              doc="one-hot targets: exactly the target's greedy tokens"),
     Property("reproducible_with_generator", reproducible_with_generator,

@@ -1,28 +1,41 @@
 """Known-wrong rejection samplers, each with one classic bug; `llmopt verify spec_sampler --impl FILE:FUNC` must reject
 every one on CPU within the contract's trial budget. Written as a sampler author would, not from the reference module:
-one batched sampler with switches, each public function flipping one (the last three break the layout, mix rows up or
-write into their inputs)."""
+one batched sampler with switches, each public function flipping one (from pads_with_zero on they break the layout,
+mix rows up, write into their inputs, share random numbers between rows, or go wrong only at some draft lengths or
+batch sizes)."""
 import torch
 
 
 def _sampler(draft_tokens, draft_probs, target_probs, generator, *, ratio=lambda p, q: p / q,
              residual=lambda p, q: (p - q).clamp(min=0), normalize=True, shared_uniform=False, bonus_row=None,
-             rejection_row=None):
+             rejection_row=None, row_offsets=None, checked_positions=None):
     """The sampler with its parts replaceable: ratio(p, q) for acceptance, residual(p, q) after a rejection, an
     inverse CDF that renormalizes (or not), one uniform per position (or one per row), the bonus row (default
-    target_probs[:, k]) and the row resampled from on rejection (default residual)."""
+    target_probs[:, k]) and the row resampled from on rejection (default residual). row_offsets(T, k): where each
+    row's k + 1 uniforms start in one flat draw (default: a (T, k) draw and a (T, 1) one); checked_positions: how many
+    drafts the acceptance test looks at (the rest kept unchecked)."""
     T, k = draft_tokens.shape
     rows = torch.arange(T, device=draft_tokens.device)
-    u = torch.rand((T, 1 if shared_uniform else k), generator=generator, device=draft_tokens.device).expand(T, k)
+    if row_offsets is None:
+        u = torch.rand((T, 1 if shared_uniform else k), generator=generator, device=draft_tokens.device).expand(T, k)
+    else:  # a row's k acceptance uniforms and its last one, read from a flat draw
+        starts = row_offsets(T, k).to(draft_tokens.device)
+        flat = torch.rand(int(starts.max()) + k + 1, generator=generator, device=draft_tokens.device)
+        u = flat[starts.unsqueeze(1) + torch.arange(k + 1, device=draft_tokens.device)]  # (T, k + 1)
+        u, last_uniform = u[:, :k], u[:, k:]
     index = draft_tokens.unsqueeze(2)
     p, q = target_probs[:, :k].gather(2, index).squeeze(2), draft_probs.gather(2, index).squeeze(2)
-    accepted = (u < ratio(p, q).clamp(max=1)).long().cumprod(1).sum(1)  # (T,)
+    kept = u < ratio(p, q).clamp(max=1)
+    if checked_positions is not None:
+        kept[:, checked_positions:] = True
+    accepted = kept.long().cumprod(1).sum(1)  # (T,)
     position = accepted.clamp(max=k - 1)
     p_rows, q_rows = target_probs[rows, position], draft_probs[rows, position]  # (T, V)
     after_rejection = residual(p_rows, q_rows) if rejection_row is None else rejection_row(p_rows, q_rows)
     bonus = target_probs[:, k] if bonus_row is None else bonus_row(draft_probs, target_probs)
     weights = torch.where((accepted < k).unsqueeze(1), after_rejection, bonus).double()
-    v = torch.rand((T, 1), generator=generator, device=draft_tokens.device, dtype=torch.float64)
+    v = (torch.rand((T, 1), generator=generator, device=draft_tokens.device, dtype=torch.float64)
+         if row_offsets is None else last_uniform.double())
     cdf = weights.cumsum(1)
     if normalize:
         cdf = cdf / cdf[:, -1:]
@@ -90,3 +103,42 @@ def residual_in_place(draft_tokens, draft_probs, target_probs, generator):
     at = accepted[rows]
     target_probs[rows, at] = (target_probs[rows, at] - draft_probs[rows, at]).clamp(min=0)
     return out
+
+
+def random_offsets_overlap_rows(draft_tokens, draft_probs, target_probs, generator):
+    """One flat draw of uniforms, row t reading k + 1 of them from offset t k (not t (k + 1)): every row's own uniforms
+    are independent, so each row's law is exact, but a row's last uniform is the next row's first."""
+    return _sampler(draft_tokens, draft_probs, target_probs, generator, row_offsets=lambda T, k: torch.arange(T) * k)
+
+
+def checks_at_most_four_drafts(draft_tokens, draft_probs, target_probs, generator):
+    """Unrolled for four drafts: the acceptance test stops at position 4 and later drafts are kept unchecked (right
+    for k <= 4)."""
+    return _sampler(draft_tokens, draft_probs, target_probs, generator, checked_positions=4)
+
+
+def partial_block_resamples_from_target(draft_tokens, draft_probs, target_probs, generator):
+    """Rows in blocks of 64, the partial last block through a fallback that resamples from the target p itself after
+    a rejection (right whenever T is a multiple of 64)."""
+    T = draft_tokens.shape[0]
+    out = _sampler(draft_tokens, draft_probs, target_probs, generator)
+    full = T // 64 * 64
+    if full < T:
+        out[full:] = _sampler(draft_tokens[full:], draft_probs[full:], target_probs[full:], generator,
+                              rejection_row=lambda p, q: p)
+    return out
+
+
+def pads_to_the_longest_row(draft_tokens, draft_probs, target_probs, generator):
+    """Collects each row's emitted tokens and pads them to the longest row with -1 (pad_sequence), not to k + 1: the
+    shape is right only when some row kept all its drafts, as it does in large batches."""
+    out = _sampler(draft_tokens, draft_probs, target_probs, generator)
+    emitted = [row[row >= 0] for row in out]
+    return torch.nn.utils.rnn.pad_sequence(emitted, batch_first=True, padding_value=-1)
+
+
+def fractional_acceptance_two_percent_low(draft_tokens, draft_probs, target_probs, generator):
+    """Scales the acceptance probability p/q by 0.98 where it is below 1 (a fudge factor), keeping every draft with
+    p >= q: each row's acceptance a few percent low, the residual right."""
+    return _sampler(draft_tokens, draft_probs, target_probs, generator,
+                    ratio=lambda p, q: torch.where(p < q, 0.98 * p / q, p / q))
