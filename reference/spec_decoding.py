@@ -537,11 +537,21 @@ ALPHA = FAMILY_ALPHA / MAX_TESTS  # each test's level (Bonferroni)
 
 
 def tests_per_case(case: SpecCase) -> int:
-    """Statistical tests the properties run on one case: the law (1, or 1 + k when tested by marginals), the
-    acceptance count and the scores of row pairs."""
+    """Statistical tests the properties run on one case: the law (1, or 1 + k when tested by marginals), the law of
+    the one-row calls alone, the acceptance count and the scores of row pairs."""
     if not _is_random(None, case):
         return 0
-    return (1 if case_law(case).full else 1 + case.k) + 2
+    return (1 if case_law(case).full else 1 + case.k) + 3
+
+
+TRIALS_PER_ONE_ROW_CALL = 250  # the distribution properties make one single-row call for each 250 trials
+
+
+def one_row_calls(case: SpecCase) -> int:
+    """Single-row calls (one sequence: the commonest decoding batch) the distribution properties make beside the
+    case's calls of `rows`: 403 at the CPU's and GPU's trial budget up to V = 1000, 83 under the interpreter, 15 above
+    V = 1000; enough for the law of their rows alone to reject a one-row path that does not sample (an argmax)."""
+    return max(1, case.trials // TRIALS_PER_ONE_ROW_CALL)
 
 
 def _run(impl, call: Call) -> torch.Tensor:
@@ -631,16 +641,18 @@ class Samples(NamedTuple):
     starts: torch.Tensor  # (N,) int64: each row's context
     m_laws: torch.Tensor  # (N, k + 1) float64: the law of each row's accepted count given its drafts
     pairs: torch.Tensor  # (P,) int64: the binned scores of rows 2j and 2j + 1 of each call, in [0, SCORE_BINS^4)
+    one_row: int  # the first one_row rows come from single-row calls
 
 
 def draw_samples(impl, case: SpecCase, device: str) -> Samples:
-    """The rows of a single-row call (one sequence: the commonest decoding batch) and of ceil(trials / rows) calls of
-    `rows`, on the CPU, each call's layout checked, with each row's accepted_count_law and the binned row_scores of
-    each call's adjacent row pairs."""
+    """The rows of one_row_calls(case) single-row calls and of ceil(trials / rows) calls of `rows`, on the CPU, each
+    call's layout checked, with each row's accepted_count_law and the binned row_scores of each call's adjacent row
+    pairs."""
     inputs, sampler = _generators(case, device)
     randomizer = torch.Generator().manual_seed(case.seed)
     outs, drafts, starts, m_laws, pairs = [], [], [], [], []
-    for rows in [1] + [case.rows] * -(-case.trials // case.rows):
+    single = one_row_calls(case)
+    for rows in [1] * single + [case.rows] * -(-case.trials // case.rows):
         call = draw_call(case, rows, inputs, sampler, device)
         out = _run(impl, call)
         accepted_counts(out, call.args[0], case.V)
@@ -653,7 +665,7 @@ def draw_samples(impl, case: SpecCase, device: str) -> Samples:
         cells = bins[:, 0] * SCORE_BINS + bins[:, 1]  # (rows,)
         paired = rows // 2 * 2
         pairs.append(cells[0:paired:2] * SCORE_BINS ** 2 + cells[1:paired:2])
-    return Samples(torch.cat(outs), torch.cat(drafts), torch.cat(starts), torch.cat(m_laws), torch.cat(pairs))
+    return Samples(torch.cat(outs), torch.cat(drafts), torch.cat(starts), torch.cat(m_laws), torch.cat(pairs), single)
 
 
 def _codes(case: SpecCase, law: CaseLaw, out: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
@@ -687,18 +699,20 @@ def _bernstein_p(deviation: float, variance: float, bound: float) -> float:
     return min(1.0, 2 * math.exp(-deviation ** 2 / (2 * (variance + bound * deviation / 3))))
 
 
-def sequence_test(case: SpecCase, out: torch.Tensor, drafts: torch.Tensor, starts: torch.Tensor) -> None:
+def sequence_test(case: SpecCase, out: torch.Tensor, drafts: torch.Tensor, starts: torch.Tensor, *,
+                  marginals: bool = True, source: str = "") -> None:
     """G-test at level ALPHA of the emitted rows against the exact law: the full (context, sequence) law when it is
-    enumerable, else the (accepted count, last token) law and, at each position, the law of the kept tokens."""
+    enumerable, else the (accepted count, last token) law and, with `marginals`, at each position the law of the kept
+    tokens. `source` names where the rows come from in the message."""
     law = case_law(case)
     codes = _codes(case, law, out, starts)
     observed = torch.bincount(codes, minlength=law.probs.numel()).double()
     # the contexts are the harness's choice, not drawn: each context's law weighs as much as its share of the rows
     context_share = torch.bincount(starts, minlength=law.probs.shape[0]).double() / starts.numel()
     what = "(context, emitted sequence)" if law.full else "(accepted count, last token)"
-    tolerance.g_test(f"law of {what} over {out.shape[0]} rows", observed,
+    tolerance.g_test(f"law of {what} over {out.shape[0]} rows{source}", observed,
                      (context_share.unsqueeze(1) * law.probs).flatten(), ALPHA)
-    if not law.full:
+    if marginals and not law.full:
         m = (out >= 0).sum(1) - 1
         for i in range(case.k):
             kept = drafts[m > i, i]
@@ -741,10 +755,14 @@ def row_pairs_test(pairs: torch.Tensor) -> None:
 
 
 def emitted_law(impl, case: SpecCase, device: str):
-    """Over `trials` rows: each call's layout, the G-test of the emitted sequences, the accepted counts against their
-    law given the drafts, the scores of adjacent row pairs."""
+    """Over `trials` rows: each call's layout, the G-test of the emitted sequences (of all rows, and of the single-row
+    calls' rows alone: a path taken only for one row must sample too), the accepted counts against their law given the
+    drafts, the scores of adjacent row pairs."""
     samples = draw_samples(impl, case, device)
     sequence_test(case, samples.out, samples.drafts, samples.starts)
+    one = slice(0, samples.one_row)
+    sequence_test(case, samples.out[one], samples.drafts[one], samples.starts[one], marginals=False,
+                  source=" of single-row calls")
     acceptance_test(samples.out, samples.m_laws)
     row_pairs_test(samples.pairs)
 

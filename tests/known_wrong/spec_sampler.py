@@ -142,3 +142,13 @@ def fractional_acceptance_two_percent_low(draft_tokens, draft_probs, target_prob
     p >= q: each row's acceptance a few percent low, the residual right."""
     return _sampler(draft_tokens, draft_probs, target_probs, generator,
                     ratio=lambda p, q: torch.where(p < q, 0.98 * p / q, p / q))
+
+
+def one_row_takes_the_residuals_argmax(draft_tokens, draft_probs, target_probs, generator):
+    """A fast path for one sequence (T = 1) that, after a rejection, emits the residual's most likely token instead of
+    sampling it: right for any batch of two rows or more."""
+    if draft_tokens.shape[0] > 1:
+        return _sampler(draft_tokens, draft_probs, target_probs, generator)
+    return _sampler(draft_tokens, draft_probs, target_probs, generator,
+                    rejection_row=lambda p, q: torch.nn.functional.one_hot((p - q).clamp(min=0).argmax(1),
+                                                                           p.shape[1]).to(p.dtype))
