@@ -231,9 +231,9 @@ def _power_case(V: int, k: int, seed: int) -> spec.SpecCase:
 # Small-support cases at the two largest odd vocabularies (V - 1 in every target row; shared rows as stride-0 views) on
 # which every rule bug changes the law: fractional acceptance at k >= 2 positions (one uniform for all), rejections
 # whose residual mass is well below 1 (an unnormalized inverse CDF), all k drafts kept often and a last draft row far
-# from the bonus row (bonus from the draft). One call of the contract's rows (after draw_samples' three single-row
-# calls): a quarter of its trial budget at these V (the full budget would add a minute on 2 CPU cores), so what fails
-# here fails within the budget, at the same level ALPHA.
+# from the bonus row (bonus from the draft). One call of the contract's rows (after draw_samples' single-row call): a
+# quarter of its trial budget at these V (the full budget would add a minute on 2 CPU cores), so what fails here fails
+# within the budget, at the same level ALPHA.
 POWER_CASES = [_power_case(32001, 2, 21), _power_case(128257, 3, 51)]
 
 
