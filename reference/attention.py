@@ -88,7 +88,8 @@ def attention_tiled(q, k, v, *, causal=False, scale=None, window=(-1, -1), block
 
 def check_qkv(call: Call) -> None:
     """ValueError naming the expected layout unless the call is attn(q, k, v, *, causal, scale, window) with
-    q (B, Hq, N, D), k and v (B, Hkv, M, D), Hq % Hkv == 0, one floating dtype and one device."""
+    q (B, Hq, N, D), k and v (B, Hkv, M, D), Hq % Hkv == 0, one floating dtype and one device, and scale None or
+    >= 0 (0: every visible key weighs alike)."""
     if len(call.args) != 3:
         raise ValueError(f"attention takes (q, k, v), got {len(call.args)} positional arguments")
     unknown = set(call.kwargs) - {"causal", "scale", "window"}
@@ -119,8 +120,9 @@ def check_qkv(call: Call) -> None:
             and all(isinstance(w, int) and w >= -1 for w in window)):
         raise ValueError(f"window must be (left, right) ints >= -1 (-1 unbounded), got {window!r}")
     scale = call.kwargs.get("scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number or None (D ** -0.5), got {scale!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+        # fused kernels take the row max of the unscaled scores: a negative scale would make it the row min
+        raise ValueError(f"scale must be a finite number >= 0 or None (D ** -0.5), got {scale!r}")
     if not isinstance(call.kwargs.get("causal", False), bool):
         # TRY004: the contract's errors are ValueErrors
         raise ValueError(f"causal must be a bool, got {call.kwargs['causal']!r}")  # noqa: TRY004
@@ -362,7 +364,7 @@ def _gradient_term_scales(case: AttentionCase, device: str) -> tuple[float, floa
     while their terms do not; |terms| = scale P (|dO| |V|^T + |delta|) |K| and the like."""
     q, k, v = (t.to(torch.float64) for t in make_call(case, device).args)
     dout = _dout(case, device)
-    Hq, scale = q.shape[1], abs(case.scale) if case.scale is not None else case.D**-0.5
+    Hq, scale = q.shape[1], case.scale if case.scale is not None else case.D**-0.5
     k, v = _expand_kv(k, Hq), _expand_kv(v, Hq)
     keep = visible(case.N, case.M, causal=case.causal, window=case.window, device=q.device)
     probs = torch.softmax((q @ k.transpose(-1, -2) * scale).masked_fill(~keep, float("-inf")), -1).nan_to_num(0.0)

@@ -54,6 +54,7 @@ def test_rows_without_keys_are_zero_and_gqa_reads_h_over_group():
     ((torch.zeros(1, 2, 0, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)), {}, "empty dimension"),
     ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)), {"window": (-2, 0)}, "window"),
     ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)), {"scale": float("nan")}, "scale"),
+    ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)), {"scale": -0.5}, ">= 0"),
     ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 1, 3, 4), torch.zeros(1, 1, 3, 4)), {"mask": None}, "keywords"),
 ])
 def test_bad_inputs_name_what_was_expected(args, kwargs, message):
