@@ -261,20 +261,24 @@ def examples(mode: str) -> list[AttentionCase]:
 
 
 class _Oracle:
-    """The float64 stick and the eager low-precision reference of a case (and their gradients), cached."""
+    """The float64 stick and the eager low-precision reference of a case (and their gradients), cached. The oldest
+    entries go once the cache holds more than `max_bytes` of tensors (the newest always stays): a few large cases
+    take as much as many small ones."""
 
-    def __init__(self, size: int = 16):
-        self.size, self.store = size, {}
+    def __init__(self, max_bytes: int = 1 << 29):
+        self.max_bytes, self.store, self.held = max_bytes, {}, 0  # key -> (entry, bytes); bytes held in all
 
     def __call__(self, case: AttentionCase, device: str, want_grads: bool):
         key = (case, device, want_grads)
         if key not in self.store:
-            if len(self.store) >= self.size:
-                self.store.pop(next(iter(self.store)))
             stick = _reference_run(case, device, "float64", want_grads)
             eager = stick if case.dtype == "float64" else _reference_run(case, device, case.dtype, want_grads)
-            self.store[key] = (stick, eager)
-        return self.store[key]
+            size = sum(t.nbytes for out, grads in ([stick] if eager is stick else [stick, eager])
+                       for t in (out, *(grads or ())))
+            self.store[key], self.held = ((stick, eager), size), self.held + size
+            while self.held > self.max_bytes and len(self.store) > 1:
+                self.held -= self.store.pop(next(iter(self.store)))[1]
+        return self.store[key][0]
 
 
 def _reference_run(case: AttentionCase, device: str, precision: str, want_grads: bool):

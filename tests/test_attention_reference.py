@@ -8,6 +8,7 @@ from llmopt.impls import Impl
 from llmopt.reference.attention import (
     CONTRACT,
     AttentionCase,
+    _Oracle,
     attention,
     attention_tiled,
     check_qkv,
@@ -65,6 +66,14 @@ def test_bad_inputs_name_what_was_expected(args, kwargs, message):
 def test_padded_views_are_poisoned_outside_the_view():
     q, _, _ = make_call(AttentionCase(1, 2, 1, 5, 3, 8, layout="padded_view"), "cpu").args
     assert torch.isfinite(q).all() and torch.isnan(q._base).any() and not q.is_contiguous()
+
+
+def test_the_oracle_is_bounded_by_bytes():
+    small, large = AttentionCase(1, 1, 1, 2, 2, 8, seed=1), AttentionCase(1, 2, 1, 64, 64, 32, seed=2)
+    oracle = _Oracle(max_bytes=3 * 64 * 32 * 8)  # one large entry (stick and eager) at most
+    oracle(small, "cpu", False)
+    oracle(large, "cpu", False)
+    assert list(oracle.store) == [(large, "cpu", False)] and oracle.held == 2 * 64 * 32 * 8 + 2 * 64 * 32 * 4
 
 
 @pytest.mark.parametrize("prop,witness", [
