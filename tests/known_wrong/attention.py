@@ -18,6 +18,11 @@ def _scores_mask(N, M, causal, window, offset_fn=lambda i, M, N: i + M - N):
     return keep
 
 
+def _scale(q, scale):
+    """The softmax scale: D ** -0.5 unless given."""
+    return q.shape[-1] ** -0.5 if scale is None else scale
+
+
 def _naive(q, k, v, keep, scale, head_map=None):
     Hq, Hkv = q.shape[1], k.shape[1]
     index = head_map(torch.arange(Hq), Hq, Hkv) if head_map else torch.arange(Hq) // (Hq // Hkv)
@@ -37,19 +42,19 @@ def wrong_scale(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 def causal_off_by_one(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Excludes the diagonal key: j < i + M - N."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window, lambda i, M, N: i + M - N - int(causal))
-    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale)
+    return _naive(q, k, v, keep, _scale(q, scale))
 
 
 def top_left_causal(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Aligns the causal mask top-left (j <= i), right only when N == M."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window, lambda i, M, N: i)
-    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale)
+    return _naive(q, k, v, keep, _scale(q, scale))
 
 
 def wrong_gqa_mapping(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Query head h reads KV head h % Hkv instead of h // (Hq // Hkv)."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
-    return _naive(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale, lambda h, Hq, Hkv: h % Hkv)
+    return _naive(q, k, v, keep, _scale(q, scale), lambda h, Hq, Hkv: h % Hkv)
 
 
 def _tiled(q, k, v, *, causal, scale, window, rescale_output=True, mask_padding=True, accumulate=torch.float32,
@@ -125,20 +130,19 @@ class _RecomputingBackward(torch.autograd.Function):
 def backward_ignores_mask(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Correct forward; the backward recomputes the probabilities without the causal/window mask."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
-    return _RecomputingBackward.apply(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale, "maskless")
+    return _RecomputingBackward.apply(q, k, v, keep, _scale(q, scale), "maskless")
 
 
 def backward_scales_dout_in_place(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Correct forward and gradients; the backward then scales the output gradient in place (in a model the same
     gradient also flows down the residual branch)."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
-    return _RecomputingBackward.apply(q, k, v, keep, q.shape[-1] ** -0.5 if scale is None else scale, "dout_in_place")
+    return _RecomputingBackward.apply(q, k, v, keep, _scale(q, scale), "dout_in_place")
 
 
 def nondeterministic_output(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Accumulates in a run-dependent order: the result moves by an ulp from call to call (within tolerance)."""
-    out = _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window),
-                 q.shape[-1] ** -0.5 if scale is None else scale)
+    out = _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), _scale(q, scale))
     wobble = torch.randint(0, 2, out.shape).to(out.dtype) * torch.finfo(out.dtype).eps
     return out * (1 + wobble)
 
@@ -155,7 +159,7 @@ def nondeterministic_into_one_buffer(q, k, v, *, causal=False, scale=None, windo
 
 def prescales_q_in_place(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Folds the softmax scale into q in place (the caller's q changes)."""
-    q.data.mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+    q.data.mul_(_scale(q, scale))
     return _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), 1.0)
 
 
@@ -163,7 +167,7 @@ def finite_mask_value(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Masks with -1e4 instead of -inf: a row with no visible key becomes the mean of all values, not zero."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
     s = (q.float() @ k[:, torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])].float().transpose(-1, -2))
-    s = (s * (q.shape[-1] ** -0.5 if scale is None else scale)).masked_fill(~keep, -1e4)
+    s = (s * _scale(q, scale)).masked_fill(~keep, -1e4)
     return (torch.softmax(s, -1) @ v[:, torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])].float()).to(q.dtype)
 
 
@@ -171,5 +175,5 @@ def unguarded_softmax(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     """Softmax over all -inf scores without a guard: rows with no visible key come out NaN."""
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
     index = torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])
-    s = (q.float() @ k[:, index].float().transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    s = (q.float() @ k[:, index].float().transpose(-1, -2)) * _scale(q, scale)
     return (torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v[:, index].float()).to(q.dtype)
