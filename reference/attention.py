@@ -130,7 +130,16 @@ def check_qkv(call: Call) -> None:
 
 # --------------------------------------------------------------------------------------------------- the cases
 
-LAYOUTS = ("contiguous", "padded_view", "bnhd")  # padded_view: a view into a NaN-poisoned larger buffer
+# A case's layout -> the layouts of q, k, v and the output gradient. padded_view: a view into a NaN-poisoned larger
+# buffer; bnhd: (B, L, H, D) memory seen as (B, H, L, D); mixed: each its own, as a fused QKV projection, a KV cache
+# and the layer above hand them over (an impl must read each with its own strides).
+TENSOR_LAYOUTS = {
+    "contiguous": ("contiguous",) * 4,
+    "padded_view": ("padded_view",) * 4,
+    "bnhd": ("bnhd",) * 4,
+    "mixed": ("bnhd", "padded_view", "contiguous", "padded_view"),
+}
+LAYOUTS = tuple(TENSOR_LAYOUTS)
 
 
 @dataclass(frozen=True)
@@ -176,24 +185,30 @@ def features(case: AttentionCase) -> set[str]:
 FEATURES = ("causal", "causal_n_ne_m", "window", "gqa", "scale", "strided", "empty_rows", "backward")
 
 
+def _place(data: torch.Tensor, layout: str, dtype: torch.dtype) -> torch.Tensor:
+    """data (B, H, L, D) in `dtype` on its device, laid out as `layout` (one of TENSOR_LAYOUTS' entries)."""
+    if layout == "contiguous":
+        return data.to(dtype)
+    if layout == "bnhd":
+        return data.transpose(1, 2).contiguous().to(dtype).transpose(1, 2)
+    B, H, L, D = data.shape
+    buffer = torch.full((B, H + 1, L + 3, D + 8), float("nan"), dtype=dtype, device=data.device)
+    buffer[:, 1:, 2:L + 2, 4:D + 4] = data.to(dtype)
+    return buffer[:, 1:, 2:L + 2, 4:D + 4]
+
+
 def make_call(case: AttentionCase, device: str) -> Call:
-    """Inputs of a case: standard normal q, k, v (q times value_scale) in the case's dtype and layout, drawn on
+    """Inputs of a case: standard normal q, k, v (q times value_scale) in the case's dtype and layouts, drawn on
     `device` from the case's seed (the same case gives the same inputs on one device)."""
     gen = torch.Generator(device=device).manual_seed(case.seed)
-    dtype = dtype_of(case.dtype)
 
-    def tensor(H, L, stretch=1.0):
+    def tensor(H, L, layout, stretch=1.0):
         data = torch.randn(case.B, H, L, case.D, generator=gen, dtype=torch.float64, device=device) * stretch
-        if case.layout == "contiguous":
-            return data.to(device=device, dtype=dtype)
-        if case.layout == "bnhd":  # (B, L, H, D) memory seen as (B, H, L, D)
-            return data.transpose(1, 2).contiguous().to(device=device, dtype=dtype).transpose(1, 2)
-        buffer = torch.full((case.B, H + 1, L + 3, case.D + 8), float("nan"), dtype=dtype, device=device)
-        buffer[:, 1:, 2:L + 2, 4:case.D + 4] = data.to(device=device, dtype=dtype)
-        return buffer[:, 1:, 2:L + 2, 4:case.D + 4]
+        return _place(data, layout, dtype_of(case.dtype))
 
-    q = tensor(case.Hq, case.N, case.value_scale)
-    k, v = tensor(case.Hkv, case.M), tensor(case.Hkv, case.M)
+    q_layout, k_layout, v_layout, _ = TENSOR_LAYOUTS[case.layout]
+    q = tensor(case.Hq, case.N, q_layout, case.value_scale)
+    k, v = tensor(case.Hkv, case.M, k_layout), tensor(case.Hkv, case.M, v_layout)
     return Call((q, k, v), {"causal": case.causal, "scale": case.scale, "window": tuple(case.window)})
 
 
@@ -287,13 +302,15 @@ def _reference_run(case: AttentionCase, device: str, precision: str, want_grads:
     out = attention(q, k, v, **call.kwargs)
     if not want_grads:
         return out.detach(), None
-    grads = torch.autograd.grad(out, (q, k, v), _dout(case, device).to(out.dtype))
+    grads = torch.autograd.grad(out, (q, k, v), _dout(case, device, out.dtype))
     return out.detach(), grads
 
 
-def _dout(case: AttentionCase, device: str) -> torch.Tensor:
+def _dout(case: AttentionCase, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The output gradient (B, Hq, N, D) of a case, standard normal, in `dtype` and the case's layout for it."""
     gen = torch.Generator(device=device).manual_seed(case.seed + 7919)
-    return torch.randn(case.B, case.Hq, case.N, case.D, generator=gen, dtype=torch.float64, device=device)
+    data = torch.randn(case.B, case.Hq, case.N, case.D, generator=gen, dtype=torch.float64, device=device)
+    return _place(data, TENSOR_LAYOUTS[case.layout][3], dtype)
 
 
 ORACLE = _Oracle()
@@ -334,17 +351,22 @@ def _has_backward(impl, case) -> bool:
     return impl.supports.get("backward", True) is not False and case.dtype != "float64"
 
 
+def _buffer(t: torch.Tensor) -> torch.Tensor:
+    """The whole buffer `t` views (t itself when it is not a view)."""
+    return t._base if t._base is not None else t
+
+
 def grads_match_reference(impl, case, device):
     call, out = _call_impl(impl, case, device, requires_grad=True)
     if out.grad_fn is None:
         if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
             return None
         raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
-    dout = _dout(case, device).to(out.dtype)
-    dout_before = dout.clone()
+    dout = _dout(case, device, out.dtype)
+    dout_before = _buffer(dout).clone()
     grads = torch.autograd.grad(out, call.args, dout, allow_unused=True)
-    tolerance.exact("the output gradient after backward (in a model it also flows down the residual)", dout,
-                    dout_before)
+    tolerance.exact("the output gradient (and the buffer it views) after backward (in a model it also flows down the "
+                    "residual)", _buffer(dout), dout_before)
     (_, stick), (_, eager) = ORACLE(case, device, True)
     conditioning = score_conditioning(case, device)
     scales = [term * conditioning for term in _gradient_term_scales(case, device)]
@@ -367,7 +389,7 @@ def _gradient_term_scales(case: AttentionCase, device: str) -> tuple[float, floa
     dS = P * (dO V^T - delta), dq = scale dS K and dk = scale dS^T Q cancel (exactly 0 where a row sees one key)
     while their terms do not; |terms| = scale P (|dO| |V|^T + |delta|) |K| and the like."""
     q, k, v = (t.to(torch.float64) for t in make_call(case, device).args)
-    dout = _dout(case, device)
+    dout = _dout(case, device, torch.float64)
     Hq, scale = q.shape[1], case.scale if case.scale is not None else case.D**-0.5
     k, v = _expand_kv(k, Hq), _expand_kv(v, Hq)
     keep = visible(case.N, case.M, causal=case.causal, window=case.window, device=q.device)
@@ -391,12 +413,11 @@ def deterministic(impl, case, device):
 
 def no_input_mutation(impl, case, device):
     call = make_call(case, device)
-    before = [t._base.clone() if t._base is not None else t.clone() for t in call.args]
+    before = [_buffer(t).clone() for t in call.args]
     check_qkv(call)
     impl.fn(*call.args, **call.kwargs)
     for name, t, saved in zip("qkv", call.args, before):
-        tolerance.exact(f"{name} (and the buffer it views) after the call",
-                        t._base if t._base is not None else t, saved)
+        tolerance.exact(f"{name} (and the buffer it views) after the call", _buffer(t), saved)
 
 
 def empty_rows_are_zero(impl, case, device):

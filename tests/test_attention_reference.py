@@ -8,6 +8,7 @@ from llmopt.impls import Impl
 from llmopt.reference.attention import (
     CONTRACT,
     AttentionCase,
+    _dout,
     _Oracle,
     attention,
     attention_tiled,
@@ -68,6 +69,16 @@ def test_padded_views_are_poisoned_outside_the_view():
     assert torch.isfinite(q).all() and torch.isnan(q._base).any() and not q.is_contiguous()
 
 
+def test_mixed_layout_gives_each_tensor_its_own_strides():
+    """q a (B, N, H, D) view, k a padded view, v contiguous, and the output gradient padded too."""
+    case = AttentionCase(1, 3, 1, 5, 7, 8, layout="mixed")
+    q, k, v = make_call(case, "cpu").args
+    dout = _dout(case, "cpu", torch.float32)
+    assert q.transpose(1, 2).is_contiguous() and not q.is_contiguous()
+    assert torch.isnan(k._base).any() and torch.isnan(dout._base).any() and torch.isfinite(dout).all()
+    assert v.is_contiguous() and len({q.stride(), k.stride(), v.stride()}) == 3
+
+
 def test_the_oracle_is_bounded_by_bytes():
     small, large = AttentionCase(1, 1, 1, 2, 2, 8, seed=1), AttentionCase(1, 2, 1, 64, 64, 32, seed=2)
     oracle = _Oracle(max_bytes=3 * 64 * 32 * 8)  # one large entry (stick and eager) at most
@@ -79,6 +90,7 @@ def test_the_oracle_is_bounded_by_bytes():
 @pytest.mark.parametrize("prop,witness", [
     ("matches_reference", "wrong_scale"),
     ("grads_match_reference", "backward_ignores_mask"),
+    ("grads_match_reference", "dout_read_as_contiguous"),
     ("deterministic", "nondeterministic_output"),
     ("no_input_mutation", "prescales_q_in_place"),
     ("empty_rows_are_zero", "finite_mask_value"),

@@ -23,6 +23,11 @@ def _scale(q, scale):
     return q.shape[-1] ** -0.5 if scale is None else scale
 
 
+def _read_through(t, stride):
+    """t's elements as a kernel handed `stride` instead of t's own strides reads them, from t's storage offset."""
+    return t.as_strided(t.shape, stride, t.storage_offset())
+
+
 def _naive(q, k, v, keep, scale, head_map=None):
     Hq, Hkv = q.shape[1], k.shape[1]
     index = head_map(torch.arange(Hq), Hq, Hkv) if head_map else torch.arange(Hq) // (Hq // Hkv)
@@ -106,8 +111,9 @@ def half_accumulation(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 
 class _RecomputingBackward(torch.autograd.Function):
     """Forward with the mask; a backward that recomputes the probabilities, with one bug: "maskless" (as if nothing
-    were masked: a backward that forgot the mask) or "dout_in_place" (right gradients, then the softmax scale folded
-    into the caller's output gradient in place, to reuse its buffer)."""
+    were masked: a backward that forgot the mask), "dout_in_place" (right gradients, then the softmax scale folded
+    into the caller's output gradient in place, to reuse its buffer) or "dout_contiguous" (the output gradient read
+    with the contiguous strides of the output it saved)."""
 
     @staticmethod
     def forward(ctx, q, k, v, keep, scale, bug):
@@ -119,6 +125,8 @@ class _RecomputingBackward(torch.autograd.Function):
     def backward(ctx, dout):
         *qkv, keep = ctx.saved_tensors
         q, k, v = (t.detach().requires_grad_() for t in qkv)
+        if ctx.bug == "dout_contiguous":
+            dout = _read_through(dout, torch.empty(dout.shape, device="meta").stride())
         with torch.enable_grad():
             out = _naive(q, k, v, torch.ones_like(keep) if ctx.bug == "maskless" else keep, ctx.scale)
             dq, dk, dv = torch.autograd.grad(out, (q, k, v), dout)
@@ -177,3 +185,25 @@ def unguarded_softmax(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     index = torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])
     s = (q.float() @ k[:, index].float().transpose(-1, -2)) * _scale(q, scale)
     return (torch.softmax(s.masked_fill(~keep, float("-inf")), -1) @ v[:, index].float()).to(q.dtype)
+
+
+def dout_read_as_contiguous(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Right forward; the backward reads the output gradient with the strides of a contiguous output."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _RecomputingBackward.apply(q, k, v, keep, _scale(q, scale), "dout_contiguous")
+
+
+def k_read_with_v_strides(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Reads k through v's strides (one set passed for both, as they have one shape)."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _naive(q, _read_through(k, v.stride()), v, keep, _scale(q, scale))
+
+
+def layout_from_q_only(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Takes k and v for (B, M, Hkv, D) memory whenever q is a (B, N, Hq, D) tensor seen as (B, Hq, N, D)."""
+    if q.transpose(1, 2).is_contiguous() and not q.is_contiguous():
+        B, Hkv, M, D = k.shape
+        bnhd = torch.empty(B, M, Hkv, D, device="meta").transpose(1, 2).stride()
+        k, v = _read_through(k, bnhd), _read_through(v, bnhd)
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _naive(q, k, v, keep, _scale(q, scale))
