@@ -1,12 +1,15 @@
 """The attention reference itself: the online-softmax tiled form equals the naive one to 1e-12 in float64 over the
 contract's cases (masks, windows, GQA, N != M); the mask geometry is the contract's; bad inputs get ValueErrors that
-name the expected layout."""
+name the expected layout; the cases' layouts, score range and oracle cache are what the properties rely on."""
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from llmopt.impls import Impl
 from llmopt.reference.attention import (
     CONTRACT,
+    EXAMPLES,
     AttentionCase,
     _dout,
     _Oracle,
@@ -14,6 +17,7 @@ from llmopt.reference.attention import (
     attention_tiled,
     check_qkv,
     make_call,
+    score_conditioning,
     visible,
 )
 from llmopt.reference.contract import Call
@@ -77,6 +81,11 @@ def test_mixed_layout_gives_each_tensor_its_own_strides():
     assert q.transpose(1, 2).is_contiguous() and not q.is_contiguous()
     assert torch.isnan(k._base).any() and torch.isnan(dout._base).any() and torch.isfinite(dout).all()
     assert v.is_contiguous() and len({q.stride(), k.stride(), v.stride()}) == 3
+
+
+def test_an_example_takes_scores_past_float32_exp_range():
+    """A softmax that does not subtract the row max overflows float32's exp (past log(max) = 88.7) on the grid."""
+    assert max(score_conditioning(case, "cpu") for case in EXAMPLES) > math.log(torch.finfo(torch.float32).max)
 
 
 def test_the_oracle_is_bounded_by_bytes():

@@ -207,3 +207,32 @@ def layout_from_q_only(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
         k, v = _read_through(k, bnhd), _read_through(v, bnhd)
     keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
     return _naive(q, k, v, keep, _scale(q, scale))
+
+
+def zero_scale_taken_as_default(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """`scale or D ** -0.5`: an explicit scale of 0 (every visible key weighted alike) runs with the default."""
+    return _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), scale or q.shape[-1] ** -0.5)
+
+
+def gqa_heads_by_shift(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Query head h reads KV head h >> ceil(log2(group)) instead of h // group: right for groups of 1, 2, 4, ..."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    return _naive(q, k, v, keep, _scale(q, scale), lambda h, Hq, Hkv: h >> (Hq // Hkv - 1).bit_length())
+
+
+def softmax_without_max(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """exp(s) / sum exp(s) in float32 without subtracting the row max: scores past exp's range give inf / inf."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    index = torch.arange(q.shape[1]) // (q.shape[1] // k.shape[1])
+    s = (q.float() @ k[:, index].float().transpose(-1, -2)) * _scale(q, scale)
+    p = torch.exp(s.masked_fill(~keep, float("-inf")))  # (B, Hq, N, M)
+    total = p.sum(-1, keepdim=True)
+    p = torch.where(total > 0, p / total, torch.zeros_like(p))
+    return (p @ v[:, index].float()).to(q.dtype)
+
+
+def head_dim_cut_at_128(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """One head-dim block of at most 128: dims past 128 take no part in the scores, and come out zero."""
+    keep, cut = _scores_mask(q.shape[2], k.shape[2], causal, window), min(q.shape[-1], 128)
+    out = _naive(q[..., :cut], k[..., :cut], v[..., :cut], keep, _scale(q, scale))
+    return torch.nn.functional.pad(out, (0, q.shape[-1] - cut))
