@@ -10,7 +10,18 @@ from dataclasses import dataclass
 
 import torch
 from llmopt.reference import tolerance
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Goal, Property, PropertyFailed, drawing, dtype_of
+from llmopt.reference.contract import (
+    Call,
+    Claim,
+    Contract,
+    Cost,
+    Goal,
+    Property,
+    PropertyFailed,
+    copy_inputs_in_place,
+    drawing,
+    dtype_of,
+)
 
 # --------------------------------------------------------------------------------------------------- the reference
 
@@ -344,12 +355,17 @@ def score_conditioning(case: AttentionCase, device: str) -> float:
     return max(1.0, float(scores.masked_fill(~keep, 0.0).max()))
 
 
-def matches_reference(impl, case, device):
-    _, out = _call_impl(impl, case, device)
-    (stick, _), (eager, _) = ORACLE(case, device, False)
+def _out_margin(what: str, out: torch.Tensor, case: AttentionCase, device: str, want_grads: bool = False) -> float:
+    """noise_relative of an impl's output `out` (B, Hq, N, D) for the inputs of `case`; `want_grads` picks the oracle
+    entry that holds the gradients too (one reference run where the caller needs both)."""
+    (stick, _), (eager, _) = ORACLE(case, device, want_grads)
     magnitude = float(stick.abs().max()) * score_conditioning(case, device)
-    return tolerance.noise_relative("out", out, stick, eager, dtype_of(case.dtype),
+    return tolerance.noise_relative(what, out, stick, eager, dtype_of(case.dtype),
                                     eager_float32=_eager32(case, device), magnitude=magnitude)
+
+
+def matches_reference(impl, case, device):
+    return _out_margin("out", _call_impl(impl, case, device)[1], case, device)
 
 
 def _has_backward(impl, case) -> bool:
@@ -362,11 +378,14 @@ def _buffer(t: torch.Tensor) -> torch.Tensor:
 
 
 def grads_match_reference(impl, case, device):
+    """The forward run with inputs that require grad (its output as matches_reference's), then dq, dk, dv for the
+    case's output gradient (in the case's layout for it, which the backward must leave as it was)."""
     call, out = _call_impl(impl, case, device, requires_grad=True)
     if out.grad_fn is None:
         if impl.kind == "user":  # a forward-only user kernel: nothing to check, said in the report
             return None
         raise PropertyFailed("impl declares a backward but its output carries no autograd graph")
+    margins = [_out_margin("out of the forward run with inputs that require grad", out, case, device, True)]
     dout = _dout(case, device, out.dtype)
     dout_before = _buffer(dout).clone()
     grads = torch.autograd.grad(out, call.args, dout, allow_unused=True)
@@ -375,7 +394,6 @@ def grads_match_reference(impl, case, device):
     (_, stick), (_, eager) = ORACLE(case, device, True)
     conditioning = score_conditioning(case, device)
     scales = [term * conditioning for term in _gradient_term_scales(case, device)]
-    margins = []
     for name, grad, g64, geager, index in zip(("dq", "dk", "dv"), grads, stick, eager, range(3)):
         if grad is None:
             raise PropertyFailed(f"{name} is None: the output does not depend on input {index}")
@@ -413,7 +431,26 @@ def _reference_grads_f32(case, device):
 
 
 def deterministic(impl, case, device):
-    tolerance.same_twice(lambda: _call_impl(impl, case, device)[1])
+    """Three calls on the same q, k, v: the case's inputs; the next seed's, written over them in place; the case's
+    again, written through `.data` (no version bump). Each output is within noise of the reference for the inputs it
+    was given, the third is bitwise the first, and no call changes an output an earlier call returned: an impl that
+    writes every call into one buffer, or keeps anything from an earlier call (keyed on the tensors, their addresses
+    or versions), fails. Returns the worse margin."""
+    call, first = _call_impl(impl, case, device)
+    margins = [_out_margin("out of the first call", first, case, device)]
+    first_unchanged = tolerance.unchanged_later(first)
+    updated = dataclasses.replace(case, seed=case.seed + 1)
+    copy_inputs_in_place(call.args, make_call(updated, device).args)
+    second = impl.fn(*call.args, **call.kwargs)
+    margins.append(_out_margin("out after q, k, v were overwritten in place", second, updated, device))
+    second_unchanged = tolerance.unchanged_later(second)
+    copy_inputs_in_place(call.args, make_call(case, device).args, through_data=True)
+    third = impl.fn(*call.args, **call.kwargs)
+    first_unchanged()
+    second_unchanged()
+    tolerance.exact("the third call (the first call's inputs again, written through .data) vs the first call", third,
+                    first)
+    return max(margins)
 
 
 def no_input_mutation(impl, case, device):
@@ -444,8 +481,10 @@ PROPERTIES = [
     Property("matches_reference", matches_reference,
              doc="out within 2x the eager low-precision error of the float64 reference"),
     Property("grads_match_reference", grads_match_reference, applies=_has_backward,
-             doc="dq, dk, dv within 2x the eager low-precision error of float64 autograd"),
-    Property("deterministic", deterministic, doc="two forward calls are bitwise equal"),
+             doc="out (run with grad) and dq, dk, dv within 2x the eager low-precision error of float64 autograd"),
+    Property("deterministic", deterministic,
+             doc="three calls with q, k, v rewritten in place between them: each right, the first and third bitwise "
+                 "equal, no earlier output overwritten"),
     Property("no_input_mutation", no_input_mutation, doc="q, k, v and the buffers they view are unchanged"),
     Property("empty_rows_are_zero", empty_rows_are_zero, applies=lambda impl, case: case.empty_rows > 0,
              doc="a query with no visible key outputs exact zeros"),

@@ -112,13 +112,16 @@ def half_accumulation(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
 class _RecomputingBackward(torch.autograd.Function):
     """Forward with the mask; a backward that recomputes the probabilities, with one bug: "maskless" (as if nothing
     were masked: a backward that forgot the mask), "dout_in_place" (right gradients, then the softmax scale folded
-    into the caller's output gradient in place, to reuse its buffer) or "dout_contiguous" (the output gradient read
-    with the contiguous strides of the output it saved)."""
+    into the caller's output gradient in place, to reuse its buffer), "dout_contiguous" (the output gradient read
+    with the contiguous strides of the output it saved) or "key_tail" (the forward drops the keys past the last
+    full block of 16; the backward recomputes with all of them)."""
 
     @staticmethod
     def forward(ctx, q, k, v, keep, scale, bug):
         ctx.save_for_backward(q, k, v, keep)
         ctx.scale, ctx.bug = scale, bug
+        if bug == "key_tail":
+            keep = keep & (torch.arange(keep.shape[1]) < keep.shape[1] // 16 * 16)
         return _naive(q, k, v, keep, scale)
 
     @staticmethod
@@ -236,3 +239,23 @@ def head_dim_cut_at_128(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
     keep, cut = _scores_mask(q.shape[2], k.shape[2], causal, window), min(q.shape[-1], 128)
     out = _naive(q[..., :cut], k[..., :cut], v[..., :cut], keep, _scale(q, scale))
     return torch.nn.functional.pad(out, (0, q.shape[-1] - cut))
+
+
+_STATIC: dict = {}
+
+
+def static_output_buffer(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Right values, written every call into one preallocated output per shape: the output a caller holds from an
+    earlier call changes under it at the next call."""
+    out = _naive(q, k, v, _scores_mask(q.shape[2], k.shape[2], causal, window), _scale(q, scale))
+    return _STATIC.setdefault((out.shape, out.dtype, out.device), torch.empty_like(out)).copy_(out)
+
+
+def forward_under_grad_drops_key_tail(q, k, v, *, causal=False, scale=None, window=(-1, -1)):
+    """Right without autograd; the training path (an input that requires grad) drops the keys past the last full
+    block of 16 from its forward, and its backward recomputes with all keys (the gradients are right)."""
+    keep = _scores_mask(q.shape[2], k.shape[2], causal, window)
+    scale = _scale(q, scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return _RecomputingBackward.apply(q, k, v, keep, scale, "key_tail")
+    return _naive(q, k, v, keep, scale)
