@@ -222,8 +222,9 @@ def check_paged_call(call: Call) -> None:
     if int(entries.min()) < 0 or int(entries.max()) >= num_blocks:
         raise ValueError(f"block_table entries a sequence uses must lie in [0, num_blocks = {num_blocks})")
     scale = call.kwargs.get("scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number or None (D ** -0.5), got {scale!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
+        # as attention's: fused kernels take the row max of the unscaled scores, the row min under a negative scale
+        raise ValueError(f"scale must be a finite number >= 0 or None (D ** -0.5), got {scale!r}")
 
 
 # --------------------------------------------------------------------------------------------------- the cases
@@ -295,7 +296,9 @@ def key_offsets(case: PagedCase, device: str) -> torch.Tensor:
     standard normal times key_offset."""
     scale = case.scale if case.scale is not None else case.D**-0.5
     directions = torch.randn(case.Hkv, case.D, generator=_generator(case, device, 1_000_006), device=device)
-    return directions / directions.norm(dim=1, keepdim=True) * (case.key_offset / (abs(scale) * case.value_scale))
+    if scale == 0:  # every score is 0 whatever the keys hold
+        return torch.zeros_like(directions)
+    return directions / directions.norm(dim=1, keepdim=True) * (case.key_offset / (scale * case.value_scale))
 
 
 def logical_sequence(case: PagedCase, b: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,7 +381,7 @@ def cases(impl, mode: str):
             B=B, Hq=Hkv * draw(st.sampled_from([1, 2, 3, 4, 8] if on("gqa") else [1])), Hkv=Hkv,
             D=draw(st.sampled_from(head_dims)), block_size=bs, lengths=lengths,
             shared_prefix=min(prefix, min(lengths)),
-            scale=draw(st.sampled_from([None, None, 0.05, 0.3])) if on("scale") else None,
+            scale=draw(st.sampled_from([None, None, 0.05, 0.3, 0.0])) if on("scale") else None,  # 0: mean of v
             dtype=draw(st.sampled_from(dtypes)), value_scale=draw(st.sampled_from([1.0, 1.0, 8.0, 0.1])),
             seed=draw(st.integers(0, 2**16)), key_offset=draw(st.sampled_from([0.0, 0.0, 0.0, KEY_OFFSET])))
 
@@ -387,7 +390,7 @@ def cases(impl, mode: str):
 
 # The regression grid: lengths exactly at, one past and one before block boundaries, a single token, forks whose
 # children copy a partial block on write (or, never writing past it, all keep sharing it), GQA 8:1 and 3:1, MHA, MQA,
-# half precision, keys with a large common offset.
+# half precision, keys with a large common offset, an explicit scale of 0.
 EXAMPLES = [
     PagedCase(3, 8, 2, 32, 16, (32, 33, 1), seed=1),
     PagedCase(3, 4, 1, 16, 8, (24, 17, 13), shared_prefix=13, dtype="float16", seed=2),
@@ -397,6 +400,7 @@ EXAMPLES = [
     PagedCase(3, 16, 2, 128, 16, (300, 257, 112), shared_prefix=100, dtype="bfloat16", seed=6),
     PagedCase(2, 6, 3, 40, 3, (31, 30), scale=0.3, value_scale=8.0, seed=7),
     PagedCase(2, 6, 2, 16, 4, (6,), shared_prefix=6, seed=8, key_offset=KEY_OFFSET),
+    PagedCase(2, 4, 2, 32, 8, (19, 8), scale=0.0, seed=9),  # every visible slot weighs alike: the mean of v
 ]
 
 

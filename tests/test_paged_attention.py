@@ -132,6 +132,7 @@ def test_validation():
         "Hq % Hkv": Call((q[:, :3], k, v, table, lens), {}),
         "share a floating dtype": Call((q.double(), k, v, table, lens), {}),
         "finite number": Call(call.args, {"scale": float("inf")}),
+        "number >= 0": Call(call.args, {"scale": -0.3}),
     }
     for message, wrong in bad.items():
         with pytest.raises(ValueError, match=message):

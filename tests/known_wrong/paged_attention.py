@@ -37,7 +37,7 @@ def _decode(q, k_cache, v_cache, block_table, seq_lens, scale, *, blocks_of=_tab
         v = v_cache[blocks].flatten(0, 1)[:, heads].to(wide)
         if zero_masked_values:
             v = torch.where(keep[:, None, None], v, 0.0)
-        scores = torch.einsum("hd,shd->hs", q[b].to(wide), k).masked_fill(~keep, float("-inf")) * scale  # (Hq, slots)
+        scores = (torch.einsum("hd,shd->hs", q[b].to(wide), k) * scale).masked_fill(~keep, float("-inf"))  # (Hq, slots)
         step = tile or scores.shape[1]
         starts = list(range(0, scores.shape[1], step))
         m = torch.full((Hq, 1), first_max, dtype=wide)
@@ -141,3 +141,9 @@ def shared_blocks_taken_as_full(q, k_cache, v_cache, block_table, seq_lens, *, s
         if sum(row[-1] in other for other in rows) > 1:
             lengths[b] = len(row) * bs
     return _decode(q, k_cache, v_cache, block_table, lengths, scale)
+
+
+def zero_scale_taken_as_default(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Reads the scale as `scale or D ** -0.5`: an explicit scale of 0 (every visible slot weighs alike) becomes the
+    default."""
+    return _decode(q, k_cache, v_cache, block_table, seq_lens, scale or q.shape[-1] ** -0.5)
