@@ -223,6 +223,21 @@ def test_the_row_pairs_check_alone_rejects_rows_that_share_random_numbers():
     spec.row_pairs_test(spec.draw_samples(discover("spec_sampler")["torch_batched"], DENSE, "cpu").pairs)
 
 
+def test_the_single_row_law_alone_rejects_a_one_row_path_that_does_not_sample():
+    """A sampler right for every batch of two rows or more but taking the residual's argmax in a one-row call: the
+    pooled law, the accepted counts and the row pairs pass (its one-row calls are 201 of ~10^5 rows); the G-test of
+    the single-row calls' rows on their own rejects it; torch_batched passes that test."""
+    impl = load_user_impl("spec_sampler", f"{KNOWN_WRONG / 'spec_sampler.py'}:one_row_takes_the_residuals_argmax")
+    samples = spec.draw_samples(impl, DENSE, "cpu")
+    assert samples.one_row == spec.one_row_calls(DENSE) == 201
+    spec.sequence_test(DENSE, samples.out, samples.drafts, samples.starts)
+    spec.acceptance_test(samples.out, samples.m_laws)
+    spec.row_pairs_test(samples.pairs)
+    with pytest.raises(PropertyFailed, match="single-row calls"):
+        spec.single_row_test(DENSE, samples)
+    spec.single_row_test(DENSE, spec.draw_samples(discover("spec_sampler")["torch_batched"], DENSE, "cpu"))
+
+
 def _power_case(V: int, k: int, seed: int) -> spec.SpecCase:
     rows, _ = spec.trial_budget(V, "cpu")
     return spec.SpecCase(V, k, rows, rows, "sparse", "float32", "expanded", seed)
