@@ -349,12 +349,13 @@ def nf4_examples(mode: str) -> list[NF4Case]:
 # --------------------------------------------------------------------------------------------------- nf4: properties
 
 
-def _quantized(impl, case: NF4Case, device: str):
-    """(w, state, w_hat) of the impl on the case, the state in bitsandbytes' layout (else PropertyFailed)."""
+def _quantized(impl, case: NF4Case, device: str, w: torch.Tensor | None = None):
+    """(w, state, w_hat) of the impl on the case (or on `w`, a weight of the case's shape and dtype), the state in
+    bitsandbytes' layout (else PropertyFailed)."""
     call = nf4_make_call(case, device)
     check_nf4_call(call)
-    (w,) = call.args
-    result = impl.fn(*call.args, **call.kwargs)
+    w = call.args[0] if w is None else w
+    result = impl.fn(w, **call.kwargs)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise PropertyFailed(f"expected (NF4State, dequantized tensor), got {type(result).__name__}")
     state, w_hat = result
@@ -375,13 +376,13 @@ def offset_allowance(absmax: torch.Tensor) -> float:
             * float(absmax.double().mean()))
 
 
-def layout_and_scales(impl, case, device):
+def layout_and_scales(impl, case, device, quantized=None):
     """The state is in bitsandbytes' layout; an odd element count pads the last byte's low nibble with the code of 0.0
     (7), as bitsandbytes does, unless the last block is all zero (its codes are exempt, codes_match_bitsandbytes);
     absmax is exactly max |w| of each block (below the smallest normal float32 for an all-zero block, counted when not
     0); with double quantization the offset is the mean of the absmax (float32 summation error) and each scale exactly
     max |absmax - offset| of its 256."""
-    w, state, _ = _quantized(impl, case, device)
+    w, state, _ = quantized or _quantized(impl, case, device)
     absmax = blockwise_absmax(w.reshape(-1), case.blocksize)
     pad = int(state.codes[-1]) & 15
     if w.numel() % 2 and pad != ZERO_CODE and absmax[-1] >= TINY:
@@ -402,14 +403,14 @@ def layout_and_scales(impl, case, device):
     return None
 
 
-def codes_match_bitsandbytes(impl, case, device):
+def codes_match_bitsandbytes(impl, case, device, quantized=None):
     """Packed NF4 codes (and, with double quantization, the absmax codes given the impl's offset) equal the nearest
     codes bit for bit, except values within EXEMPT_ULPS of a threshold and degenerate blocks, where every code decodes
     to the same value: all-zero blocks of w (to 0) and blocks of 256 absmax that all equal the offset (scale 0, to the
     offset); the exempt values that differ are counted. Double-quantized, a zero block's absmax decodes near 0, not to
     0, so there bitsandbytes' CUDA build (0 x 1/0: code 0, level -1) decodes zeros to minus that small absmax, within
     the double quantization's error (roundtrip_within_half_gap); its CPU build stores the code of 0.0. Both count."""
-    w, state, _ = _quantized(impl, case, device)
+    w, state, _ = quantized or _quantized(impl, case, device)
     flat = w.reshape(-1)
     absmax = blockwise_absmax(flat, case.blocksize)
     normalized = normalize(flat, absmax, case.blocksize)
@@ -435,17 +436,17 @@ def codes_match_bitsandbytes(impl, case, device):
     return Outcome(None, counts)
 
 
-def dequantize_decodes_state(impl, case, device):
+def dequantize_decodes_state(impl, case, device, quantized=None):
     """The impl's dequantization equals the reference decoding of the impl's own state, bit for bit."""
-    _, state, w_hat = _quantized(impl, case, device)
+    _, state, w_hat = quantized or _quantized(impl, case, device)
     tolerance.exact("dequantized weight vs decoding of the returned state", w_hat, nf4_dequantize(state))
 
 
-def roundtrip_within_half_gap(impl, case, device):
+def roundtrip_within_half_gap(impl, case, device, quantized=None):
     """|w - ŵ| <= half the gap between the two NF4 levels around w / absmax, times absmax, + |absmax - dequantized
     absmax| (double quantization) + the rounding of ŵ to its dtype and of the float32 product + twice the exempt
     window (a value that close to a threshold may take either level). Returns the worst ratio."""
-    w, state, w_hat = _quantized(impl, case, device)
+    w, state, w_hat = quantized or _quantized(impl, case, device)
     flat = w.reshape(-1).double()
     absmax = blockwise_absmax(w.reshape(-1), case.blocksize).double()
     element_absmax = _expand(absmax, case.blocksize, flat.numel())
@@ -469,6 +470,37 @@ def roundtrip_within_half_gap(impl, case, device):
     return float(ratio.max())
 
 
+def nf4_no_input_mutation(impl, case, device):
+    """w (and the buffer it views) is left as it was: a quantizer reads the weight, it does not round it in place (a
+    fake-quantization step writing ŵ back into w leaves every other law holding)."""
+    call = nf4_make_call(case, device)
+    check_nf4_call(call)
+    (w,) = call.args
+    storage = w._base if w._base is not None else w
+    before = storage.clone()
+    impl.fn(*call.args, **call.kwargs)
+    tolerance.exact("w (and the buffer it views) after the call", storage, before)
+
+
+def nf4_follows_in_place_updates(impl, case, device):
+    """Called again after the next seed's weight was written into w through `.data` (new weights loaded into the same
+    buffer, its version counter unchanged), the state and ŵ hold every law for the new values: nothing kept from the
+    first call (a state cached by the weight's address or version) may go stale. The first call's state and ŵ are
+    left as they were by the later call (an impl writing every call into one set of buffers fails). Returns the
+    round trip's margin."""
+    w, state, w_hat = _quantized(impl, case, device)
+    kept = [tolerance.unchanged_later(t) for t in (*state.tensors().values(), w_hat)]
+    copy_inputs_in_place((w,), nf4_make_call(dataclasses.replace(case, seed=case.seed + 1), device).args,
+                         through_data=True)
+    again = _quantized(impl, case, device, w)
+    for law in (layout_and_scales, codes_match_bitsandbytes, dequantize_decodes_state):
+        law(impl, case, device, again)
+    margin = roundtrip_within_half_gap(impl, case, device, again)
+    for unchanged in kept:
+        unchanged()
+    return margin
+
+
 NF4_PROPERTIES = [
     Property("layout_and_scales", layout_and_scales,
              doc="bitsandbytes' state layout; absmax bitwise; double quantization: mean offset, scales bitwise"),
@@ -478,6 +510,9 @@ NF4_PROPERTIES = [
              doc="the returned dequantization equals code value x absmax of the returned state, bitwise"),
     Property("roundtrip_within_half_gap", roundtrip_within_half_gap,
              doc="|w - ŵ| <= half the local NF4 gap x absmax + absmax and output rounding"),
+    Property("follows_in_place_updates", nf4_follows_in_place_updates,
+             doc="after new values are written into w through .data, the state and ŵ follow; earlier results kept"),
+    Property("no_input_mutation", nf4_no_input_mutation, doc="w (and the buffer it views) unchanged"),
 ]
 
 

@@ -30,6 +30,9 @@ NF4_COVERAGE = [
     ("codes_match_bitsandbytes", "top_threshold_typed_short"),
     ("layout_and_scales", "absmax_over_first_512"),
     ("layout_and_scales", "offset_over_first_1024_absmax"),
+    ("no_input_mutation", "writes_dequantized_back_into_w"),
+    ("follows_in_place_updates", "state_kept_by_address"),
+    ("follows_in_place_updates", "codes_in_one_buffer"),
 ]
 NF4_MATMUL_COVERAGE = [
     ("matches_reference", "low_nibble_first"),

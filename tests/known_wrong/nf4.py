@@ -1,6 +1,8 @@
 """Known-wrong NF4 codecs, each with one classic bug; `llmopt verify nf4 --impl FILE:FUNC` must reject every one on CPU.
 Each quantizes to the nearest level after dividing by a block absmax and packs two codes per byte, as a plausible
 author would, with its one mistake."""
+import dataclasses
+
 import torch
 from llmopt.reference.nf4_format import DQ_BLOCKSIZE, NF4State, dynamic_table, nf4_table
 
@@ -135,3 +137,34 @@ def shape_recorded_as_matrix(w, *, blocksize=64, double_quant=False):
     """Records the weight as a (rows, numel / rows) matrix (written for nn.Linear): a 1-D or 3-D w's state, and its
     dequantization, come back with another shape."""
     return _codec(w, blocksize, double_quant, shape_as_matrix=True)
+
+
+def writes_dequantized_back_into_w(w, *, blocksize=64, double_quant=False):
+    """Rounds w to ŵ in place (a fake-quantization step): the state and ŵ are right, the caller's weight is not."""
+    state, w_hat = _codec(w, blocksize, double_quant)
+    with torch.no_grad():
+        w.copy_(w_hat)
+    return state, w_hat
+
+
+_STATES: dict = {}
+
+
+def state_kept_by_address(w, *, blocksize=64, double_quant=False):
+    """Quantizes each weight once per address (a loader's cache): stale once new weights are loaded into the same
+    buffer."""
+    key = (w.data_ptr(), tuple(w.shape), w.stride(), w.dtype, blocksize, double_quant)
+    if key not in _STATES:
+        _STATES[key] = _codec(w, blocksize, double_quant)
+    return _STATES[key]
+
+
+_BUFFERS: dict = {}
+
+
+def codes_in_one_buffer(w, *, blocksize=64, double_quant=False):
+    """Packs every call's codes into one buffer per shape (an out= argument allocated once): a later call overwrites
+    the codes of a state returned earlier."""
+    state, w_hat = _codec(w, blocksize, double_quant)
+    codes = _BUFFERS.setdefault((tuple(w.shape), w.dtype, blocksize, double_quant), torch.empty_like(state.codes))
+    return dataclasses.replace(state, codes=codes.copy_(state.codes)), w_hat
