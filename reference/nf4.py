@@ -619,6 +619,8 @@ NF4_MATMUL_EXAMPLES = [
     NF4MatmulCase((3,), 12, 2048, blocksize=512, dtype="float16", seed=13),
     NF4MatmulCase((1,), 8, 4096, blocksize=2048, dtype="float32", x_layout="sliced", seed=14),
     NF4MatmulCase((1,), 8, 4096, blocksize=2048, double_quant=True, dtype="float16", seed=15),  # one token: word path
+    # 258 blocks of 32, 3 a row: the second double-quantization group starts inside row 85, not at a row's start
+    NF4MatmulCase((2,), 86, 96, blocksize=32, double_quant=True, dtype="float32", seed=16),
 ]
 
 

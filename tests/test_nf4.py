@@ -48,6 +48,7 @@ NF4_MATMUL_COVERAGE = [
     ("matches_reference", "half_precision_sum_over_k_tiles"),
     ("matches_reference", "absmax_by_k_tile"),
     ("matches_reference", "vector_x_kept_as_a_row"),
+    ("matches_reference", "double_quant_scale_once_a_row"),
 ]
 
 

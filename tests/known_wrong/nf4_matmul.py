@@ -184,3 +184,14 @@ def output_in_one_buffer(x, state):
     out = _OUTPUTS.setdefault((tuple(x.shape), state.shape, x.dtype),
                               torch.empty(*x.shape[:-1], state.shape[0], dtype=x.dtype, device=x.device))
     return out.copy_((x.float() @ _weight(state).mT).to(x.dtype))
+
+
+def double_quant_scale_once_a_row(x, state):
+    """Loads the double-quantization scale once a row, the group of the row's first block, for every block of the row:
+    wrong where a group of 256 blocks starts inside a row."""
+    if not state.double_quant:
+        return (x.float() @ _weight(state).mT).to(x.dtype)
+    K = state.shape[1]
+    row_start = torch.arange(state.blocks) * state.blocksize // K * K // state.blocksize  # first block of the row
+    absmax = dynamic_table()[state.absmax.long()] * state.absmax_scales[row_start // DQ_BLOCKSIZE] + state.absmax_offset
+    return (x.float() @ _weight(state, absmax=absmax).mT).to(x.dtype)
