@@ -25,6 +25,7 @@ from llmopt.reference.lora import (
     lora_linear,
     matches_reference,
     no_input_mutation,
+    place_weight,
     random_adapter,
     random_tensor,
     term_magnitudes,
@@ -78,7 +79,8 @@ def check_qlora_call(call: Call) -> None:
 @dataclass(frozen=True)
 class QLoraCase:
     """LoRA's case (lora.LoraCase) with the base N(0, 1/n_in) quantized to NF4 (blocks of `blocksize`); `layout`
-    places x and the output gradient (contract.place_x: "strided", "sliced"); `frozen` as in LoraCase."""
+    places x and the output gradient (contract.place_x: "strided", "sliced") and A and B (lora.place_weight: slices of
+    fused adapters); `frozen` as in LoraCase."""
 
     batch: tuple
     n_in: int
@@ -110,7 +112,7 @@ def qlora_make_call(case: QLoraCase, device: str) -> Call:
     state = nf4_quantize(W, blocksize=case.blocksize, double_quant=case.double_quant)
     gen = torch.Generator().manual_seed(case.seed + 1)
     x = place_x(random_tensor(gen, *case.batch, case.n_in), case.layout, dtype, device)
-    A, B = random_adapter(gen, case, dtype, device)
+    A, B = (place_weight(t, case.layout, dtype, device) for t in random_adapter(gen, case, dtype, device))
     return Call((x, state, A, B), {"scaling": case.scaling})
 
 
@@ -121,7 +123,7 @@ def qlora_cases(impl, mode: str):
 
     @st.composite
     def build(draw):
-        blocksize = draw(st.sampled_from([64, 32]))
+        blocksize = draw(st.sampled_from([64, 64, 32, 128, 256]))
         n_in = blocksize * draw(st.sampled_from([1, 2]))
         if on("k_not_multiple_of_blocksize") and draw(st.booleans()):
             n_in = draw(st.sampled_from([1, 3, 33, 100]))
@@ -142,8 +144,8 @@ QLORA_EXAMPLES = [
     QLoraCase((2, 5), 64, 16, 16, 0.5, "float16", seed=2),
     QLoraCase((16,), 64, 64, 1, 2.0, "float32", x_requires_grad=True, seed=3),
     QLoraCase((1,), 64, 5, 0, 1.0, "float32", seed=4),
-    # two double-quantization groups (512 blocks of 64, 2 scales); a short last block (165 elements)
-    QLoraCase((3,), 512, 64, 4, 1.0, "float32", double_quant=True, seed=5),
+    # two double-quantization groups (512 blocks of 64, 2 scales) under 40 tokens; a short last block (165 elements)
+    QLoraCase((40,), 512, 64, 4, 1.0, "float32", double_quant=True, seed=5),
     QLoraCase((2,), 33, 5, 2, 2.0, "float32", x_requires_grad=True, seed=6),
     # 32 tokens, 96 outputs, rank 20, blocks of 128, double quantization, a scaling no 16-bit type holds; x of (in,)
     QLoraCase((32,), 128, 96, 20, 0.3, "float32", x_requires_grad=True, double_quant=True, blocksize=128, seed=7),
@@ -151,9 +153,12 @@ QLORA_EXAMPLES = [
     # 100 tokens (a partial last tile of tokens); the adapter at initialization (B = 0, yet A and B train)
     QLoraCase((100,), 64, 24, 8, 2.0, "float32", x_requires_grad=True, seed=9),
     QLoraCase((4,), 64, 16, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=10),
-    # x a slice of a wider hidden state: every other column; a column block (unit column stride)
+    # x a slice of a wider hidden state, A and B slices of fused adapters: every other column (A and B stored
+    # transposed); a column block (unit column stride)
     QLoraCase((2, 3), 64, 16, 8, 2.0, "float16", x_requires_grad=True, layout="strided", seed=11),
     QLoraCase((5,), 128, 24, 8, 2.0, "float32", x_requires_grad=True, layout="sliced", seed=12),
+    # blocks of 256 (any blocksize the format allows, not a table of the small ones)
+    QLoraCase((4,), 512, 16, 8, 0.5, "float16", x_requires_grad=True, blocksize=256, seed=13),
 ]
 
 

@@ -42,6 +42,8 @@ QLORA_COVERAGE = [
     ("matches_reference", "short_last_block_takes_the_previous_absmax"),
     ("follows_in_place_updates", "dequantized_base_kept_by_address"),
     ("matches_reference", "many_tokens_drop_the_offset"),
+    ("matches_reference", "adapter_read_as_dense_rows"),
+    ("matches_reference", "many_tokens_first_double_quant_scale"),
 ]
 
 

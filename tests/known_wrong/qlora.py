@@ -112,3 +112,17 @@ def x_read_as_dense_rows(x, state, A, B, *, scaling):
     wider hidden state."""
     dense = torch.as_strided(x, x.shape, torch.empty(x.shape).stride(), x.storage_offset())
     return dense @ _dequantize(state, x.dtype).mT + scaling * ((dense @ A.mT) @ B.mT)
+
+
+def adapter_read_as_dense_rows(x, state, A, B, *, scaling):
+    """Reads A and B from their storage as dense rows (a kernel handed data pointers and shapes only): wrong for a
+    slice of a fused adapter or a transposed one."""
+    A, B = (torch.as_strided(t, t.shape, (t.shape[1], 1), t.storage_offset()) for t in (A, B))
+    return x @ _dequantize(state, x.dtype).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def many_tokens_first_double_quant_scale(x, state, A, B, *, scaling):
+    """Past 8 tokens, a batched base path decodes every double-quantized absmax with the first group's scale: right
+    for few tokens, or for weights of at most 256 blocks."""
+    many = x.numel() // x.shape[-1] > 8
+    return x @ _dequantize(state, x.dtype, first_scale_only=many).mT + scaling * ((x @ A.mT) @ B.mT)
