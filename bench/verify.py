@@ -71,15 +71,24 @@ def _device_fault(device: str) -> str | None:
     return None
 
 
+def _in_autograd_backward(frame) -> bool:
+    """The frame runs the backward of a torch.autograd.Function: an impl's (the contracts define none), called by
+    autograd from a property's backward()."""
+    import torch
+
+    return (frame.f_code.co_name == "backward"
+            and isinstance(frame.f_locals.get("ctx"), torch.autograd.function.BackwardCFunction))
+
+
 def _failure_message(error: BaseException, impl) -> str:
-    """The property's message; for any other exception, who raised it: the impl when its function was on the stack,
-    else the contract's own code (its oracle, its checks), named with the line, so that a harness error never reads as
-    the impl's."""
+    """The property's message; for any other exception, who raised it: the impl when its function or the backward of
+    one of its autograd Functions was on the stack, else the contract's own code (its oracle, its checks), named with
+    the line, so that a harness error never reads as the impl's."""
     if isinstance(error, PropertyFailed):
         return str(error)
     code = getattr(inspect.unwrap(impl.fn), "__code__", None)
     frames = list(traceback.walk_tb(error.__traceback__))
-    if code is None or any(frame.f_code is code for frame, _ in frames):
+    if code is None or any(frame.f_code is code or _in_autograd_backward(frame) for frame, _ in frames):
         return f"the impl raised {type(error).__name__}: {error}"
     frame, line = frames[-1]
     return (f"the contract's own code raised {type(error).__name__}: {error} (in {frame.f_code.co_name}, "

@@ -85,3 +85,33 @@ def test_an_exception_is_charged_to_the_impl_only_when_the_impl_was_running():
     assert messages["impl"].startswith("the impl raised RuntimeError: the kernel's own error")
     assert messages["oracle"].startswith("the contract's own code raised IndexError")
     assert "oracle_that_breaks" in messages["oracle"] and "not running" in messages["oracle"]
+
+
+def test_an_exception_in_the_backward_of_an_impl_autograd_function_is_charged_to_the_impl():
+    """A property's backward() runs the impl's autograd Function: an error raised in its backward is the impl's, though
+    the impl's function has returned."""
+    from types import SimpleNamespace
+
+    from llmopt.reference.lora import LoraCase
+
+    class Broken(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, dy):
+            raise RuntimeError("the backward's own error")
+
+    def impl_fn(x, W, A, B, *, scaling):
+        return Broken.apply(x)
+
+    def check_running_backward(impl, case, device):
+        impl.fn(torch.ones(2, requires_grad=True), None, None, None, scaling=1.0).sum().backward()
+
+    case = LoraCase((3,), 8, 8, 2, 1.0, "float32", seed=1)
+    impl = Impl("lora", "broken_backward", impl_fn, "user", ("cpu",))
+    result = driver.PropertyResult("grads", "pass")
+    prop = SimpleNamespace(applies=lambda impl, case: True, check=check_running_backward)
+    assert not driver.check_property(contracts()["lora"], prop, impl, "cpu", case, result)
+    assert result.message.startswith("the impl raised RuntimeError: the backward's own error")
