@@ -406,11 +406,14 @@ def backward_after_in_place_updates(spec: AdapterSpec):
         copy_inputs_in_place(tuple(call.args[i] for i in trained), tuple(updated.args[i] for i in trained))
         try:
             grads = torch.autograd.grad(out, [call.args[i] for i in trained],
-                                        spec.dout(case, out.shape, device).to(out.dtype))
+                                        spec.dout(case, out.shape, device).to(out.dtype), allow_unused=True)
         except RuntimeError as error:  # autograd's checks: a saved tensor, or a saved view's base, changed in place
             if "modified by an inplace operation" in str(error) or "has been modified inplace" in str(error):
                 return None
             raise
+        for position, grad in zip(trained, grads):
+            if grad is None:
+                raise PropertyFailed(f"d{spec.names[position]} is None: the output does not reach it")
         return _grads_margin(spec, case, device, trained, grads, " after its inputs changed in place before backward")
 
     return check
