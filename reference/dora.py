@@ -182,7 +182,8 @@ DORA_PROPERTIES = [
     Property("matches_reference", matches_reference(DORA_SPEC),
              doc="y within 2x the eager low-precision error of the float64 reference"),
     Property("grads_match_reference", grads_match_reference(DORA_SPEC), applies=has_backward(DORA_SPEC),
-             doc="only A, B, m (and x) get gradients, the norm detached as peft does; W0.grad stays None"),
+             doc="only A, B, m (and x) get gradients, the norm detached as peft does; W0.grad stays None; the backward "
+                 "leaves its inputs and dy as they were, and a second one agrees"),
     Property("backward_after_in_place_updates", backward_after_in_place_updates(DORA_SPEC),
              applies=has_backward(DORA_SPEC),
              doc="trained inputs changed in place before backward: autograd's error, or the forward's gradients"),

@@ -351,8 +351,11 @@ def grads_match_reference(spec: AdapterSpec):
     """Only the trained tensors (the adapter, and x when it requires grad) receive gradients, within 2x the eager
     low-precision error of float64 autograd; the frozen base gets none, its requires_grad stays False. A second layer
     of the same shape runs its forward before the first one's backward (as in a model: nothing the backward reads may
-    live in a buffer shared by shape). A user impl may be forward-only (no autograd graph on any case), not on some
-    cases only."""
+    live in a buffer shared by shape). The backward leaves dy and every input as they were (in a model x also feeds
+    the layers beside this one, q, k and v projections, whose backward reads it later; a backward writing dx into x's
+    buffer corrupts them), and a second backward through the retained graph gives the gradients again (nothing the
+    backward reads is consumed by the first). A user impl may be forward-only (no autograd graph on any case), not on
+    some cases only."""
     graphs: dict[str, bool] = {}  # user impl -> whether its outputs carry an autograd graph
 
     def check(impl, case, device):
@@ -371,11 +374,11 @@ def grads_match_reference(spec: AdapterSpec):
         # the output gradient in the case's layout: a strided case's backward gets a strided dy, which it must leave
         # as it was (in a model dy also flows down the residual branch)
         dy = place_x(spec.dout(case, out.shape, device), case.layout, out.dtype, device)
-        dy_storage = dy._base if dy._base is not None else dy
-        dy_before = dy_storage.clone()
-        out.backward(dy)
+        before = _storages_now([("the output gradient dy", dy), *_input_tensors(spec, call)])
+        out.backward(dy, retain_graph=True)
         del second_layer  # kept alive (its graph and buffers) through the first layer's backward
-        tolerance.exact("the output gradient dy (and the buffer it views) after backward", dy_storage, dy_before)
+        for name, storage, kept in before:
+            tolerance.exact(f"{name} (and the buffer it views) after backward", storage, kept)
         for i, a in enumerate(call.args):
             frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
             for t in frozen if i not in trained else ():
@@ -385,7 +388,12 @@ def grads_match_reference(spec: AdapterSpec):
         for position in trained:
             if call.args[position].grad is None:
                 raise PropertyFailed(f"d{spec.names[position]} is None: the output does not reach it")
-        return _grads_margin(spec, case, device, trained, [call.args[position].grad for position in trained])
+        try:
+            again = torch.autograd.grad(out, [call.args[position] for position in trained], dy)
+        except RuntimeError as error:  # e.g. autograd's check of a saved tensor the first backward changed in place
+            raise PropertyFailed(f"a second backward through the retained graph fails: {error}") from None
+        return max(_grads_margin(spec, case, device, trained, [call.args[position].grad for position in trained]),
+                   _grads_margin(spec, case, device, trained, again, " in a second backward through the graph"))
 
     return check
 
@@ -457,17 +465,27 @@ def follows_in_place_updates(spec: AdapterSpec):
     return check
 
 
+def _input_tensors(spec: AdapterSpec, call: Call) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor of the call: the inputs, an NF4 state tensor by tensor."""
+    return [(f"{spec.names[i]}{'.' + k if k else ''}", t) for i, a in enumerate(call.args)
+            for k, t in ({"": a} if isinstance(a, torch.Tensor) else a.tensors()).items()]
+
+
+def _storages_now(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, the buffer the tensor views, a copy of that buffer now), to compare bit for bit after a call."""
+    bases = [(name, t._base if t._base is not None else t) for name, t in tensors]
+    with torch.no_grad():
+        return [(name, base, base.clone()) for name, base in bases]
+
+
 def no_input_mutation(spec: AdapterSpec):
     def check(impl, case, device):
         call = spec.make_call(case, device)
         spec.validate(call)
-        tensors = [(f"{spec.names[i]}{'.' + k if k else ''}", t) for i, a in enumerate(call.args)
-                   for k, t in ({"": a} if isinstance(a, torch.Tensor) else a.tensors()).items()]
-        saved = [(name, (t._base if t._base is not None else t).clone()) for name, t in tensors]
+        before = _storages_now(_input_tensors(spec, call))
         impl.fn(*call.args, **call.kwargs)
-        for (name, before), (_, t) in zip(saved, tensors):
-            tolerance.exact(f"{name} (and the buffer it views) after the call", t._base if t._base is not None else t,
-                            before)
+        for name, storage, kept in before:
+            tolerance.exact(f"{name} (and the buffer it views) after the call", storage, kept)
 
     return check
 
@@ -561,7 +579,8 @@ LORA_PROPERTIES = [
     Property("matches_reference", matches_reference(LORA_SPEC),
              doc="y within 2x the eager low-precision error of the float64 reference"),
     Property("grads_match_reference", grads_match_reference(LORA_SPEC), applies=has_backward(LORA_SPEC),
-             doc="only A, B (and x when it requires grad) get gradients, within 2x the eager error; W.grad stays None"),
+             doc="only A, B (and x when it requires grad) get gradients, within 2x the eager error; W.grad stays None; "
+                 "the backward leaves its inputs and dy as they were, and a second one agrees"),
     Property("backward_after_in_place_updates", backward_after_in_place_updates(LORA_SPEC),
              applies=has_backward(LORA_SPEC),
              doc="trained inputs changed in place before backward: autograd's error, or the forward's gradients"),
