@@ -29,6 +29,7 @@ from llmopt.reference.lora import (
     no_input_mutation,
     random_tensor,
     term_magnitudes,
+    too_slow_to_interpret,
 )
 
 # --------------------------------------------------------------------------------------------------- the reference
@@ -136,11 +137,16 @@ DORA_EXAMPLES = [
     LoraCase((5,), 33, 40, 8, 2.0, "float32", x_requires_grad=True, b_scale=0.0, seed=20),
     LoraCase((2, 3, 2), 40, 24, 8, 2.0, "float32", x_requires_grad=True, layout="sliced", seed=21),
     LoraCase((3,), 48, 20, 8, 2.0, "float64", x_requires_grad=True, seed=22),
+    # A and B frozen (m and x still train); scaling 0 (lora_alpha 0: V = W0, A and B get zero gradients)
+    LoraCase((4,), 24, 33, 8, 2.0, "float16", x_requires_grad=True, frozen="AB", seed=23),
+    LoraCase((3,), 24, 16, 4, 0.0, "float32", x_requires_grad=True, seed=24),
+    # a training batch of 2 x 1024 tokens (a path taken only past some token count must still train)
+    LoraCase((2, 1024), 24, 16, 4, 2.0, "float32", x_requires_grad=True, seed=25),
 ]
 
 
 def dora_examples(mode: str) -> list[LoraCase]:
-    return [c for c in DORA_EXAMPLES if not (mode == "interpret" and c.dtype == "bfloat16")]
+    return [c for c in DORA_EXAMPLES if not (mode == "interpret" and too_slow_to_interpret(c))]
 
 
 # --------------------------------------------------------------------------------------------------- the properties

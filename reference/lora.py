@@ -112,7 +112,9 @@ LAYOUTS = ("contiguous", "strided", "sliced")
 class LoraCase:
     """x (*batch, n_in) N(0, 1); W N(0, 1/n_in); A N(0, 1/n_in); B N(0, b_scale^2 / r) (a trained adapter, b_scale 1:
     as strong as the base; b_scale 0: B = 0, the adapter at initialization, which must still train); rank 0 means no
-    adapter. `frozen`: "A" or "B" does not train (LoRA-FA freezes A), the other does."""
+    adapter. `frozen`: "A" or "B" does not train (LoRA-FA freezes A), the other does; "AB": neither (an adapter kept
+    frozen in a model whose other layers train: x still does). scaling 0 (lora_alpha 0): the update adds nothing, yet
+    its factors get their (zero) gradients."""
 
     batch: tuple
     n_in: int
@@ -173,10 +175,10 @@ def lora_cases(impl, mode: str):
         LoraCase,
         batch=st.sampled_from([(1,), (3,), (16,), (2, 5)] + ([] if small else [(40,), (2, 33), (2, 3, 2)])),
         n_in=st.sampled_from(sizes), n_out=st.sampled_from(sizes), rank=st.sampled_from([0, 1, 2, 8, 16, 17]),
-        scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0, 0.3]), dtype=st.sampled_from(dtypes),
+        scaling=st.sampled_from([2.0, 0.5, 1.0, 16.0, 0.3, 0.0]), dtype=st.sampled_from(dtypes),
         x_requires_grad=st.booleans(),
         layout=st.sampled_from(LAYOUTS if on("strided") else ("contiguous",)),
-        b_scale=st.sampled_from([1.0, 1.0, 0.01, 0.0]), frozen=st.sampled_from(["", "", "A", "B"]),
+        b_scale=st.sampled_from([1.0, 1.0, 0.01, 0.0]), frozen=st.sampled_from(["", "", "A", "B", "AB"]),
         seed=st.integers(0, 2**16))
     return build.filter(lambda case: LORA_CONTRACT.unsupported(case, impl.supports) is None)
 
@@ -202,15 +204,24 @@ LORA_EXAMPLES = [
     LoraCase((3,), 48, 20, 8, 2.0, "float64", x_requires_grad=True, seed=22),
     # a real layer's rank and width: rank 72 and 1100 inputs (tiles of rank and K that must loop past 64 and 512)
     LoraCase((5,), 1100, 24, 72, 0.5, "float32", x_requires_grad=True, seed=23),
-    # A frozen (LoRA-FA), then B: the other still trains
+    # A frozen (LoRA-FA), then B: the other still trains; then both (x alone trains)
     LoraCase((4,), 33, 24, 8, 2.0, "float32", x_requires_grad=True, frozen="A", seed=24),
     LoraCase((4,), 24, 33, 8, 2.0, "float32", frozen="B", seed=25),
+    LoraCase((4,), 24, 33, 8, 2.0, "float16", x_requires_grad=True, frozen="AB", seed=26),
+    # scaling 0 (lora_alpha 0): the base alone, A and B still get their (zero) gradients
+    LoraCase((3,), 24, 16, 4, 0.0, "float32", x_requires_grad=True, seed=27),
+    # a training batch of 2 x 1024 tokens: a path taken only past some token count (a long prefill) must still train
+    LoraCase((2, 1024), 24, 16, 4, 2.0, "float32", x_requires_grad=True, seed=28),
 ]
 
 
+def too_slow_to_interpret(case) -> bool:
+    """Triton's interpreter: no bfloat16, nothing past 64 wide or 256 tokens."""
+    return case.dtype == "bfloat16" or max(case.n_in, case.n_out) > 64 or math.prod(case.batch) > 256
+
+
 def lora_examples(mode: str) -> list[LoraCase]:
-    too_slow = mode == "interpret"  # Triton's interpreter: no bfloat16, nothing past 64 wide
-    return [c for c in LORA_EXAMPLES if not (too_slow and (c.dtype == "bfloat16" or max(c.n_in, c.n_out) > 64))]
+    return [c for c in LORA_EXAMPLES if not (mode == "interpret" and too_slow_to_interpret(c))]
 
 
 # --------------------------------------------------------------------------------------------------- adapter machinery
@@ -224,8 +235,8 @@ def _is_float_tensor(value) -> bool:
 class AdapterSpec:
     """What the adapter contracts (lora, dora, qlora) share: the reference, inputs and validation of the contract; the
     argument positions that train (x, position 0, also trains when the case says x_requires_grad), among them A and B
-    (`low_rank`: empty, so not trained, at rank 0, and not the one a case freezes, `frozen` "A" or "B"); everything
-    else is frozen."""
+    (`low_rank`: empty, so not trained, at rank 0, and not the ones a case freezes, `frozen` "A", "B" or "AB");
+    everything else is frozen."""
 
     reference: Callable
     make_call: Callable
@@ -252,7 +263,7 @@ class AdapterSpec:
         return out.detach(), torch.autograd.grad(out, [args[i] for i in trained], dout)
 
     def trained(self, case) -> tuple[int, ...]:
-        frozen = {"A": self.low_rank[:1], "B": self.low_rank[1:]}.get(case.frozen, ())
+        frozen = {"A": self.low_rank[:1], "B": self.low_rank[1:], "AB": self.low_rank}.get(case.frozen, ())
         return ((0,) if case.x_requires_grad else ()) + tuple(
             p for p in self.trainable if (case.rank > 0 or p not in self.low_rank) and p not in frozen)
 
