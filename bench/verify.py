@@ -13,6 +13,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from llmopt.impls import Unsupported
 from llmopt.reference.contract import Contract, Outcome, PropertyFailed
 
@@ -99,12 +100,18 @@ def check_property(contract: Contract, prop, impl, device: str, case, result: Pr
     """Run one property on one case, folding the outcome into `result`; True when it held or did not apply."""
     if not prop.applies(impl, case):
         return True
+    grad_mode = torch.is_grad_enabled()
     try:
-        margin = prop.check(impl, case, device)
-        if device == "cuda":  # an asynchronous fault is charged to the case that caused it, not the next one
-            import torch
-
-            torch.cuda.synchronize()
+        try:
+            margin = prop.check(impl, case, device)
+            if device == "cuda":  # an asynchronous fault is charged to the case that caused it, not the next one
+                torch.cuda.synchronize()
+        finally:  # torch.set_grad_enabled called, not used as a context manager: the cause of whatever followed
+            if torch.is_grad_enabled() != grad_mode:
+                torch.set_grad_enabled(grad_mode)
+                raise PropertyFailed(f"autograd's grad mode was switched {'off' if grad_mode else 'on'} by a call and "
+                                     "never restored: every later forward in the process runs without (or with) a "
+                                     "graph")
     except Unsupported:
         result.unsupported += 1
         return True
