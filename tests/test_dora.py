@@ -28,6 +28,8 @@ DORA_COVERAGE = [
     ("matches_reference", "norm_over_first_tile"),
     ("follows_in_place_updates", "norm_kept_by_identity"),
     ("grads_match_reference", "direction_buffer_shared_by_shape"),
+    ("grads_match_reference", "frozen_factors_merged_without_grad"),
+    ("grads_match_reference", "long_prefill_merged_without_grad"),
 ]
 
 

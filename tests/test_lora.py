@@ -31,6 +31,12 @@ LORA_COVERAGE = [
     ("matches_reference", "weight_read_from_storage_start"),
     ("matches_reference", "scaling_held_in_bfloat16"),
     ("grads_match_reference", "no_graph_without_an_adapter"),
+    ("matches_reference", "zero_scaling_taken_as_unset"),
+    ("grads_match_reference", "backward_writes_dx_into_x"),
+    ("grads_match_reference", "backward_scales_saved_shrink"),
+    ("grads_match_reference", "long_prefill_merged_without_grad"),
+    ("grads_match_reference", "frozen_adapter_merged_without_grad"),
+    ("deterministic", "inference_turns_grad_mode_off"),
 ]
 QLORA_COVERAGE = [
     ("matches_reference", "absmax_codes_as_scales"),

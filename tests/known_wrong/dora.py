@@ -171,3 +171,33 @@ def magnitude_grad_from_output(x, W0, A, B, m, *, scaling):
     """Takes m's gradient from the output divided by m: right for every nonzero magnitude, NaN where a feature's
     magnitude is 0."""
     return _MagnitudeGradFromOutput.apply(x, W0, A, B, m, scaling)
+
+
+def _detached_dora(x, W0, A, B, m, scaling):
+    """DoRA as peft computes it: the norm of V detached."""
+    V = _direction(W0, A, B, scaling)
+    return _rescaled(x, V, m, torch.linalg.vector_norm(V, dim=1).detach())
+
+
+def _merged_without_grad(x, W0, A, B, m, scaling):
+    """x·((m / ||V||) ⊙ V)ᵀ with the merged weight formed under no_grad: no gradient reaches A, B or m."""
+    with torch.no_grad():
+        V = _direction(W0, A, B, scaling)
+        weight = (m / torch.linalg.vector_norm(V, dim=1))[:, None] * V
+    return x @ weight.mT
+
+
+def frozen_factors_merged_without_grad(x, W0, A, B, m, *, scaling):
+    """Takes A and B both frozen for inference and runs the merged weight under no_grad: m and x, which still train,
+    get no gradient."""
+    if A.shape[0] > 0 and not (A.requires_grad or B.requires_grad):
+        return _merged_without_grad(x, W0, A, B, m, scaling)
+    return _detached_dora(x, W0, A, B, m, scaling)
+
+
+def long_prefill_merged_without_grad(x, W0, A, B, m, *, scaling):
+    """From 256 tokens on (a prefill) multiplies once by the merged weight, formed under no_grad: the outputs are
+    right, but a training batch that long gives A, B and m no gradient."""
+    if x.numel() // x.shape[-1] >= 256:
+        return _merged_without_grad(x, W0, A, B, m, scaling)
+    return _detached_dora(x, W0, A, B, m, scaling)

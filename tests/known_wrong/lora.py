@@ -299,3 +299,74 @@ def inputs_kept_on_ctx(x, W, A, B, *, scaling):
     """Keeps its inputs as ctx attributes instead of save_for_backward (gradients right when nothing changes): an
     optimizer step between forward and backward goes unnoticed, and the backward differentiates the new values."""
     return _InputsOnCtx.apply(x, W, A, B, scaling)
+
+
+def zero_scaling_taken_as_unset(x, W, A, B, *, scaling):
+    """Reads scaling 0 (lora_alpha 0) as not given and falls back to 1 ("scaling or 1.0"): the update it should drop is
+    added in full."""
+    return _lora(x, W, A, B, scaling or 1.0)
+
+
+class _DxIntoX(_HandWritten):
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dx, dA, dB = _hand_grads(x, W, A, B, dy.reshape(-1, dy.shape[-1]), ctx.scaling, (needs[0], needs[2], needs[3]))
+        return None if dx is None else x.copy_(dx), None, dA, dB, None  # x is read for the last time: reuse it
+
+
+def backward_writes_dx_into_x(x, W, A, B, *, scaling):
+    """Its backward writes dx into x's buffer to save memory (gradients right): x also feeds the layers beside this one
+    (the q, k and v projections), whose backward then reads dx where x was."""
+    return _DxIntoX.apply(x, W, A, B, scaling)
+
+
+class _ScalesSavedShrink(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W, A, B, scaling):
+        t = x @ A.mT  # (..., r)
+        ctx.save_for_backward(x, W, A, B, t)
+        ctx.scaling = scaling
+        return x @ W.mT + scaling * (t @ B.mT)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W, A, B, t = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx, dA, _ = _hand_grads(x, W, A, B, dy2, ctx.scaling)
+        t.mul_(ctx.scaling)  # the bug: the saved shrink scaled where it lies
+        return dx, None, dA, dy2.mT @ t.reshape(dy2.shape[0], A.shape[0]), None
+
+
+def backward_scales_saved_shrink(x, W, A, B, *, scaling):
+    """Saves the shrink t = x·Aᵀ and scales it in place in the backward to form dB (gradients right once): a second
+    backward through the graph (retain_graph) finds it changed."""
+    return _ScalesSavedShrink.apply(x, W, A, B, scaling)
+
+
+def long_prefill_merged_without_grad(x, W, A, B, *, scaling):
+    """From 256 tokens on (a prefill) multiplies once by W + scaling·B·A, merged under no_grad: the outputs are right,
+    but a training batch that long gives A and B no gradient."""
+    if x.numel() // x.shape[-1] < 256:
+        return _lora(x, W, A, B, scaling)
+    with torch.no_grad():
+        merged = W + scaling * (B @ A)
+    return x @ merged.mT
+
+
+def frozen_adapter_merged_without_grad(x, W, A, B, *, scaling):
+    """Takes an adapter whose A and B both do not train for inference and runs the merged weight under no_grad: x,
+    which still trains (a frozen adapter in a model whose earlier layers train), gets no gradient."""
+    if A.shape[0] == 0 or A.requires_grad or B.requires_grad:
+        return _lora(x, W, A, B, scaling)
+    with torch.no_grad():
+        return x @ (W + scaling * (B @ A)).mT
+
+
+def inference_turns_grad_mode_off(x, W, A, B, *, scaling):
+    """Calls torch.set_grad_enabled(False) when nothing requires grad (meant as a no_grad block) and never restores
+    it: every later forward in the process builds no graph, and training silently stops."""
+    if not any(t.requires_grad for t in (x, A, B)):
+        torch.set_grad_enabled(False)
+    return _lora(x, W, A, B, scaling)
