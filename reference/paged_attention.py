@@ -232,6 +232,7 @@ def check_paged_call(call: Call) -> None:
 SPARE_BLOCKS = 2  # blocks no sequence references, in every case (poisoned by unused_slots_never_read)
 TABLE_SLACK = 1  # block table columns past the longest sequence's last block
 NO_BLOCK = 2**31 - 1  # what unused_slots_never_read writes in the table past each sequence's last block
+LAYOUTS = ("contiguous", "views")
 KEY_OFFSET = 200.0  # the stress cases' key_offset: scores shift by ~200 (float32 exp overflows past 88)
 
 
@@ -241,7 +242,8 @@ class PagedCase:
     parent after its first shared_prefix tokens (full blocks shared, the partial one copied on write: siblings that
     never wrote past it keep sharing it). key_offset > 0 gives every key of a KV head a common component (as real keys
     carry a large channel mean), shifting all scores of a query head by one amount, key_offset times a standard normal:
-    softmax ignores it, a kernel whose running max is missing or starts at 0 overflows or underflows."""
+    softmax ignores it, a kernel whose running max is missing or starts at 0 overflows or underflows. layout "views"
+    passes every tensor as a strided view, as serving engines do (see as_views)."""
 
     B: int
     Hq: int
@@ -255,11 +257,14 @@ class PagedCase:
     value_scale: float = 1.0
     seed: int = 0
     key_offset: float = field(default=0.0, metadata=WHEN_SET)
+    layout: str = field(default="contiguous", metadata=WHEN_SET)
 
     def __post_init__(self):
         if not self.lengths or min(self.lengths) < 1 or not 0 <= self.shared_prefix <= min(self.lengths):
             raise ValueError(f"lengths must be >= 1 and shared_prefix in [0, min(lengths)], got {self.lengths}, "
                              f"{self.shared_prefix}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -349,14 +354,34 @@ def paged_layout(case: PagedCase, device: str):
     return cache.k, cache.v, filler.to(device), seq_lens.to(device)
 
 
+def as_views(call: Call) -> Call:
+    """The same call with every tensor a strided view, as a serving engine passes them: q the query columns of a fused
+    (B, (Hq + 2 Hkv) D) qkv projection, k_cache and v_cache the halves of one (num_blocks, 2, block_size, Hkv, D)
+    buffer, block_table the first columns of a table twice as wide, seq_lens every other entry of a longer vector."""
+    q, k_cache, v_cache, block_table, seq_lens = call.args
+    B, Hq, D = q.shape
+    qkv = torch.full((B, Hq * D + 2 * k_cache.shape[2] * D), float("nan"), dtype=q.dtype, device=q.device)
+    qkv[:, :Hq * D] = q.flatten(1)
+    kv = torch.stack([k_cache, v_cache], dim=1)  # (num_blocks, 2, block_size, Hkv, D)
+    table = torch.full((B, 2 * block_table.shape[1]), -1, dtype=block_table.dtype, device=block_table.device)
+    table[:, :block_table.shape[1]] = block_table
+    lens = torch.zeros(2 * B, dtype=seq_lens.dtype, device=seq_lens.device)
+    lens[::2] = seq_lens
+    return Call((qkv[:, :Hq * D].view(B, Hq, D), kv[:, 0], kv[:, 1], table[:, :block_table.shape[1]], lens[::2]),
+                call.kwargs)
+
+
 def make_call(case: PagedCase, device: str) -> Call:
-    """The case's query and its logical sequences laid out in blocks as paged_layout does."""
-    return Call((logical_query(case, device), *paged_layout(case, device)), {"scale": case.scale})
+    """The case's query and its logical sequences laid out in blocks as paged_layout does (as strided views under
+    layout "views")."""
+    call = Call((logical_query(case, device), *paged_layout(case, device)), {"scale": case.scale})
+    return as_views(call) if case.layout == "views" else call
 
 
 def cases(impl, mode: str):
     """Hypothesis strategy of PagedCase: lengths at, one before and one past block boundaries (and 1), shared prefixes,
-    GQA/MQA (groups of 3 too), several block sizes, keys with a large common offset; only what the impl supports
+    GQA/MQA (groups of 3 too), several block sizes, keys with a large common offset, strided views; only what the impl
+    supports
     ("interpret": tiny, no bfloat16)."""
     from hypothesis import strategies as st
 
@@ -383,14 +408,15 @@ def cases(impl, mode: str):
             shared_prefix=min(prefix, min(lengths)),
             scale=draw(st.sampled_from([None, None, 0.05, 0.3, 0.0])) if on("scale") else None,  # 0: mean of v
             dtype=draw(st.sampled_from(dtypes)), value_scale=draw(st.sampled_from([1.0, 1.0, 8.0, 0.1])),
-            seed=draw(st.integers(0, 2**16)), key_offset=draw(st.sampled_from([0.0, 0.0, 0.0, KEY_OFFSET])))
+            seed=draw(st.integers(0, 2**16)), key_offset=draw(st.sampled_from([0.0, 0.0, 0.0, KEY_OFFSET])),
+            layout=draw(st.sampled_from(["contiguous", "views"])))
 
     return build().filter(lambda case: CONTRACT.unsupported(case, impl.supports) is None)
 
 
 # The regression grid: lengths exactly at, one past and one before block boundaries, a single token, forks whose
 # children copy a partial block on write (or, never writing past it, all keep sharing it), GQA 8:1 and 3:1, MHA, MQA,
-# half precision, keys with a large common offset, an explicit scale of 0.
+# half precision, keys with a large common offset, an explicit scale of 0, strided views of every input.
 EXAMPLES = [
     PagedCase(3, 8, 2, 32, 16, (32, 33, 1), seed=1),
     PagedCase(3, 4, 1, 16, 8, (24, 17, 13), shared_prefix=13, dtype="float16", seed=2),
@@ -401,6 +427,7 @@ EXAMPLES = [
     PagedCase(2, 6, 3, 40, 3, (31, 30), scale=0.3, value_scale=8.0, seed=7),
     PagedCase(2, 6, 2, 16, 4, (6,), shared_prefix=6, seed=8, key_offset=KEY_OFFSET),
     PagedCase(2, 4, 2, 32, 8, (19, 8), scale=0.0, seed=9),  # every visible slot weighs alike: the mean of v
+    PagedCase(3, 6, 2, 16, 4, (13, 8, 1), seed=10, layout="views"),  # q, caches, table and lengths as strided views
 ]
 
 
@@ -475,6 +502,16 @@ def matches_reference(impl, case, device):
     # the largest |scale q.k| (as the attention contract's score_conditioning)
     return tolerance.noise_relative("out", out, stick, eager, dtype, eager_float32=eager32,
                                     magnitude=float(stick.abs().max()) * conditioning)
+
+
+def after_another_call(impl, case, device):
+    call = make_call(case, device)
+    q, _, _, _, seq_lens = call.args
+    earlier = _call(impl, _with(call, q=-q, seq_lens=(seq_lens + 1) // 2))  # the same shapes, shorter sequences
+    check_earlier = tolerance.unchanged_later(earlier)
+    margin = matches_reference(impl, case, device)
+    check_earlier()
+    return margin
 
 
 def _with(call: Call, **replaced) -> Call:
@@ -587,6 +624,9 @@ def no_input_mutation(impl, case, device):
 PROPERTIES = [
     Property("matches_reference", matches_reference,
              doc="out within 2x the eager low-precision error of float64 attention over each contiguous sequence"),
+    Property("after_another_call", after_another_call,
+             doc="out matches the reference after a call of the same shapes with shorter sequences and another query "
+                 "(nothing planned or cached from it), and that call's out is left as it was"),
     Property("invariant_to_block_permutation", invariant_to_block_permutation,
              doc="moving the physical blocks (renaming them in the table) leaves out bitwise unchanged"),
     Property("unused_slots_never_read", unused_slots_never_read,

@@ -10,7 +10,7 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     import torch
     import torch.nn.functional as F
 
-    B, Hq, D = q.shape
+    B, Hq = q.shape[:2]
     _, block_size, Hkv, _ = k_cache.shape
     lengths = seq_lens.long()
     longest = int(lengths.max())
@@ -18,14 +18,14 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
     valid = positions[None, :] < lengths[:, None]  # (B, L)
     blocks = block_table.long().gather(1, (positions // block_size)[None, :].expand(B, -1).clamp(
         max=block_table.shape[1] - 1))  # (B, L)
-    slots = blocks * block_size + positions % block_size  # (B, L) flat slot of each token
-    slots = torch.where(valid, slots, slots[:, :1])  # padding re-reads the sequence's first token (finite), masked
+    slots = positions % block_size  # (B, L) slot of each token in its block
+    # padding re-reads the sequence's first token (finite), masked
+    blocks, slots = (torch.where(valid, t, t[:, :1]) for t in (blocks, slots.expand(B, -1)))
     mask = None if bool(valid.all()) else valid[:, None, None, :]  # (B, 1, 1, L)
-    flat_k, flat_v = k_cache.view(-1, Hkv, D), v_cache.view(-1, Hkv, D)  # (num_blocks * block_size, Hkv, D)
 
-    def run():
-        k = flat_k[slots].transpose(1, 2)  # (B, Hkv, L, D)
-        v = flat_v[slots].transpose(1, 2)
+    def run():  # indexed by (block, slot): any strides of the caches
+        k = k_cache[blocks, slots].transpose(1, 2)  # (B, Hkv, L, D)
+        v = v_cache[blocks, slots].transpose(1, 2)
         out = F.scaled_dot_product_attention(q[:, :, None], k, v, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv)
         return out[:, :, 0]  # (B, Hq, D)
 
