@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from llmopt.reference import tolerance
 from llmopt.reference.attention import attention
-from llmopt.reference.contract import Call, Claim, Contract, Cost, Property, dtype_of
+from llmopt.reference.contract import WHEN_SET, Call, Claim, Contract, Cost, Property, dtype_of
 
 # --------------------------------------------------------------------------------------------------- the model
 
@@ -255,6 +255,8 @@ def check_decode_call(call: Call) -> None:
 
 @dataclass(frozen=True)
 class DecodeCase:
+    """rope_theta and norm_eps: the config's (LLaMA 3 uses 500000 and 1e-5, LLaMA 2 10000 and 1e-6)."""
+
     B: int
     prompt_len: int
     T: int  # prompt + generated tokens
@@ -268,11 +270,13 @@ class DecodeCase:
     cache_chunk: int
     dtype: str = "float32"
     seed: int = 0
+    rope_theta: float = field(default=10000.0, metadata=WHEN_SET)
+    norm_eps: float = field(default=1e-5, metadata=WHEN_SET)
 
     @property
     def config(self) -> DecoderConfig:
         return DecoderConfig(self.vocab_size, self.dim, self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim,
-                             self.hidden_dim, cache_chunk=self.cache_chunk)
+                             self.hidden_dim, self.rope_theta, self.norm_eps, self.cache_chunk)
 
 
 def features(case: DecodeCase) -> set[str]:
@@ -293,7 +297,7 @@ def make_call(case: DecodeCase, device: str) -> Call:
 def cases(impl, mode: str):
     """Hypothesis strategy of DecodeCase: tiny decoders, cache chunks of 1-8 positions so that prompt and generation
     cross growth boundaries, MHA/GQA/MQA where the impl supports GQA (groups of 3 too: query head h reads KV head
-    h // group, not h >> log2(group))."""
+    h // group, not h >> log2(group)), the config's RoPE theta and norm epsilon of LLaMA 2 and 3."""
     from hypothesis import strategies as st
 
     supports = impl.supports
@@ -312,13 +316,15 @@ def cases(impl, mode: str):
             n_layers=draw(st.sampled_from([1, 2])), n_heads=n_kv_heads * group, n_kv_heads=n_kv_heads,
             head_dim=draw(st.sampled_from([4, 8, 16])), hidden_dim=draw(st.sampled_from([24, 64])),
             cache_chunk=draw(st.sampled_from([1, 3, 4, 8])), dtype=draw(st.sampled_from(dtypes)),
-            seed=draw(st.integers(0, 2**16)))
+            seed=draw(st.integers(0, 2**16)), rope_theta=draw(st.sampled_from([10000.0, 500000.0])),
+            norm_eps=draw(st.sampled_from([1e-5, 1e-6])))
 
     return build().filter(lambda case: CONTRACT.unsupported(case, supports) is None)
 
 
 # Prompt exactly one chunk (the first decode step grows the cache), one past a chunk, pure decode, pure prefill,
-# MQA and GQA over several growths, half precision, GQA groups of 3.
+# MQA and GQA over several growths, half precision, GQA groups of 3, a decode past 64 positions (a cache capped at a
+# power of two) with LLaMA 3's RoPE theta.
 EXAMPLES = [
     DecodeCase(2, 8, 20, 50, 32, 2, 4, 2, 8, 64, cache_chunk=8, dtype="float64", seed=1),
     DecodeCase(1, 5, 17, 17, 48, 2, 4, 1, 16, 64, cache_chunk=4, dtype="float32", seed=2),
@@ -326,6 +332,8 @@ EXAMPLES = [
     DecodeCase(1, 9, 9, 50, 32, 2, 2, 2, 8, 64, cache_chunk=4, dtype="float32", seed=4),
     DecodeCase(2, 4, 16, 50, 32, 2, 4, 1, 8, 64, cache_chunk=4, dtype="bfloat16", seed=5),
     DecodeCase(1, 3, 11, 17, 48, 1, 6, 2, 8, 24, cache_chunk=3, dtype="float32", seed=6),
+    DecodeCase(2, 4, 72, 17, 16, 1, 2, 1, 8, 24, cache_chunk=8, dtype="float64", seed=7, rope_theta=500000.0,
+               norm_eps=1e-6),
 ]
 
 
@@ -336,25 +344,58 @@ def examples(mode: str) -> list[DecodeCase]:
 # --------------------------------------------------------------------------------------------------- the property
 
 
-def matches_reference(impl, case, device):
-    """Cached decode logits against the full recompute: the stick in float64, the eager recompute in the case's dtype
-    (in float64 the bound is the 16-ulp rounding floor: equal up to rounding)."""
-    call = make_call(case, device)
-    check_decode_call(call)
-    logits = impl.fn(*call.args, **call.kwargs)
+def _check_logits(what: str, logits: torch.Tensor, call: Call, dtype: torch.dtype) -> float:
+    """Cached decode logits of `call` against its full recompute: the stick in float64, the eager recompute in the
+    case's dtype (in float64 the bound is the 16-ulp rounding floor: equal up to rounding)."""
     weights, config, tokens = call.args
 
-    def recompute(dtype):
-        return decoder_logits({n: w.to(dtype) for n, w in weights.items()}, config, tokens)
+    def recompute(work):
+        return decoder_logits({n: w.to(work) for n, w in weights.items()}, config, tokens)
 
-    return tolerance.noise_relative("logits", logits, recompute(torch.float64), recompute(dtype_of(case.dtype)),
-                                    dtype_of(case.dtype), eager_float32=lambda: recompute(torch.float32))
+    return tolerance.noise_relative(what, logits, recompute(torch.float64), recompute(dtype), dtype,
+                                    eager_float32=lambda: recompute(torch.float32))
+
+
+def _decode(impl, call: Call) -> torch.Tensor:
+    check_decode_call(call)
+    return impl.fn(*call.args, **call.kwargs)
+
+
+def matches_reference(impl, case, device):
+    call = make_call(case, device)
+    return _check_logits("logits", _decode(impl, call), call, dtype_of(case.dtype))
+
+
+def after_another_call(impl, case, device):
+    call = make_call(case, device)
+    _, config, tokens = call.args
+    other = Call((random_weights(config, case.seed + 1, dtype_of(case.dtype), device), config, tokens), call.kwargs)
+    earlier = _decode(impl, other)  # the same tokens, other weights: checked too, as it may meet what an earlier
+    _check_logits("logits of the first of two calls", earlier, other, dtype_of(case.dtype))  # property left
+    check_earlier = tolerance.unchanged_later(earlier)
+    margin = _check_logits("logits after a call with other weights", _decode(impl, call), call, dtype_of(case.dtype))
+    check_earlier()
+    return margin
+
+
+def no_input_mutation(impl, case, device):
+    call = make_call(case, device)
+    weights, _, tokens = call.args
+    saved = {name: w.clone() for name, w in weights.items()}, tokens.clone()
+    impl.fn(*call.args, **call.kwargs)
+    for name, w in weights.items():
+        tolerance.exact(f"weight {name} after the call", w, saved[0][name])
+    tolerance.exact("tokens after the call", tokens, saved[1])
 
 
 PROPERTIES = [
     Property("matches_reference", matches_reference,
              doc="prefill + cached token-by-token decode gives the logits of the full causal recompute "
                  "(noise-relative, float64 stick)"),
+    Property("after_another_call", after_another_call,
+             doc="the logits match after a call with other weights and the same tokens (nothing cached from it), "
+                 "and that call's logits are left as they were"),
+    Property("no_input_mutation", no_input_mutation, doc="the weights and the tokens are unchanged"),
 ]
 
 
