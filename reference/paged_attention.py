@@ -490,8 +490,7 @@ def _call(impl, call: Call) -> torch.Tensor:
     return impl.fn(*call.args, **call.kwargs)
 
 
-def matches_reference(impl, case, device):
-    out = _call(impl, make_call(case, device))
+def _check_out(what: str, out: torch.Tensor, case: PagedCase, device: str) -> float:
     stick, eager, conditioning = ORACLE(case, device)
     dtype = dtype_of(case.dtype)
 
@@ -500,16 +499,22 @@ def matches_reference(impl, case, device):
 
     # softmax turns an absolute error e in a score into a relative error e in its probability: the floor scales with
     # the largest |scale q.k| (as the attention contract's score_conditioning)
-    return tolerance.noise_relative("out", out, stick, eager, dtype, eager_float32=eager32,
+    return tolerance.noise_relative(what, out, stick, eager, dtype, eager_float32=eager32,
                                     magnitude=float(stick.abs().max()) * conditioning)
+
+
+def matches_reference(impl, case, device):
+    return _check_out("out", _call(impl, make_call(case, device)), case, device)
 
 
 def after_another_call(impl, case, device):
     call = make_call(case, device)
-    q, _, _, _, seq_lens = call.args
+    q, _, _, block_table, seq_lens = call.args
+    # one more table column (past every sequence's last block): shapes the impl meets first here
+    call = _with(call, block_table=torch.cat([block_table, block_table[:, -1:]], dim=1))
     earlier = _call(impl, _with(call, q=-q, seq_lens=(seq_lens + 1) // 2))  # the same shapes, shorter sequences
     check_earlier = tolerance.unchanged_later(earlier)
-    margin = matches_reference(impl, case, device)
+    margin = _check_out("out after a call of the same shapes with shorter sequences", _call(impl, call), case, device)
     check_earlier()
     return margin
 

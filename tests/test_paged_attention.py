@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _known_wrong_coverage import assert_rejects
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from llmopt.bench.verify import verify
@@ -188,6 +189,7 @@ def test_key_offset_only_shifts_the_scores():
 # Each property and the known-wrong kernel that only it (or it first) catches.
 PROPERTY_WITNESSES = {
     "matches_reference": "off_by_one_at_block_boundary",
+    "after_another_call": "one_output_buffer_per_shape",
     "invariant_to_block_permutation": "physical_order_accumulation",
     "unused_slots_never_read": "unmasked_tail_values",
     "fork_children_exact": "prescales_keys_in_place",
@@ -203,6 +205,12 @@ def test_every_property_has_a_known_wrong_witness():
         impl = load_user_impl("paged_attention", f"{KNOWN_WRONG}:{witness}")
         outcome = verify(CONTRACT, impl, "cpu", only=[prop])
         assert [p.status for p in outcome.properties] == ["fail"], f"{prop} does not reject {witness}"
+
+
+@pytest.mark.parametrize("prop,func", [("matches_reference", "q_read_with_contiguous_strides"),
+                                       ("after_another_call", "split_plan_cached_per_shape")])
+def test_each_new_escape_is_rejected(prop, func):
+    assert_rejects("paged_attention", prop, func)
 
 
 # --------------------------------------------------------------------------------------------------- Triton kernel

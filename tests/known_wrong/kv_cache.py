@@ -1,6 +1,9 @@
 """Known-wrong KV cache decode loops, each with one classic bug; `llmopt verify kv_cache --impl FILE:FUNC` must reject
 every one on CPU. Each is the reference decoder (forward_tokens) driven through a hand-written cache or loop, as a
 serving engineer would write it: zero-initialised buffers grown in chunks of config.cache_chunk positions."""
+import copy
+import dataclasses
+
 import torch
 from llmopt.reference.kv_cache import forward_tokens
 
@@ -89,3 +92,53 @@ def gqa_group_padded_to_power_of_two(weights, config, tokens, *, prompt_len):
     padded = 1 << (group - 1).bit_length()
     heads = (torch.arange(config.n_heads) // padded).clamp(max=config.n_kv_heads - 1)
     return _decode(weights, config, tokens, prompt_len, _HeadPerQuery(_cache(weights, config, tokens), heads))
+
+
+class _Last32(_ChunkedCache):
+    """Hands attention only the last 32 positions."""
+
+    def extend(self, layer, k, v):
+        return tuple(t[:, :, -32:] for t in super().extend(layer, k, v))
+
+
+def cache_capped_at_32_positions(weights, config, tokens, *, prompt_len):
+    """A cache of at most 32 positions that drops the oldest past it (a fixed max_position taken as a sliding
+    window): exact for sequences up to 32 tokens."""
+    cache = _Last32(config, tokens.shape[0], weights["lm_head.weight"].dtype)
+    return _decode(weights, config, tokens, prompt_len, cache)
+
+
+def hard_coded_rope_theta(weights, config, tokens, *, prompt_len):
+    """Rotates with theta 10000 (LLaMA 2's) whatever config.rope_theta says (500000 in LLaMA 3)."""
+    config = dataclasses.replace(config, rope_theta=10000.0)
+    return _decode(weights, config, tokens, prompt_len, _cache(weights, config, tokens))
+
+
+def folds_norms_into_weights_in_place(weights, config, tokens, *, prompt_len):
+    """Folds each RMSNorm weight into the projections it feeds, in the caller's tensors, and sets the norm to 1: the
+    same logits, but the caller's weights are changed."""
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}."
+        for norm, fed in (("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
+                          ("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"))):
+            for name in fed:
+                weights[f"{p}{name}.weight"].mul_(weights[f"{p}{norm}.weight"])
+            weights[f"{p}{norm}.weight"].fill_(1)
+    return _decode(weights, config, tokens, prompt_len, _cache(weights, config, tokens))
+
+
+_PROMPTS = {}
+
+
+def prefix_cache_keyed_on_prompt_tokens(weights, config, tokens, *, prompt_len):
+    """Reuses the prompt's logits and K/V from an earlier call with the same prompt tokens and config (a prefix cache
+    whose key leaves out the model): right for one model per process."""
+    key = (config, weights["lm_head.weight"].dtype, tuple(tokens[:, :prompt_len].flatten().tolist()))
+    if key not in _PROMPTS:
+        cache = _cache(weights, config, tokens)
+        _PROMPTS[key] = forward_tokens(weights, config, tokens[:, :prompt_len], 0, cache), cache
+    prompt_logits, stored = _PROMPTS[key]
+    cache = copy.deepcopy(stored)
+    steps = [prompt_logits] + [forward_tokens(weights, config, tokens[:, t:t + 1], t, cache)
+                               for t in range(prompt_len, tokens.shape[1])]
+    return torch.cat(steps, 1)

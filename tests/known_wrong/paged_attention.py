@@ -147,3 +147,31 @@ def zero_scale_taken_as_default(q, k_cache, v_cache, block_table, seq_lens, *, s
     """Reads the scale as `scale or D ** -0.5`: an explicit scale of 0 (every visible slot weighs alike) becomes the
     default."""
     return _decode(q, k_cache, v_cache, block_table, seq_lens, scale or q.shape[-1] ** -0.5)
+
+
+def q_read_with_contiguous_strides(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Reads q through the strides of a contiguous (B, Hq, D) tensor, as a kernel handed q's pointer without its
+    strides: right for a contiguous q, other rows' key and value columns for q sliced out of a fused qkv projection."""
+    packed = torch.as_strided(q, q.shape, (q.shape[1] * q.shape[2], q.shape[2], 1), q.storage_offset())
+    return _decode(packed, k_cache, v_cache, block_table, seq_lens, scale)
+
+
+_OUTPUTS = {}
+
+
+def one_output_buffer_per_shape(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Writes every call's out into one buffer kept per shape and dtype (as for CUDA graph replay) and returns that
+    buffer: the next call of the same shapes overwrites what this one returned."""
+    out = _OUTPUTS.setdefault((tuple(q.shape), q.dtype), torch.empty(q.shape, dtype=q.dtype))
+    return out.copy_(_decode(q, k_cache, v_cache, block_table, seq_lens, scale))
+
+
+_LONGEST = {}
+
+
+def split_plan_cached_per_shape(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
+    """Plans the split-KV chunks from the longest sequence of the first call of each shape and reuses the plan: a
+    later call of the same shapes with longer sequences loses the tokens past the planned chunks."""
+    key = (tuple(q.shape), tuple(k_cache.shape), tuple(block_table.shape))
+    planned = _LONGEST.setdefault(key, int(seq_lens.max()))
+    return _decode(q, k_cache, v_cache, block_table, seq_lens.clamp(max=planned), scale)
