@@ -427,7 +427,7 @@ EXAMPLES = [
     PagedCase(2, 6, 3, 40, 3, (31, 30), scale=0.3, value_scale=8.0, seed=7),
     PagedCase(2, 6, 2, 16, 4, (6,), shared_prefix=6, seed=8, key_offset=KEY_OFFSET),
     PagedCase(2, 4, 2, 32, 8, (19, 8), scale=0.0, seed=9),  # every visible slot weighs alike: the mean of v
-    PagedCase(3, 6, 2, 16, 4, (13, 8, 1), seed=10, layout="views"),  # q, caches, table and lengths as strided views
+    PagedCase(3, 6, 2, 16, 16, (33, 16, 1), seed=10, layout="views"),  # q, caches, table and lengths as strided views
 ]
 
 
