@@ -15,7 +15,7 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
 
     longest = int(seq_lens.max())
     q4 = q.unsqueeze(1)  # (B, 1, Hq, D): batch mode, no cu_seqlens_q
-    table = block_table.contiguous()
+    table, seq_lens = block_table.contiguous(), seq_lens.contiguous()  # FA4 asserts contiguous lengths; copied here
 
     def run():
         result = flash_attn_varlen_func(q4, k_cache, v_cache, max_seqlen_q=1, max_seqlen_k=longest,

@@ -31,6 +31,7 @@ def prepare(q, k_cache, v_cache, block_table, seq_lens, *, scale=None):
 
     B, Hq, D = q.shape
     _, block_size, Hkv, _ = k_cache.shape
+    seq_lens = seq_lens.contiguous()  # FA3 takes contiguous lengths: a strided view is copied here, outside the timing
     longest = int(seq_lens.max())
     cu_seqlens_q = torch.arange(B + 1, dtype=torch.int32, device=q.device)  # (B + 1,)
     softmax_scale = D**-0.5 if scale is None else scale
