@@ -381,8 +381,7 @@ def make_call(case: PagedCase, device: str) -> Call:
 def cases(impl, mode: str):
     """Hypothesis strategy of PagedCase: lengths at, one before and one past block boundaries (and 1), shared prefixes,
     GQA/MQA (groups of 3 too), several block sizes, keys with a large common offset, strided views; only what the impl
-    supports
-    ("interpret": tiny, no bfloat16)."""
+    supports ("interpret": tiny, no bfloat16)."""
     from hypothesis import strategies as st
 
     on, _, dtypes = drawing(impl, mode, ("float32", "float16", "bfloat16", "float64"))
