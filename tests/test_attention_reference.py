@@ -96,18 +96,3 @@ def test_the_oracle_is_bounded_by_bytes():
     assert list(oracle.store) == [(large, "cpu", False)] and oracle.held == 2 * 64 * 32 * 8 + 2 * 64 * 32 * 4
 
 
-@pytest.mark.parametrize("prop,witness", [
-    ("matches_reference", "wrong_scale"),
-    ("grads_match_reference", "backward_ignores_mask"),
-    ("grads_match_reference", "dout_read_as_contiguous"),
-    ("grads_match_reference", "forward_under_grad_drops_key_tail"),
-    ("deterministic", "nondeterministic_output"),
-    ("deterministic", "static_output_buffer"),
-    ("no_input_mutation", "prescales_q_in_place"),
-    ("empty_rows_are_zero", "finite_mask_value"),
-    ("finite_where_reference_finite", "unguarded_softmax"),
-])
-def test_every_property_rejects_a_known_wrong_attention(prop, witness):
-    from _known_wrong_coverage import assert_rejects
-
-    assert_rejects("attention", prop, witness)

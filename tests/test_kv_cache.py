@@ -7,7 +7,6 @@ import dataclasses
 
 import pytest
 import torch
-from _known_wrong_coverage import assert_rejects
 from hypothesis import given, settings
 from llmopt.impls import discover
 from llmopt.reference import attention as attention_contract
@@ -167,15 +166,3 @@ def test_random_weights_follow_the_llama_names():
     assert {n: tuple(w.shape) for n, w in weights.items()} == weight_shapes(GQA.config)
 
 
-KV_CACHE_COVERAGE = [  # each property and the known-wrong decode loops it must reject on its own
-    ("matches_reference", "loses_position_at_growth"),
-    ("matches_reference", "cache_capped_at_32_positions"),
-    ("matches_reference", "hard_coded_rope_theta"),
-    ("after_another_call", "prefix_cache_keyed_on_prompt_tokens"),
-    ("no_input_mutation", "folds_norms_into_weights_in_place"),
-]
-
-
-@pytest.mark.parametrize("prop,func", KV_CACHE_COVERAGE)
-def test_each_kv_cache_property_rejects_a_known_wrong_decoder(prop, func):
-    assert_rejects("kv_cache", prop, func)

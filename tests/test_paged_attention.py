@@ -1,18 +1,15 @@
 """PagedAttention: the block manager against a model of the logical sequences, validation and the layouts the
-properties build, each property rejecting its known-wrong witness, the Triton kernel's split plan, split-KV, strides and
+properties build, the Triton kernel's split plan, split-KV, strides and
 wide groups (interpreter), the memory-waste simulation, claims."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
-from _known_wrong_coverage import assert_rejects
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llmopt.bench.verify import verify
-from llmopt.impls import discover, load_user_impl
+from llmopt.impls import discover
 from llmopt.reference.contract import Call
 from llmopt.reference.paged_attention import (
     CONTRACT,
@@ -34,7 +31,6 @@ from llmopt.reference.paged_attention import (
     used_slots,
 )
 
-KNOWN_WRONG = Path(__file__).parent / "known_wrong" / "paged_attention.py"
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # Triton: compiled on a GPU, interpreted on CPU
 
 # --------------------------------------------------------------------------------------------------- block manager
@@ -186,31 +182,6 @@ def test_key_offset_only_shifts_the_scores():
     assert float(top.max()) > 88 and float(top.min()) < -104  # exp overflows / every exp underflows in float32
 
 
-# Each property and the known-wrong kernel that only it (or it first) catches.
-PROPERTY_WITNESSES = {
-    "matches_reference": "off_by_one_at_block_boundary",
-    "after_another_call": "one_output_buffer_per_shape",
-    "invariant_to_block_permutation": "physical_order_accumulation",
-    "unused_slots_never_read": "unmasked_tail_values",
-    "fork_children_exact": "prescales_keys_in_place",
-    "gqa_head_mapping": "wrong_gqa_mapping",
-    "deterministic": "racy_split_combine",
-    "no_input_mutation": "prescales_keys_in_place",
-}
-
-
-def test_every_property_has_a_known_wrong_witness():
-    assert set(PROPERTY_WITNESSES) == {p.name for p in CONTRACT.properties}
-    for prop, witness in PROPERTY_WITNESSES.items():
-        impl = load_user_impl("paged_attention", f"{KNOWN_WRONG}:{witness}")
-        outcome = verify(CONTRACT, impl, "cpu", only=[prop])
-        assert [p.status for p in outcome.properties] == ["fail"], f"{prop} does not reject {witness}"
-
-
-@pytest.mark.parametrize("prop,func", [("matches_reference", "q_read_with_contiguous_strides"),
-                                       ("after_another_call", "split_plan_cached_per_shape")])
-def test_each_new_escape_is_rejected(prop, func):
-    assert_rejects("paged_attention", prop, func)
 
 
 # --------------------------------------------------------------------------------------------------- Triton kernel

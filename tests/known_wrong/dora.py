@@ -201,3 +201,26 @@ def long_prefill_merged_without_grad(x, W0, A, B, m, *, scaling):
     if x.numel() // x.shape[-1] >= 256:
         return _merged_without_grad(x, W0, A, B, m, scaling)
     return _detached_dora(x, W0, A, B, m, scaling)
+
+
+class _RecomputedFromCtx(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W0, A, B, m, scaling):
+        ctx.inputs, ctx.scaling = (x, W0, A, B, m), scaling  # kept as attributes: autograd checks no versions
+        return _detached_dora(x, W0, A, B, m, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in ctx.inputs]
+        with torch.enable_grad():
+            out = _detached_dora(*leaves, ctx.scaling)
+        trained = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, trained, dy, allow_unused=True))
+        return (*(next(grads) if t.requires_grad else None for t in leaves), None)
+
+
+def recomputes_from_inputs_on_ctx(x, W0, A, B, m, *, scaling):
+    """Recomputes the layer in its backward from inputs kept as ctx attributes (checkpointing without
+    save_for_backward; gradients right when nothing changes): after an optimizer step between forward and backward it
+    differentiates the new values."""
+    return _RecomputedFromCtx.apply(x, W0, A, B, m, scaling)

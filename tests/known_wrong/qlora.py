@@ -126,3 +126,33 @@ def many_tokens_first_double_quant_scale(x, state, A, B, *, scaling):
     for few tokens, or for weights of at most 256 blocks."""
     many = x.numel() // x.shape[-1] > 8
     return x @ _dequantize(state, x.dtype, first_scale_only=many).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+def _qlora(x, state, A, B, scaling):
+    """The layer by hand: x·ŵᵀ + scaling·(x·Aᵀ)·Bᵀ."""
+    return x @ _dequantize(state, x.dtype).mT + scaling * ((x @ A.mT) @ B.mT)
+
+
+class _RecomputedFromCtx(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, state, A, B, scaling):
+        ctx.inputs, ctx.scaling = (x, state, A, B), scaling  # kept as attributes: autograd checks no versions
+        return _qlora(x, state, A, B, scaling)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, state, A, B = ctx.inputs
+        leaves = [t.detach().requires_grad_(t.requires_grad) for t in (x, A, B)]
+        with torch.enable_grad():
+            out = _qlora(leaves[0], state, leaves[1], leaves[2], ctx.scaling)
+        trained = [t for t in leaves if t.requires_grad]
+        grads = iter(torch.autograd.grad(out, trained, dy, allow_unused=True))
+        dx, dA, dB = (next(grads) if t.requires_grad else None for t in leaves)
+        return dx, None, dA, dB, None
+
+
+def recomputes_from_inputs_on_ctx(x, state, A, B, *, scaling):
+    """Recomputes the layer in its backward from inputs kept as ctx attributes (checkpointing without
+    save_for_backward; gradients right when nothing changes): after an optimizer step between forward and backward it
+    differentiates the new values."""
+    return _RecomputedFromCtx.apply(x, state, A, B, scaling)
