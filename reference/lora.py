@@ -385,11 +385,11 @@ def grads_match_reference(spec: AdapterSpec):
         # the output gradient in the case's layout: a strided case's backward gets a strided dy, which it must leave
         # as it was (in a model dy also flows down the residual branch)
         dy = place_x(spec.dout(case, out.shape, device), case.layout, out.dtype, device)
-        before = _storages_now([("the output gradient dy", dy), *_input_tensors(spec, call)])
+        buffers_unchanged = tolerance.buffers_unchanged_later(
+            [("the output gradient dy", dy), *_input_tensors(spec, call)], "after backward")
         out.backward(dy, retain_graph=True)
         del second_layer  # kept alive (its graph and buffers) through the first layer's backward
-        for name, storage, kept in before:
-            tolerance.exact(f"{name} (and the buffer it views) after backward", storage, kept)
+        buffers_unchanged()
         for i, a in enumerate(call.args):
             frozen = [a] if isinstance(a, torch.Tensor) else list(getattr(a, "tensors", dict)().values())
             for t in frozen if i not in trained else ():
@@ -482,21 +482,13 @@ def _input_tensors(spec: AdapterSpec, call: Call) -> list[tuple[str, torch.Tenso
             for k, t in ({"": a} if isinstance(a, torch.Tensor) else a.tensors()).items()]
 
 
-def _storages_now(tensors: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, the buffer the tensor views, a copy of that buffer now), to compare bit for bit after a call."""
-    bases = [(name, t._base if t._base is not None else t) for name, t in tensors]
-    with torch.no_grad():
-        return [(name, base, base.clone()) for name, base in bases]
-
-
 def no_input_mutation(spec: AdapterSpec):
     def check(impl, case, device):
         call = spec.make_call(case, device)
         spec.validate(call)
-        before = _storages_now(_input_tensors(spec, call))
+        inputs_unchanged = tolerance.buffers_unchanged_later(_input_tensors(spec, call))
         impl.fn(*call.args, **call.kwargs)
-        for name, storage, kept in before:
-            tolerance.exact(f"{name} (and the buffer it views) after the call", storage, kept)
+        inputs_unchanged()
 
     return check
 

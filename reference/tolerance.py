@@ -117,6 +117,19 @@ def unchanged_later(output: torch.Tensor):
                          kept)
 
 
+def buffers_unchanged_later(tensors: list[tuple[str, torch.Tensor]], when: str = "after the call"):
+    """A check to run after a call: the whole buffer each named tensor views (the tensor itself when it is not a
+    view) still holds bit for bit what it holds now (a call or a backward writing into its inputs fails it)."""
+    kept = [(name, buffer, buffer.detach().clone())
+            for name, buffer in ((name, t._base if t._base is not None else t) for name, t in tensors)]
+
+    def check():
+        for name, buffer, before in kept:
+            exact(f"{name} (and the buffer it views) {when}", buffer, before)
+
+    return check
+
+
 def bit_exact_except(what: str, out: torch.Tensor, expected: torch.Tensor, exempt: torch.Tensor) -> int:
     """Bitwise equality outside `exempt` (values within a few ulps of a decision threshold, where two correct
     builds may round differently). Returns how many exempt positions differ, for the report."""
